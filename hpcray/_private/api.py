@@ -1,0 +1,249 @@
+"""The public core API (init, get, put, wait, remote, ...), validated here and carried out by the
+session's client. ``hpcray/__init__.py`` re-exports these names."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from .. import exceptions
+from . import context, runtime
+from . import protocol as P
+from .object_ref import ObjectRef, object_id_of
+from .serialization import deserialize
+
+_INIT_KEYWORDS = {
+    "address", "num_cpus", "num_gpus", "resources", "labels", "object_store_memory", "local_mode",
+    "ignore_reinit_error", "include_dashboard", "dashboard_host", "dashboard_port", "job_config",
+    "configure_logging", "logging_level", "logging_format", "logging_config", "log_to_driver",
+    "namespace", "runtime_env", "storage", "enable_resource_isolation", "system_reserved_cpu",
+    "system_reserved_memory", "_node_ip_address", "_temp_dir", "_system_config", "_metrics_export_port",
+    "_redis_password", "_plasma_directory", "_node_name", "_enable_object_reconstruction",
+    "_driver_object_store_memory", "_memory", "_redis_max_memory", "_java_worker_options",
+    "_tracing_startup_hook", "_skip_env_hook", "_cgroup_path", "_include_log_monitor",
+}
+
+
+class RuntimeInfo(dict):
+    """What ``init()`` returns (Ray's RayContext): a dict with ``address_info`` fields, usable
+    as a context manager that shuts down on exit."""
+
+    @property
+    def address_info(self) -> Dict[str, Any]:
+        return dict(self)
+
+    @property
+    def dashboard_url(self) -> Optional[str]:
+        return None
+
+    def disconnect(self) -> None:
+        shutdown()
+
+    def __enter__(self) -> "RuntimeInfo":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        shutdown()
+
+
+def init(address: Optional[str] = None, *, num_cpus: Optional[float] = None, num_gpus: Optional[float] = None,
+         resources: Optional[Dict[str, float]] = None, namespace: Optional[str] = None,
+         runtime_env: Optional[Dict[str, Any]] = None, ignore_reinit_error: bool = False,
+         **kwargs: Any) -> RuntimeInfo:
+    """Start hpcray. Under ``mpiexec``, only rank 0 returns; other ranks serve tasks here until
+    the driver's process ends, so call ``init()`` near the top of the program.
+
+    Single rank (no MPI launcher): ``num_cpus`` (default: the CPUs this process may use),
+    ``num_gpus`` and ``resources`` size the local executor. Under MPI they are ignored (with a
+    notice): the launch decides. ``address`` and Ray's other keywords are accepted and ignored.
+    """
+    unknown = set(kwargs) - _INIT_KEYWORDS
+    if unknown:
+        raise TypeError(f"init() got unknown keyword argument(s): {', '.join(sorted(unknown))}")
+    for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"init(): {name} must be a number >= 0, got {value!r}")
+    if resources is not None:
+        if not isinstance(resources, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and v >= 0 for k, v in resources.items()):
+            raise ValueError(f"init(): resources must map names to amounts >= 0, got {resources!r}")
+        if {"CPU", "GPU"} & set(resources):
+            raise ValueError("init(): use num_cpus/num_gpus instead of CPU/GPU in resources")
+    if namespace is not None and not isinstance(namespace, str):
+        raise TypeError(f"init(): namespace must be a str, got {type(namespace).__name__}")
+    job_env = None
+    if runtime_env:
+        from .options import _check_runtime_env
+        problem = _check_runtime_env(runtime_env)
+        if problem:
+            raise ValueError(f"init(): {problem}")
+        job_env = runtime_env.get("env_vars")
+    with runtime._lock:
+        if runtime.current() is not None:
+            if ignore_reinit_error:
+                return _info(runtime.current())
+            raise RuntimeError("Maybe you called hpcray.init twice by accident? This error can be "
+                               "suppressed by passing in 'ignore_reinit_error=True' or by calling "
+                               "'hpcray.shutdown()' prior to 'hpcray.init()'.")
+        session = runtime.init_session(num_cpus, num_gpus, resources, namespace, job_env)
+    return _info(session)
+
+
+def _info(session: runtime.Session) -> RuntimeInfo:
+    return RuntimeInfo(node_ip_address=session.host, node_id=session.node_id, session_dir=None,
+                       gcs_address=None, address=None, webui_url=None, job_id=session.job_id_hex)
+
+
+def shutdown(_exiting_interpreter: bool = False) -> None:
+    """End the session. A later ``init()`` in the same process starts a new one."""
+    session = runtime.current()
+    if session is not None and session.role != "driver":
+        return  # inside a task on a worker rank: the driver decides
+    runtime.shutdown_session()
+
+
+def is_initialized() -> bool:
+    return runtime.current() is not None
+
+
+def ensure_session() -> runtime.Session:
+    """The live session; like recent Ray, the first ``.remote()``/``put``/``get`` starts one."""
+    session = runtime.current()
+    if session is None:
+        init()
+        session = runtime.current()
+    return session
+
+
+def _check_timeout(timeout: Optional[float]) -> None:
+    if timeout is not None:
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+            raise TypeError(f"timeout must be a number or None, got {type(timeout).__name__}")
+        if timeout < 0:
+            raise ValueError(f"The 'timeout' argument must be non-negative, got {timeout}")
+
+
+def get(object_refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float] = None) -> Any:
+    """The value(s) of one ObjectRef or a list of them, in order.
+
+    Raises the task's error (both RayTaskError and the user's type) as soon as any listed
+    object is known to hold one; ``GetTimeoutError`` when ``timeout`` seconds pass.
+    """
+    _check_timeout(timeout)
+    single = isinstance(object_refs, ObjectRef)
+    if single:
+        refs = [object_refs]
+    elif isinstance(object_refs, (list, tuple)) and all(isinstance(r, ObjectRef) for r in object_refs):
+        refs = list(object_refs)
+    else:
+        raise ValueError(f"Invalid type of object refs, {type(object_refs).__name__}, is given. "
+                         "'object_refs' must either be an ObjectRef or a list of ObjectRefs.")
+    session = ensure_session()
+    values = session.client.get(refs, timeout)
+    return values[0] if single else values
+
+
+def put(value: Any, *, _owner: Any = None) -> ObjectRef:
+    """Store ``value`` and return an ObjectRef to it (putting an ObjectRef raises TypeError)."""
+    session = ensure_session()
+    return session.client.put(value)
+
+
+def wait(object_refs: List[ObjectRef], *, num_returns: int = 1, timeout: Optional[float] = None,
+         fetch_local: bool = True) -> Tuple[List[ObjectRef], List[ObjectRef]]:
+    """Split refs into (ready, not ready) once ``num_returns`` are ready or ``timeout`` passes.
+    Both lists keep the input order."""
+    if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, list):
+        raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}")
+    for ref in object_refs:
+        if not isinstance(ref, ObjectRef):
+            raise TypeError(f"wait() expected a list of ObjectRef, got a list containing "
+                            f"{type(ref).__name__}")
+    if not isinstance(num_returns, int) or isinstance(num_returns, bool):
+        raise TypeError(f"num_returns must be an int, got {type(num_returns).__name__}")
+    _check_timeout(timeout)
+    if not isinstance(fetch_local, bool):
+        raise TypeError("fetch_local must be a bool")
+    if len(set(object_refs)) != len(object_refs):
+        raise ValueError("Wait requires a list of unique object refs.")
+    if num_returns <= 0:
+        raise ValueError(f"Invalid number of objects to return {num_returns}.")
+    if num_returns > len(object_refs):
+        raise ValueError("num_returns cannot be greater than the number of objects provided to wait: "
+                         f"{num_returns} > {len(object_refs)}")
+    if not object_refs:
+        return [], []
+    session = ensure_session()
+    return session.client.wait(object_refs, num_returns, timeout)
+
+
+def remote(*args: Any, **kwargs: Any) -> Any:
+    """``@remote``, ``@remote(**options)`` or ``remote(function_or_class)``."""
+    from ..remote_function import RemoteFunction
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args or not kwargs:
+        raise TypeError("The @hpcray.remote decorator must be applied either with no arguments and no "
+                        "parentheses, for example '@hpcray.remote', or it must be applied using some of "
+                        "the arguments in the list of remote() options, for example "
+                        "'@hpcray.remote(num_returns=2, resources={\"CustomResource\": 1})'.")
+
+    def decorator(function_or_class: Any) -> Any:
+        return _make_remote(function_or_class, kwargs)
+    _ = RemoteFunction
+    return decorator
+
+
+def _make_remote(target: Any, options: Dict[str, Any]) -> Any:
+    from ..remote_function import RemoteFunction
+    if inspect.isclass(target):
+        from ..actor import ActorClass
+        return ActorClass(target, options)
+    if inspect.isfunction(target) or inspect.isbuiltin(target) or callable(target):
+        return RemoteFunction(target, options)
+    raise TypeError("The @hpcray.remote decorator must be applied to either a function or a class.")
+
+
+def query(name: str) -> Any:
+    """Ask the scheduler for a view of its state ("resources", "nodes", "stats")."""
+    session = ensure_session()
+    client = session.client
+    object_id = object_id_of(client.new_task_id(), 0)
+    client.requested.add(object_id)
+    client.post((P.QUERY, name, object_id))
+    client._wait_for([object_id], 1, 60.0, fail_fast=False)
+    with client.cond:
+        value = client.store.pop(object_id)
+    client.requested.discard(object_id)
+    return deserialize(value)
+
+
+def cluster_resources() -> Dict[str, float]:
+    """Total resources of the job's worker ranks (single rank: of this process)."""
+    return query("resources")["total"]
+
+
+def available_resources() -> Dict[str, float]:
+    """Resources not held by running tasks right now."""
+    return query("resources")["available"]
+
+
+def nodes() -> List[Dict[str, Any]]:
+    """One dict per host, with Ray's keys (NodeID, Alive, NodeManagerAddress, Resources, ...)."""
+    return query("nodes")
+
+
+def get_gpu_ids() -> List[Union[int, str]]:
+    """GPU ids assigned to the running task (on the driver: those this process may see)."""
+    ctx = context.current()
+    if ctx is not None:
+        ids = ctx.gpu_ids
+    else:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        ids = [v for v in visible.split(",") if v.strip()] if visible else []
+    return [int(i) if str(i).isdigit() else i for i in ids]
+
+
+__all__ = ["init", "shutdown", "is_initialized", "get", "put", "wait", "remote", "cluster_resources",
+           "available_resources", "nodes", "get_gpu_ids", "exceptions"]

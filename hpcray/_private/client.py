@@ -1,0 +1,168 @@
+"""The client side of a rank: what user threads call (submit, put, get, wait), and the rank's
+store of values it has received.
+
+User threads never call MPI: they append commands to the comm thread's queue and wait on a
+condition that the comm thread signals when values arrive. The same class serves the driver and
+tasks running on worker ranks.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from .. import exceptions
+from . import context
+from . import protocol as P
+from .object_ref import IdSource, ObjectRef, object_id_of
+from .serialization import SerializedValue, deserialize, try_serialize
+
+
+class CoreClient:
+    """Per-rank, per-session entry point used by the public API."""
+
+    def __init__(self, rank: int, job: int, post: Callable[[tuple], None]):
+        self.rank = rank
+        self.job = job
+        self.ids = IdSource(job, rank)
+        self.post = post  # append to the comm thread's queue and wake it
+        self.store: Dict[bytes, SerializedValue] = {}
+        self.requested: set = set()
+        self.cond = threading.Condition(threading.Lock())
+        self.callbacks: Dict[bytes, List[Callable[[SerializedValue], None]]] = {}
+        self.exported: set = set()
+
+    # ---- user threads -----------------------------------------------------------------
+    def submit(self, spec: P.TaskSpec, fn_blob: bytes) -> List[ObjectRef]:
+        if spec.fn_id not in self.exported:
+            self.exported.add(spec.fn_id)
+            spec.fn_blob = fn_blob
+        self.post((P.SUBMIT, spec))
+        return [ObjectRef(object_id) for object_id in spec.return_ids]
+
+    def new_task_id(self) -> bytes:
+        return self.ids.next_task_id()
+
+    def put(self, value: Any) -> ObjectRef:
+        if isinstance(value, ObjectRef):
+            raise TypeError("Calling 'put' on an ObjectRef is not allowed. If you really want to do "
+                            "this, you can wrap the ObjectRef in a list and call 'put' on it.")
+        serialized = try_serialize(value, "the value passed to put():")
+        object_id = object_id_of(self.new_task_id(), 0)
+        with self.cond:
+            self.store[object_id] = serialized
+        self.post((P.PUT, object_id, serialized))
+        return ObjectRef(object_id)
+
+    def get(self, refs: Sequence[ObjectRef], timeout: Optional[float]) -> List[Any]:
+        ids = [ref.binary() for ref in refs]
+        self._wait_for(ids, len(ids), timeout, fail_fast=True)
+        values = []
+        for object_id in ids:
+            value = self.store[object_id]
+            if value.is_error:
+                raise deserialize(value)
+            values.append(deserialize(value))
+        return values
+
+    def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: Optional[float]):
+        ids = [ref.binary() for ref in refs]
+        self._wait_for(ids, num_returns, timeout, fail_fast=False)
+        ready, not_ready = [], []
+        for ref in refs:
+            if len(ready) < num_returns and ref.binary() in self.store:
+                ready.append(ref)
+            else:
+                not_ready.append(ref)
+        return ready, not_ready
+
+    def future_of(self, ref: ObjectRef) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        keep = ref  # the ref must live until the value is in, or the store may drop it
+
+        def complete(value: SerializedValue) -> None:
+            _ = keep
+            try:
+                result = deserialize(value)
+            except BaseException as exc:  # a value that cannot be unpickled fails the future
+                future.set_exception(exc)
+                return
+            if value.is_error:
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+        object_id = ref.binary()
+        with self.cond:
+            value = self.store.get(object_id)
+            if value is None:
+                self.callbacks.setdefault(object_id, []).append(complete)
+        if value is not None:
+            complete(value)
+        else:
+            self._request([object_id])
+        return future
+
+    def _request(self, ids: List[bytes]) -> None:
+        fresh = [i for i in ids if i not in self.requested]
+        if fresh:
+            self.requested.update(fresh)
+            self.post((P.GET_REQ, fresh))
+
+    def _wait_for(self, ids: List[bytes], count: int, timeout: Optional[float], fail_fast: bool) -> None:
+        store = self.store
+
+        def satisfied() -> bool:
+            return (sum(1 for i in ids if i in store) >= count
+                    or (fail_fast and self._has_error(ids)))
+
+        if satisfied():
+            return
+        self._request([i for i in ids if i not in store])
+        deadline = None if timeout is None else time.monotonic() + timeout
+        task = context.current()
+        blocked = False
+        try:
+            with self.cond:
+                while not satisfied():
+                    remaining = None
+                    if deadline is not None:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise exceptions.GetTimeoutError(
+                                f"Get timed out: some object(s) not ready after {timeout} s.")
+                    if task is not None and not blocked:
+                        blocked = True  # give this task's CPU back while it waits
+                        self.post((P.BLOCKED, task.task_id))
+                    self.cond.wait(remaining)
+        finally:
+            if blocked:
+                self.post((P.UNBLOCKED, task.task_id))
+
+    def _has_error(self, ids: List[bytes]) -> bool:
+        store = self.store
+        for i in ids:
+            value = store.get(i)
+            if value is not None and value.is_error:
+                return True
+        return False
+
+    # ---- comm thread --------------------------------------------------------------------
+    def deliver(self, object_id: bytes, value: SerializedValue) -> None:
+        if object_id not in self.requested:
+            return  # every local ref was dropped while the value was on its way
+        with self.cond:
+            self.store[object_id] = value
+            callbacks = self.callbacks.pop(object_id, None)
+            self.cond.notify_all()
+        if callbacks:
+            for callback in callbacks:
+                callback(value)
+
+    def forget(self, object_id: bytes) -> None:
+        """No ObjectRef to this object is left on this rank: drop the local copy."""
+        with self.cond:
+            self.store.pop(object_id, None)
+        self.requested.discard(object_id)

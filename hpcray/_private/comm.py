@@ -1,0 +1,253 @@
+"""The comm thread of a rank: the only caller of MPI, and the home of the scheduler on rank 0.
+
+    user / executor threads ──append──► commands (deque) ──► CommLoop.turn()
+                                                                │  ref events → held counts
+           MPI (pkl5 isend / improbe, batched per destination) ◄┤  upstream → scheduler (rank 0)
+                                                                │              or rank 0 (others)
+                            incoming batches ──────────────────►┘  downstream → agent (store,
+                                                                               executor)
+Waiting: after any progress the loop keeps polling for ``spin_us``; then it sleeps on an event
+with a timeout that doubles up to ``max_sleep_us``. A command from a local thread sets the event,
+so local work never waits for the backoff. It never blocks inside MPI.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Dict, List, Optional
+
+from . import protocol as P
+from .object_ref import DECREF, INCREF, job_of
+
+logger = logging.getLogger("hpcray")
+
+TAG = 7
+
+
+class MPITransport:
+    """Batched, non-blocking messages between ranks over mpi4py's pkl5 (out-of-band buffers)."""
+
+    def __init__(self, comm: Any):
+        from mpi4py import MPI
+        from mpi4py.util import pkl5
+        self.MPI = MPI
+        self.comm = pkl5.Intracomm(comm)
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.sending: List[Any] = []
+        self._status = MPI.Status()
+
+    def send(self, dest: int, batch: List[tuple]) -> None:
+        self.sending.append(self.comm.isend(batch, dest, TAG))
+
+    def receive(self, limit: int = 64) -> List[tuple]:
+        """Up to ``limit`` waiting batches, as (source, batch); never blocks when none waits."""
+        got = []
+        for _ in range(limit):
+            message = self.comm.improbe(self.MPI.ANY_SOURCE, TAG, self._status)
+            if message is None:
+                break
+            source = self._status.Get_source()
+            got.append((source, message.recv()))
+        return got
+
+    def progress_sends(self) -> bool:
+        if not self.sending:
+            return False
+        still = [r for r in self.sending if not r.test()[0]]
+        done = len(still) != len(self.sending)
+        self.sending = still
+        return done
+
+    def busy(self) -> bool:
+        return bool(self.sending)
+
+
+class CommLoop:
+    """One rank's manager thread. ``agent`` handles downstream messages; ``scheduler`` (rank 0
+    only) handles upstream ones; ``local_hook`` sees our own executor threads' reports first."""
+
+    def __init__(self, rank: int, transport: Optional[MPITransport], spin_us: float, max_sleep_us: float):
+        self.rank = rank
+        self.transport = transport
+        self.commands: deque = deque()
+        self.wake_event = threading.Event()
+        self.spin_s = spin_us * 1e-6
+        self.max_sleep_s = max_sleep_us * 1e-6
+        self.idle_sleep_s = self.max_sleep_s if transport is not None else 0.05
+        self.scheduler = None
+        self.agent: Optional[Callable[[tuple], None]] = None
+        self.local_hook: Optional[Callable[[tuple], bool]] = None
+        self.on_forget: Callable[[bytes], None] = lambda object_id: None
+        self.on_remote: Optional[Callable[[int, tuple], bool]] = None
+        self.outbox: Dict[int, List[tuple]] = {}
+        self.counts: Dict[bytes, int] = {}
+        self.held: set = set()
+        self.job = 0
+        self.running = False
+        self.thread: Optional[threading.Thread] = None
+        self.error: Optional[BaseException] = None
+
+    # ---- any thread ----------------------------------------------------------------------
+    def post(self, item: tuple) -> None:
+        self.commands.append(item)
+        self.wake_event.set()
+
+    def call(self, function: Callable[[], Any], timeout: float = 30.0) -> Any:
+        """Run ``function`` on the comm thread and return its result (for state views)."""
+        box: List[Any] = []
+        done = threading.Event()
+
+        def run():
+            try:
+                box.append((True, function()))
+            except BaseException as exc:  # handed back to the caller
+                box.append((False, exc))
+            done.set()
+
+        self.post((P.CALL, run))
+        if not done.wait(timeout):
+            raise TimeoutError("hpcray's comm thread did not answer")
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    def start(self) -> None:
+        self.running = True
+        self.thread = threading.Thread(target=self._main, name=f"hpcray-comm-{self.rank}", daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.running = False
+        self.wake_event.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+
+    # ---- comm thread ---------------------------------------------------------------------
+    def send(self, dest: int, msg: tuple) -> None:
+        """Send a downstream message (scheduler → rank) or upstream one (rank → rank 0)."""
+        if dest == self.rank:
+            if P.is_upstream(msg[0]):
+                if self.scheduler is not None:  # None while a session is being ended
+                    self.scheduler.handle(dest, msg)
+            else:
+                self.agent(msg)
+        else:
+            box = self.outbox.get(dest)
+            if box is None:
+                box = self.outbox[dest] = []
+            box.append(msg)
+
+    def _main(self) -> None:
+        sleep_s = 50e-6
+        last_activity = time.monotonic()
+        try:
+            while self.running:
+                self.wake_event.clear()
+                if self.turn():
+                    last_activity = time.monotonic()
+                    sleep_s = 50e-6
+                    continue
+                if time.monotonic() - last_activity < self.spin_s:
+                    continue
+                self.wake_event.wait(sleep_s if self.transport is not None else self.idle_sleep_s)
+                sleep_s = min(sleep_s * 2, self.max_sleep_s)
+            self.turn()
+            self.flush_until_sent(5.0)
+        except BaseException as exc:  # a bug here must not hang the job: record and report
+            self.error = exc
+            logger.exception("hpcray: the comm thread of rank %d failed", self.rank)
+            self.running = False
+
+    def turn(self) -> bool:
+        """One pass: local commands, incoming messages, scheduling, outgoing batches."""
+        progress = False
+        commands = self.commands
+        if commands:
+            progress = True
+            popleft = commands.popleft
+            while commands:
+                self._local(popleft())
+        transport = self.transport
+        if transport is not None:
+            for source, batch in transport.receive():
+                progress = True
+                self._remote(source, batch)
+        scheduler = self.scheduler
+        if scheduler is not None and scheduler.dirty:
+            scheduler.dispatch()
+        if self.outbox:
+            progress = True
+            for dest, batch in self.outbox.items():
+                transport.send(dest, batch)
+            self.outbox = {}
+        if transport is not None and transport.progress_sends():
+            progress = True
+        return progress
+
+    def _local(self, item: tuple) -> None:
+        kind = item[0]
+        if kind == INCREF:
+            object_id = item[1]
+            if job_of(object_id) != self.job:
+                return
+            count = self.counts.get(object_id, 0)
+            self.counts[object_id] = count + 1
+            if object_id not in self.held:
+                self.held.add(object_id)
+                self.send(0, (P.HOLD, object_id, 1))
+        elif kind == DECREF:
+            object_id = item[1]
+            count = self.counts.get(object_id)
+            if count is None:
+                return
+            if count > 1:
+                self.counts[object_id] = count - 1
+                return
+            del self.counts[object_id]
+            self.held.discard(object_id)
+            self.on_forget(object_id)
+            self.send(0, (P.HOLD, object_id, -1))
+        elif kind == P.CALL:
+            item[1]()
+        else:
+            if kind == P.SUBMIT:
+                self.held.update(item[1].return_ids)
+            elif kind == P.PUT:
+                self.held.add(item[1])
+            elif kind in (P.TASK_DONE, P.BLOCKED, P.UNBLOCKED):
+                if self.local_hook is not None and not self.local_hook(item):
+                    return
+            self.send(0, item)
+
+    def _remote(self, source: int, batch: List[tuple]) -> None:
+        if self.on_remote is not None:
+            for msg in batch:
+                self.on_remote(source, msg)
+            return
+        scheduler = self.scheduler
+        if scheduler is not None:
+            for msg in batch:
+                scheduler.handle(source, msg)
+        else:
+            agent = self.agent
+            for msg in batch:
+                agent(msg)
+
+    def flush_until_sent(self, timeout: float) -> bool:
+        """Push out what is queued and wait (polling, with sleeps) until MPI took it."""
+        transport = self.transport
+        if transport is None:
+            return True
+        for dest, batch in self.outbox.items():
+            transport.send(dest, batch)
+        self.outbox = {}
+        deadline = time.monotonic() + timeout
+        while transport.busy() and time.monotonic() < deadline:
+            if not transport.progress_sends():
+                time.sleep(1e-4)
+        return not transport.busy()

@@ -1,0 +1,117 @@
+"""The one place that reads ``HPCRAY_*`` environment settings.
+
+Every setting is read when ``init()`` runs (``Config.from_env()``), so tests can change the
+environment between sessions. A malformed value is an error that names the variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+
+def _env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ValueError(f"{name}={raw!r} must be >= {minimum}")
+    return value
+
+
+def _env_int(name: str, default: int, minimum: int = 0) -> int:
+    value = _env_float(name, default, minimum)
+    if value != int(value):
+        raise ValueError(f"{name}={os.environ[name]!r} must be a whole number")
+    return int(value)
+
+
+def _env_optional_float(name: str) -> Optional[float]:
+    if os.environ.get(name, "") == "":
+        return None
+    return _env_float(name, 0.0)
+
+
+@dataclass
+class Config:
+    """Settings of one session, from ``HPCRAY_*`` variables (see the README's table)."""
+
+    #: "auto": use MPI when launched by mpiexec/srun; "1": always; "0": never (single rank).
+    mpi: str = "auto"
+    #: CPUs each worker rank advertises (default: SLURM_CPUS_PER_TASK, else 1).
+    cpus_per_rank: Optional[float] = None
+    #: GPUs each worker rank advertises, overriding detection (testing without GPUs).
+    gpus_per_rank: Optional[float] = None
+    #: Custom resources each worker rank advertises, e.g. {"special": 2}.
+    resources_per_rank: Dict[str, float] = field(default_factory=dict)
+    #: Group consecutive ranks into pretend hosts of this many ranks (tests of "nodes").
+    ranks_per_host: int = 0
+    #: Microseconds the comm thread keeps polling after activity before it sleeps.
+    spin_us: float = 200.0
+    #: Longest sleep of an idle comm thread, in microseconds.
+    max_sleep_us: float = 1000.0
+    #: Tasks a worker rank may hold queued beyond those it is running.
+    prefetch: int = 2
+    #: Seconds the driver waits for the ranks to leave before aborting the job.
+    exit_timeout_s: float = 5.0
+    #: Python logging level name for hpcray's logger.
+    log_level: str = "WARNING"
+
+    @classmethod
+    def from_env(cls) -> "Config":
+        mpi = os.environ.get("HPCRAY_MPI", "auto").strip().lower() or "auto"
+        if mpi not in ("auto", "0", "1"):
+            raise ValueError(f"HPCRAY_MPI={mpi!r} must be 'auto', '0' or '1'")
+        raw_resources = os.environ.get("HPCRAY_RESOURCES", "")
+        resources: Dict[str, float] = {}
+        if raw_resources:
+            try:
+                resources = json.loads(raw_resources)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"HPCRAY_RESOURCES={raw_resources!r} is not JSON: {exc}") from None
+            if not isinstance(resources, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and v >= 0 for k, v in resources.items()
+            ):
+                raise ValueError(f"HPCRAY_RESOURCES={raw_resources!r} must map names to amounts >= 0")
+            if {"CPU", "GPU"} & set(resources):
+                raise ValueError("HPCRAY_RESOURCES must not contain CPU or GPU; use HPCRAY_NUM_CPUS/HPCRAY_NUM_GPUS")
+        return cls(
+            mpi=mpi,
+            cpus_per_rank=_env_optional_float("HPCRAY_NUM_CPUS"),
+            gpus_per_rank=_env_optional_float("HPCRAY_NUM_GPUS"),
+            resources_per_rank={k: float(v) for k, v in resources.items()},
+            ranks_per_host=_env_int("HPCRAY_RANKS_PER_HOST", 0),
+            spin_us=_env_float("HPCRAY_SPIN_US", 200.0),
+            max_sleep_us=_env_float("HPCRAY_MAX_SLEEP_US", 1000.0, minimum=1.0),
+            prefetch=_env_int("HPCRAY_PREFETCH", 2),
+            exit_timeout_s=_env_float("HPCRAY_EXIT_TIMEOUT_S", 5.0),
+            log_level=os.environ.get("HPCRAY_LOG_LEVEL", "WARNING").upper(),
+        )
+
+
+def launched_by_mpi() -> bool:
+    """True when a process manager (mpiexec, srun with PMI) started this process as one of many."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "PMI_RANK",
+                 "PMIX_RANK", "HYDI_CONTROL_FD", "MPIR_CVAR_CH3_INTERFACE_HOSTNAME"):
+        if name in os.environ:
+            return True
+    return os.environ.get("SLURM_NTASKS", "1") not in ("", "1") and "SLURM_PROCID" in os.environ
+
+
+def slurm_cpus_per_task() -> Optional[float]:
+    raw = os.environ.get("SLURM_CPUS_PER_TASK")
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def ignore_unhandled_errors() -> bool:
+    """Ray's RAY_IGNORE_UNHANDLED_ERRORS, honoured under its Ray name too."""
+    return os.environ.get("HPCRAY_IGNORE_UNHANDLED_ERRORS", os.environ.get("RAY_IGNORE_UNHANDLED_ERRORS", "0")) == "1"

@@ -1,0 +1,134 @@
+"""What the running task looks like from inside: a thread-local context, its printed-line prefix,
+and its ``runtime_env`` environment variables.
+
+Tasks of one rank run in threads of one process, so two things that are process-wide in Ray's
+one-task-per-process workers are made per thread here:
+- ``os.environ`` becomes a mapping that shows the running task's ``env_vars`` on top of the real
+  environment, to that task's thread only (``os.environ`` and ``os.getenv``; a subprocess started
+  without ``env=`` sees the real environment);
+- ``sys.stdout``/``sys.stderr`` prefix each line a task prints with ``(name pid=…, rank=…)``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Dict, Optional
+
+_tls = threading.local()
+
+
+class TaskContext:
+    """The task or actor call the current thread is running."""
+
+    __slots__ = ("task_id", "name", "resources", "env", "prefix", "gpu_ids", "actor_id")
+
+    def __init__(self, task_id: bytes, name: str, resources: Dict[str, float],
+                 env: Optional[Dict[str, str]], rank: int, gpu_ids: Optional[list] = None,
+                 actor_id: Optional[bytes] = None):
+        self.task_id = task_id
+        self.name = name
+        self.resources = resources
+        self.env = env
+        self.prefix = f"({name} pid={os.getpid()}, rank={rank}) "
+        self.gpu_ids = gpu_ids or []
+        self.actor_id = actor_id
+
+
+def current() -> Optional[TaskContext]:
+    return getattr(_tls, "ctx", None)
+
+
+def set_current(ctx: Optional[TaskContext]) -> None:
+    _tls.ctx = ctx
+
+
+class TaskEnviron(os._Environ):  # type: ignore[name-defined]
+    """``os.environ`` with the current task's ``env_vars`` laid over it, for its thread only."""
+
+    def __init__(self, base: "os._Environ"):  # type: ignore[name-defined]
+        super().__init__(base._data, base.encodekey, base.decodekey, base.encodevalue, base.decodevalue)
+        self.base = base
+
+    @staticmethod
+    def _overlay() -> Optional[Dict[str, str]]:
+        ctx = getattr(_tls, "ctx", None)
+        return ctx.env if ctx is not None else None
+
+    def __getitem__(self, key):
+        overlay = self._overlay()
+        if overlay and key in overlay:
+            return overlay[key]
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        overlay = self._overlay()
+        return bool(overlay and key in overlay) or super().__contains__(key)
+
+    def __iter__(self):
+        overlay = self._overlay()
+        seen = set()
+        if overlay:
+            for key in overlay:
+                seen.add(key)
+                yield key
+        for key in super().__iter__():
+            if key not in seen:
+                yield key
+
+    def __len__(self):
+        return sum(1 for _ in self)
+
+    def copy(self):
+        return dict(self)
+
+
+class PrefixedStream:
+    """Wraps sys.stdout/sys.stderr: lines printed by a task get the task's prefix."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._local = threading.local()
+
+    def write(self, text: str) -> int:
+        ctx = getattr(_tls, "ctx", None)
+        if ctx is None:
+            return self._stream.write(text)
+        pending = getattr(self._local, "pending", "") + text
+        lines = pending.split("\n")
+        self._local.pending = lines.pop()
+        if lines:
+            self._stream.write("".join(ctx.prefix + line + "\n" for line in lines))
+            self._stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        ctx = getattr(_tls, "ctx", None)
+        pending = getattr(self._local, "pending", "")
+        if pending and ctx is not None:
+            self._local.pending = ""
+            self._stream.write(ctx.prefix + pending + "\n")
+        self._stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def install_task_io() -> None:
+    """Put the per-task environment and output prefixing in place (idempotent)."""
+    if not isinstance(os.environ, TaskEnviron):
+        os.environ = TaskEnviron(os.environ)
+    if not isinstance(sys.stdout, PrefixedStream):
+        sys.stdout = PrefixedStream(sys.stdout)
+    if not isinstance(sys.stderr, PrefixedStream):
+        sys.stderr = PrefixedStream(sys.stderr)
+
+
+def uninstall_task_io() -> None:
+    if isinstance(os.environ, TaskEnviron):
+        os.environ = os.environ.base
+    if isinstance(sys.stdout, PrefixedStream):
+        sys.stdout = sys.stdout._stream
+    if isinstance(sys.stderr, PrefixedStream):
+        sys.stderr = sys.stderr._stream

@@ -1,0 +1,223 @@
+"""The executor of a rank: runs the tasks the scheduler sends it, in threads.
+
+    EXECUTE ─► ledger.assign ─► (fits) ─► work queue ─► executor thread: load function,
+                    │ (no room: waits FIFO)              rebuild arguments, call, pickle returns
+                    ▼                                                 │
+              started when a task ends or blocks ◄── TASK_DONE / BLOCKED (via the comm thread)
+
+The comm thread owns the ledger and the pending table; executor threads only run user code and
+post their results back through the rank's command queue. Threads are reused: a new one is made
+only when every existing one is busy (or blocked in ``get``).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import sys
+import threading
+import traceback
+from typing import Any, Callable, Dict, List, Optional
+
+from .. import exceptions
+from . import context
+from . import protocol as P
+from .options import RetryPolicy
+from .protocol import TaskSpec
+from .resources import RankLedger
+from .serialization import SerializedValue, deserialize, loads, serialize
+
+
+class ArgRef:
+    """Stands in the pickled arguments for the i-th top-level ObjectRef argument."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __reduce__(self):
+        return (ArgRef, (self.index,))
+
+
+def rebuild_arguments(args: SerializedValue, values: List[SerializedValue]):
+    call_args, call_kwargs = deserialize(args)
+    if values:
+        resolved = [deserialize(v) for v in values]
+        call_args = [resolved[a.index] if type(a) is ArgRef else a for a in call_args]
+        call_kwargs = {k: resolved[v.index] if type(v) is ArgRef else v for k, v in call_kwargs.items()}
+    return call_args, call_kwargs
+
+
+def host_address() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def error_value(name: str, exc: BaseException, rank: int, ip: str) -> SerializedValue:
+    """The error a failed task leaves in its return objects (RayTaskError + the user's type)."""
+    text = traceback.format_exc()
+    cause: Optional[BaseException] = exc
+    if isinstance(exc, exceptions.RayTaskError):
+        cause = exc.cause
+        text = f"{text}\n{exc}"
+    elif isinstance(exc, exceptions.RayError):
+        return serialize(exc, is_error=True)
+    error = exceptions.RayTaskError(name, text, cause, pid=os.getpid(), ip=ip, rank=rank)
+    try:
+        return serialize(error.as_instanceof_cause(), is_error=True)
+    except Exception as pickling_error:
+        substitute = exceptions.RaySystemError(
+            f"{type(cause).__name__}: {cause} (the exception could not be pickled: {pickling_error})")
+        plain = exceptions.RayTaskError(name, text, substitute, pid=os.getpid(), ip=ip, rank=rank)
+        return serialize(plain, is_error=True)
+
+
+class Executor:
+    """Runs tasks on this rank. ``on_*`` methods run on the comm thread."""
+
+    def __init__(self, rank: int, resources: Dict[str, float], gpu_ids: List[str],
+                 post: Callable[[tuple], None]):
+        self.rank = rank
+        self.ip = host_address()
+        self.ledger = RankLedger(resources)
+        self.gpu_ids = gpu_ids
+        self.gpu_use: Dict[str, float] = {g: 0.0 for g in gpu_ids}
+        self._gpus_of: Dict[bytes, tuple] = {}
+        self.post = post
+        self.pending: Dict[bytes, tuple] = {}
+        self.blobs: Dict[bytes, bytes] = {}
+        self.functions: Dict[bytes, Any] = {}
+        self.session = 0
+        self._work: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._threads: List[threading.Thread] = []
+
+    # ---- comm thread --------------------------------------------------------------------
+    def on_execute(self, spec: TaskSpec, blob: Optional[bytes], values: List[SerializedValue]) -> None:
+        if blob is not None:
+            self.blobs[spec.fn_id] = blob
+        self.pending[spec.task_id] = (spec, values)
+        if self.ledger.assign(spec.task_id, spec.demand):
+            self._launch(spec.task_id)
+
+    def on_local(self, msg: tuple) -> bool:
+        """Update the ledger for a message of our own executor threads; False if it is stale."""
+        kind, task_id = msg[0], msg[1]
+        if kind == P.TASK_DONE:
+            if task_id not in self.ledger.running:
+                return False
+            self._release_gpus(task_id)
+            started = self.ledger.finish(task_id)
+        elif kind == P.BLOCKED:
+            started = self.ledger.block(task_id)
+        else:
+            self.ledger.unblock(task_id)
+            started = []
+        for tid in started:
+            self._launch(tid)
+        return True
+
+    def reset(self) -> None:
+        """Forget the session: queued tasks are dropped, running ones finish unreported."""
+        self.session += 1
+        self.pending.clear()
+        self.blobs.clear()
+        self.functions.clear()
+        self.ledger = RankLedger(self.ledger.total)
+        self.gpu_use = {g: 0.0 for g in self.gpu_ids}
+        self._gpus_of.clear()
+
+    def _launch(self, task_id: bytes) -> None:
+        spec, values = self.pending.pop(task_id)
+        gpus = self._take_gpus(task_id, spec.demand.get("GPU", 0.0))
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        self._work.put((spec, values, gpus, self.session))
+        if spawn:
+            thread = threading.Thread(target=self._thread_main, name=f"hpcray-exec-{len(self._threads)}",
+                                      daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _take_gpus(self, task_id: bytes, amount: float) -> List[str]:
+        """Pick GPUs for a task: the least used ones, so fractional tasks pack onto one GPU."""
+        if amount <= 0 or not self.gpu_ids:
+            return []
+        count = max(1, int(-(-amount // 1)))
+        chosen = sorted(self.gpu_use, key=lambda g: self.gpu_use[g])[:count]
+        share = amount / count
+        for g in chosen:
+            self.gpu_use[g] += share
+        self._gpus_of[task_id] = (chosen, share)
+        return chosen
+
+    def _release_gpus(self, task_id: bytes) -> None:
+        taken = self._gpus_of.pop(task_id, None)
+        if taken:
+            gpus, share = taken
+            for g in gpus:
+                self.gpu_use[g] = max(0.0, self.gpu_use.get(g, 0.0) - share)
+
+    # ---- executor threads ---------------------------------------------------------------
+    def _thread_main(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            self.run(*item)
+            with self._lock:
+                self._idle += 1
+
+    def run(self, spec: TaskSpec, values: List[SerializedValue], gpus: List[str], session: int) -> None:
+        resources = dict(spec.demand)
+        ctx = context.TaskContext(spec.task_id, spec.name, resources, spec.env_vars, self.rank, gpus)
+        context.set_current(ctx)
+        results = error = None
+        retryable = False
+        try:
+            function = self._function(spec.fn_id)
+            call_args, call_kwargs = rebuild_arguments(spec.args, values)
+            results = self._pickle_returns(spec, function(*call_args, **call_kwargs))
+        except SystemExit as exc:
+            retryable = True
+            error = serialize(exceptions.WorkerCrashedError(
+                f"The task {spec.name} called exit({exc.code}) on rank {self.rank}; hpcray treats this "
+                "as a crashed worker (the rank itself keeps running)"), is_error=True)
+        except BaseException as exc:  # the task's failure is reported, never raised here
+            retryable = RetryPolicy.matches(spec.retry_blob, exc) if isinstance(exc, Exception) else False
+            error = error_value(spec.name, exc, self.rank, self.ip)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            context.set_current(None)
+        if session == self.session:
+            self.post((P.TASK_DONE, spec.task_id, results, error, retryable))
+
+    def _function(self, fn_id: bytes) -> Any:
+        function = self.functions.get(fn_id)
+        if function is None:
+            function = self.functions[fn_id] = loads(self.blobs[fn_id])
+        return function
+
+    @staticmethod
+    def _pickle_returns(spec: TaskSpec, result: Any) -> List[SerializedValue]:
+        count = spec.num_returns
+        if count == 1:
+            return [serialize(result)]
+        if count == 0:
+            return []
+        try:
+            items = list(result)
+        except TypeError:
+            raise ValueError(f"Task {spec.name} has num_returns={count} but returned a "
+                             f"{type(result).__name__}, not a sequence of {count} values") from None
+        if len(items) != count:
+            raise ValueError(f"Task {spec.name} has num_returns={count} but returned {len(items)} values")
+        return [serialize(item) for item in items]

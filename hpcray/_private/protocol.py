@@ -1,0 +1,104 @@
+"""The messages ranks exchange, and the value classes they carry.
+
+Messages are tuples whose first item is the kind. *Upstream* kinds go to the scheduler on rank 0;
+*downstream* kinds go from the scheduler to a rank's agent (its object store and executor).
+On rank 0 both directions are plain function calls; between ranks they travel in batches, one
+MPI message per destination per loop turn.
+
+    upstream                                   downstream
+    SUBMIT(spec)                               EXECUTE(spec, fn_blob|None, arg_values)
+    TASK_DONE(task_id, values|None, error|None, retryable)
+    BLOCKED(task_id) / UNBLOCKED(task_id)      OBJECT(object_id, value)
+    GET_REQ([object_id])
+    PUT(object_id, value)
+    HOLD(object_id, +1|-1)
+    HELLO(rank_info)                           WELCOME(job, gpu_ids)
+    RESET_ACK / EXIT_ACK                       RESET / EXIT
+    QUERY(name, reply_object_id)               (answered with OBJECT)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+# upstream
+SUBMIT = 1
+TASK_DONE = 2
+BLOCKED = 3
+UNBLOCKED = 4
+GET_REQ = 5
+PUT = 6
+HOLD = 7
+HELLO = 8
+RESET_ACK = 9
+EXIT_ACK = 10
+QUERY = 11
+# downstream
+EXECUTE = 101
+OBJECT = 102
+WELCOME = 103
+RESET = 104
+EXIT = 105
+
+#: local-only item on a rank's command queue (never sent): run a function on the comm thread
+CALL = 201
+
+
+def is_upstream(kind: int) -> bool:
+    return kind < 100
+
+
+class TaskSpec:
+    """Everything a rank needs to run one task, and the scheduler needs to place it."""
+
+    __slots__ = ("task_id", "fn_id", "fn_blob", "name", "args", "deps", "return_ids", "num_returns",
+                 "demand", "max_retries", "retry_blob", "env_vars", "strategy", "owner", "attempt")
+
+    def __init__(self, task_id: bytes, fn_id: bytes, fn_blob: Optional[bytes], name: str, args: Any,
+                 deps: List[bytes], return_ids: List[bytes], num_returns: int, demand: Dict[str, float],
+                 max_retries: int, retry_blob: Any, env_vars: Optional[Dict[str, str]],
+                 strategy: Optional[tuple], owner: int):
+        self.task_id = task_id
+        self.fn_id = fn_id
+        self.fn_blob = fn_blob
+        self.name = name
+        self.args = args
+        self.deps = deps
+        self.return_ids = return_ids
+        self.num_returns = num_returns
+        self.demand = demand
+        self.max_retries = max_retries
+        self.retry_blob = retry_blob
+        self.env_vars = env_vars
+        self.strategy = strategy
+        self.owner = owner
+        self.attempt = 0
+
+    def __reduce__(self):
+        state = tuple(getattr(self, s) for s in self.__slots__)
+        return (_rebuild_spec, state)
+
+
+def _rebuild_spec(*state):
+    spec = TaskSpec.__new__(TaskSpec)
+    for name, value in zip(TaskSpec.__slots__, state):
+        setattr(spec, name, value)
+    return spec
+
+
+class RankInfo:
+    """What a rank tells the scheduler about itself when it joins."""
+
+    __slots__ = ("rank", "host", "pid", "resources", "gpu_ids", "gpu_names")
+
+    def __init__(self, rank: int, host: str, pid: int, resources: Dict[str, float],
+                 gpu_ids: List[str], gpu_names: List[str]):
+        self.rank = rank
+        self.host = host
+        self.pid = pid
+        self.resources = resources
+        self.gpu_ids = gpu_ids
+        self.gpu_names = gpu_names
+
+    def __reduce__(self):
+        return (RankInfo, (self.rank, self.host, self.pid, self.resources, self.gpu_ids, self.gpu_names))

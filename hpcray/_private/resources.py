@@ -1,0 +1,168 @@
+"""Resource amounts: what a rank offers, and the ledger of what its tasks use.
+
+``RankLedger`` is the single rule for "may this task start here now": the scheduler keeps one per
+rank as its picture of that rank, and each rank keeps one for itself. Both apply the same events
+(assign, finish, block, unblock) in the same order per rank, so the pictures agree.
+A task blocked in ``get()`` gives its CPUs back until it resumes (so task trees cannot deadlock).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import deque
+from typing import Deque, Dict, List, Optional, Tuple
+
+EPS = 1e-9
+
+
+def fits(available: Dict[str, float], demand: Dict[str, float]) -> bool:
+    for key, amount in demand.items():
+        if available.get(key, 0.0) + EPS < amount:
+            return False
+    return True
+
+
+class RankLedger:
+    """Resources of one rank: running tasks hold their demand; the rest wait in FIFO order."""
+
+    __slots__ = ("total", "available", "running", "blocked", "queued")
+
+    def __init__(self, total: Dict[str, float]):
+        self.total = dict(total)
+        self.available = dict(total)
+        self.running: Dict[bytes, Dict[str, float]] = {}
+        self.blocked: set = set()
+        self.queued: Deque[Tuple[bytes, Dict[str, float]]] = deque()
+
+    def can_ever_fit(self, demand: Dict[str, float]) -> bool:
+        return fits(self.total, demand)
+
+    def fits_now(self, demand: Dict[str, float]) -> bool:
+        return not self.queued and fits(self.available, demand)
+
+    def assign(self, task_id: bytes, demand: Dict[str, float]) -> bool:
+        """Add a task; True when it starts at once, False when it waits in the queue."""
+        if self.fits_now(demand):
+            self._start(task_id, demand)
+            return True
+        self.queued.append((task_id, demand))
+        return False
+
+    def finish(self, task_id: bytes) -> List[bytes]:
+        """A task ended (or was dropped); return the queued tasks that start now."""
+        demand = self.running.pop(task_id, None)
+        if demand is None:
+            self._drop_queued(task_id)
+            return []
+        if task_id in self.blocked:
+            self.blocked.discard(task_id)
+            self._give(demand, skip_cpu=True)
+        else:
+            self._give(demand)
+        return self._start_queued()
+
+    def block(self, task_id: bytes) -> List[bytes]:
+        demand = self.running.get(task_id)
+        if demand is None or task_id in self.blocked:
+            return []
+        self.blocked.add(task_id)
+        self.available["CPU"] = self.available.get("CPU", 0.0) + demand.get("CPU", 0.0)
+        return self._start_queued()
+
+    def unblock(self, task_id: bytes) -> None:
+        if task_id in self.blocked:
+            self.blocked.discard(task_id)
+            cpu = self.running[task_id].get("CPU", 0.0)
+            self.available["CPU"] = self.available.get("CPU", 0.0) - cpu
+
+    def load(self) -> int:
+        return len(self.running) + len(self.queued)
+
+    def _start(self, task_id: bytes, demand: Dict[str, float]) -> None:
+        self.running[task_id] = demand
+        for key, amount in demand.items():
+            self.available[key] = self.available.get(key, 0.0) - amount
+
+    def _give(self, demand: Dict[str, float], skip_cpu: bool = False) -> None:
+        for key, amount in demand.items():
+            if skip_cpu and key == "CPU":
+                continue
+            self.available[key] = self.available.get(key, 0.0) + amount
+
+    def _start_queued(self) -> List[bytes]:
+        started = []
+        while self.queued and fits(self.available, self.queued[0][1]):
+            task_id, demand = self.queued.popleft()
+            self._start(task_id, demand)
+            started.append(task_id)
+        return started
+
+    def _drop_queued(self, task_id: bytes) -> None:
+        for i, (tid, _) in enumerate(self.queued):
+            if tid == task_id:
+                del self.queued[i]
+                return
+
+
+def usable_cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def host_memory_bytes() -> float:
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0.0
+
+
+def host_name(rank: int, ranks_per_host: int) -> str:
+    """The host a rank runs on; with HPCRAY_RANKS_PER_HOST, pretend hosts of that many ranks."""
+    name = socket.gethostname()
+    if ranks_per_host > 0:
+        return f"{name}-{rank // ranks_per_host}"
+    return name
+
+
+def detect_gpus() -> Tuple[List[str], List[str]]:
+    """GPU ids this process may use, and their model names.
+
+    The ids are what CUDA_VISIBLE_DEVICES should name: already-narrowed CUDA_VISIBLE_DEVICES is
+    respected; otherwise pynvml's UUIDs in PCI order. No pynvml or no driver: no GPUs.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names: List[str] = []
+    try:
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pynvml  # type: ignore
+        pynvml.nvmlInit()
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+            uuids = []
+            for i in range(count):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+                uuid = pynvml.nvmlDeviceGetUUID(handle)
+                name = pynvml.nvmlDeviceGetName(handle)
+                uuids.append(uuid.decode() if isinstance(uuid, bytes) else uuid)
+                names.append(name.decode() if isinstance(name, bytes) else name)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        uuids = []
+    if visible is not None:
+        ids = [v.strip() for v in visible.split(",") if v.strip() and v.strip() != "-1"]
+        return ids, names[: len(ids)]
+    return uuids, names
+
+
+def accelerator_resource(names: List[str]) -> Optional[str]:
+    """Ray's ``accelerator_type:<model>`` resource name for the first GPU, e.g. ``H100``."""
+    if not names:
+        return None
+    words = [w for w in names[0].replace("NVIDIA", "").split() if any(c.isdigit() for c in w)]
+    return f"accelerator_type:{words[0]}" if words else None

@@ -1,0 +1,466 @@
+"""Sessions and the roles of ranks: ``init()``, ``shutdown()`` and the end of the job.
+
+    python app.py                     mpiexec -n N python app.py
+    ┌──────────────────────┐          rank 0 ─ init() returns ─ driver + scheduler (comm thread)
+    │ rank 0: driver,      │          rank k ─ init() never returns: serve_worker() runs the
+    │ scheduler, executor  │                   executor until the driver's process ends
+    └──────────────────────┘
+
+The MPI world of a process (transport, worker ranks, GPU assignment) outlives sessions: a driver
+may ``shutdown()`` and ``init()`` again; workers are told RESET, then WELCOME with a new job
+number. When the driver's process ends (normally, by an exception, or by SIGINT/SIGTERM), an
+atexit hook tells every rank EXIT; each acknowledges, finalizes MPI and leaves with status 0, so
+``mpiexec`` returns the driver's own status. Ranks that do not answer in time are aborted.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+from . import context, object_ref
+from . import protocol as P
+from .client import CoreClient
+from .comm import CommLoop, MPITransport
+from .config import Config, launched_by_mpi, slurm_cpus_per_task
+from .executor import Executor, host_address
+from .protocol import RankInfo
+from .resources import accelerator_resource, detect_gpus, host_memory_bytes, host_name, usable_cpu_count
+from .scheduler import Scheduler, node_id_of
+
+logger = logging.getLogger("hpcray")
+
+HEAD_RESOURCE = "node:__internal_head__"
+
+
+class Session:
+    """One ``init()`` .. ``shutdown()`` on one rank: its client, loop and (rank 0) scheduler."""
+
+    def __init__(self, role: str, rank: int, job: int, loop: CommLoop, client: CoreClient,
+                 config: Config, namespace: Optional[str] = None,
+                 job_env: Optional[Dict[str, str]] = None):
+        self.role = role  # "driver" or "worker"
+        self.rank = rank
+        self.job = job
+        self.loop = loop
+        self.client = client
+        self.config = config
+        self.namespace = namespace
+        self.job_env = job_env or {}
+        self.scheduler: Optional[Scheduler] = None
+        self.executor: Optional[Executor] = None
+        self.node_id = ""
+        self.host = ""
+
+    @property
+    def job_id_hex(self) -> str:
+        return self.job.to_bytes(4, "big").hex()
+
+
+_session: Optional[Session] = None
+_lock = threading.RLock()
+
+
+def current() -> Optional[Session]:
+    return _session
+
+
+# ---------------------------------------------------------------------------------------------
+# The MPI world of this process (persists across sessions)
+# ---------------------------------------------------------------------------------------------
+class World:
+    def __init__(self, comm: Any, transport: MPITransport, workers: List[RankInfo], config: Config):
+        self.comm = comm
+        self.transport = transport
+        self.workers = workers
+        self.config = config
+        self.job = 0
+        self.exited = False
+
+
+_world: Optional[World] = None
+_jobs = 0
+_exit_code = 0
+
+
+def _local_rank_info(rank: int, config: Config, num_cpus: Optional[float] = None,
+                     num_gpus: Optional[float] = None,
+                     resources: Optional[Dict[str, float]] = None) -> RankInfo:
+    host = host_name(rank, config.ranks_per_host)
+    gpu_ids, names = detect_gpus()
+    if num_gpus is None:
+        num_gpus = config.gpus_per_rank
+    if num_gpus is not None:
+        gpu_ids = [str(i) for i in range(int(num_gpus))] if num_gpus > len(gpu_ids) else gpu_ids[: int(num_gpus)]
+    if num_cpus is None:
+        num_cpus = config.cpus_per_rank
+    if num_cpus is None:
+        num_cpus = slurm_cpus_per_task()
+    totals: Dict[str, float] = {"CPU": float(num_cpus if num_cpus is not None else 1.0)}
+    totals.update(config.resources_per_rank)
+    totals.update(resources or {})
+    return RankInfo(rank, host, os.getpid(), totals, gpu_ids, names)
+
+
+def _finish_resources(info: RankInfo, gpu_ids: List[str], memory: float, head_host: str) -> None:
+    info.gpu_ids = gpu_ids
+    if gpu_ids:
+        info.resources["GPU"] = float(len(gpu_ids))
+        accel = accelerator_resource(info.gpu_names)
+        if accel:
+            info.resources[accel] = 1.0
+    if memory > 0:
+        info.resources.setdefault("memory", memory)
+    info.resources[f"node:{_node_address(info.host)}"] = 1.0
+    if info.host == head_host:
+        info.resources[HEAD_RESOURCE] = 1.0
+
+
+def _node_address(host: str) -> str:
+    address = host_address()
+    return address if host == host_name(0, 0) else host
+
+
+def _assign_gpus(infos: List[RankInfo]) -> Dict[int, List[str]]:
+    """GPUs per worker rank: ranks of a host that see the same GPUs share them out; ranks whose
+    view is already narrowed (Slurm per-task binding) keep what they see."""
+    by_host: Dict[str, List[RankInfo]] = {}
+    for info in infos:
+        by_host.setdefault(info.host, []).append(info)
+    assignment: Dict[int, List[str]] = {}
+    for members in by_host.values():
+        views = {tuple(m.gpu_ids) for m in members}
+        if len(views) == 1 and len(members) > 1 and members[0].gpu_ids and not _per_task_gpus():
+            gpus = list(members[0].gpu_ids)
+            per = max(1, len(gpus) // len(members)) if len(gpus) >= len(members) else 1
+            for i, member in enumerate(members):
+                assignment[member.rank] = gpus[i * per:(i + 1) * per] if i * per < len(gpus) else []
+        else:
+            for member in members:
+                assignment[member.rank] = list(member.gpu_ids)
+    return assignment
+
+
+def _per_task_gpus() -> bool:
+    return any(os.environ.get(v) for v in ("SLURM_GPUS_PER_TASK", "HPCRAY_GPUS_PER_TASK_BOUND")) or \
+        "gpu" in os.environ.get("SLURM_TRES_PER_TASK", "")
+
+
+def _connect_mpi(config: Config):
+    """Return (comm, rank, size), or None when this process runs without MPI."""
+    if config.mpi == "0" or (config.mpi == "auto" and not launched_by_mpi()):
+        return None
+    try:
+        from mpi4py import MPI
+    except Exception as exc:  # no MPI library at all: single rank
+        if config.mpi == "1":
+            raise RuntimeError(f"HPCRAY_MPI=1 but mpi4py cannot load an MPI library: {exc}") from exc
+        logger.warning("hpcray: launched by an MPI launcher but mpi4py failed to load (%s); "
+                       "running single-rank", exc)
+        return None
+    comm = MPI.COMM_WORLD
+    if comm.Get_size() == 1:
+        return None
+    return comm, comm.Get_rank(), comm.Get_size()
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side
+# ---------------------------------------------------------------------------------------------
+def init_session(num_cpus: Optional[float], num_gpus: Optional[float], resources: Optional[Dict[str, float]],
+                 namespace: Optional[str], job_env: Optional[Dict[str, str]]) -> Session:
+    global _session, _jobs, _world
+    config = Config.from_env()
+    _configure_logging(config)
+    mpi = _connect_mpi(config) if _world is None else (_world.comm, 0, _world.comm.Get_size())
+    if mpi is not None and mpi[1] != 0:
+        serve_worker(mpi[0], config)  # never returns
+    _jobs += 1
+    job = _jobs
+    if mpi is None:
+        session = _start_single(config, job, num_cpus, num_gpus, resources, namespace, job_env)
+    else:
+        if any(v is not None for v in (num_cpus, num_gpus, resources)):
+            logger.warning("hpcray: init(num_cpus/num_gpus/resources) is ignored under MPI; the job's "
+                           "ranks and Slurm decide the resources (see HPCRAY_NUM_CPUS, HPCRAY_RESOURCES)")
+        session = _start_driver(mpi[0], config, job, namespace, job_env)
+    _session = session
+    object_ref.current.sink = session.loop.commands.append
+    object_ref.current.client = session.client
+    return session
+
+
+def _configure_logging(config: Config) -> None:
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(getattr(logging, config.log_level, logging.WARNING))
+
+
+def _start_single(config: Config, job: int, num_cpus, num_gpus, resources, namespace, job_env) -> Session:
+    info = _local_rank_info(0, config, num_cpus if num_cpus is not None else usable_cpu_count(),
+                            num_gpus, resources)
+    _finish_resources(info, info.gpu_ids, host_memory_bytes() * 0.7, info.host)
+    loop = CommLoop(0, None, config.spin_us, config.max_sleep_us)
+    loop.job = job
+    client = CoreClient(0, job, loop.post)
+    session = Session("driver", 0, job, loop, client, config, namespace, job_env)
+    session.scheduler = Scheduler(loop.send, [info], config.prefetch)
+    session.executor = Executor(0, info.resources, info.gpu_ids, loop.post)
+    session.host, session.node_id = info.host, node_id_of(info.host)
+    _wire(loop, session)
+    context.install_task_io()
+    loop.start()
+    return session
+
+
+def _start_driver(comm: Any, config: Config, job: int, namespace, job_env) -> Session:
+    global _world
+    if _world is None:
+        transport = MPITransport(comm)
+        workers = _gather_workers(transport, config)
+        _world = World(comm, transport, workers, config)
+        atexit.register(_at_exit)
+        _install_driver_signals()
+    world = _world
+    world.job = job
+    head_host = host_name(0, config.ranks_per_host)
+    loop = CommLoop(0, world.transport, config.spin_us, config.max_sleep_us)
+    loop.job = job
+    client = CoreClient(0, job, loop.post)
+    session = Session("driver", 0, job, loop, client, config, namespace, job_env)
+    session.scheduler = Scheduler(loop.send, world.workers, config.prefetch)
+    session.host, session.node_id = head_host, node_id_of(head_host)
+    _wire(loop, session)
+    for info in world.workers:
+        loop.send(info.rank, (P.WELCOME, job, info.gpu_ids, info.resources))
+    loop.start()
+    return session
+
+
+def _wire(loop: CommLoop, session: Session) -> None:
+    loop.scheduler = session.scheduler
+    loop.on_forget = session.client.forget
+    executor = session.executor
+
+    def agent(msg: tuple) -> None:
+        kind = msg[0]
+        if kind == P.OBJECT:
+            session.client.deliver(msg[1], msg[2])
+        elif kind == P.EXECUTE:
+            executor.on_execute(msg[1], msg[2], msg[3])
+
+    loop.agent = agent
+    if executor is not None:
+        loop.local_hook = executor.on_local
+
+
+def _gather_workers(transport: MPITransport, config: Config) -> List[RankInfo]:
+    """Wait (polling, never blocking in MPI) for every worker's HELLO; assign GPUs and memory."""
+    expected = transport.size - 1
+    infos: Dict[int, RankInfo] = {}
+    deadline = time.monotonic() + float(os.environ.get("HPCRAY_INIT_TIMEOUT_S", "120"))
+    sleep_s = 1e-4
+    while len(infos) < expected:
+        got = transport.receive()
+        for source, batch in got:
+            for msg in batch:
+                if msg[0] == P.HELLO:
+                    infos[source] = msg[1]
+        if not got:
+            if time.monotonic() > deadline:
+                missing = sorted(set(range(1, transport.size)) - set(infos))
+                raise RuntimeError(f"hpcray.init(): ranks {missing} did not call hpcray.init() in time; "
+                                   "every rank must reach init() (call it near the top of the program)")
+            time.sleep(sleep_s)
+            sleep_s = min(sleep_s * 2, 0.01)
+    workers = [infos[r] for r in sorted(infos)]
+    gpus = _assign_gpus(workers)
+    head_host = host_name(0, config.ranks_per_host)
+    per_host: Dict[str, int] = {}
+    for info in workers:
+        per_host[info.host] = per_host.get(info.host, 0) + 1
+    for info in workers:
+        _finish_resources(info, gpus[info.rank], host_memory_bytes() * 0.7 / per_host[info.host], head_host)
+    return workers
+
+
+def shutdown_session() -> None:
+    """End the session on the driver; worker ranks forget it and wait for the next one."""
+    global _session
+    with _lock:
+        session = _session
+        if session is None:
+            return
+        _session = None
+        object_ref.current.sink = None
+        object_ref.current.client = None
+        loop = session.loop
+        if _world is not None and not _world.exited:
+            _reset_workers(loop, session.config.exit_timeout_s)
+        loop.stop()
+        if _world is None:
+            context.uninstall_task_io()
+
+
+def _reset_workers(loop: CommLoop, timeout: float) -> None:
+    acks: set = set()
+    workers = [info.rank for info in _world.workers]
+
+    def collect(source: int, msg: tuple) -> None:
+        if msg[0] == P.RESET_ACK:
+            acks.add(source)
+
+    def begin() -> None:
+        loop.scheduler = None
+        loop.on_remote = collect
+        for rank in workers:
+            loop.send(rank, (P.RESET,))
+
+    try:
+        loop.call(begin, timeout)
+    except TimeoutError:
+        return
+    deadline = time.monotonic() + timeout
+    while len(acks) < len(workers) and time.monotonic() < deadline and loop.running:
+        time.sleep(0.001)
+    if len(acks) < len(workers):
+        logger.warning("hpcray: ranks %s did not confirm the end of the session",
+                       sorted(set(workers) - acks))
+
+
+def _at_exit() -> None:
+    """The driver's process is ending: end every rank, then let MPI finalize."""
+    world = _world
+    if world is None or world.exited:
+        return
+    shutdown_session()
+    world.exited = True
+    transport = world.transport
+    for info in world.workers:
+        transport.send(info.rank, [(P.EXIT,)])
+    acks: set = set()
+    deadline = time.monotonic() + world.config.exit_timeout_s
+    while len(acks) < len(world.workers) and time.monotonic() < deadline:
+        got = transport.receive()
+        for source, batch in got:
+            if any(msg[0] == P.EXIT_ACK for msg in batch):
+                acks.add(source)
+        transport.progress_sends()
+        if not got:
+            time.sleep(0.001)
+    while transport.busy() and time.monotonic() < deadline:
+        transport.progress_sends()
+        time.sleep(0.001)
+    if len(acks) < len(world.workers):
+        sys.stderr.write(f"hpcray: ranks {sorted({i.rank for i in world.workers} - acks)} did not "
+                         "leave in time; aborting the job\n")
+        sys.stderr.flush()
+        world.comm.Abort(_exit_code or 1)
+
+
+def _install_driver_signals() -> None:
+    """SIGTERM ends the driver like an exception would, so the atexit hook ends every rank."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        def on_term(signum, frame):
+            raise SystemExit(128 + signum)
+        signal.signal(signal.SIGTERM, on_term)
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker ranks
+# ---------------------------------------------------------------------------------------------
+class WorkerAgent:
+    """Downstream handler of a worker rank: sessions, tasks, objects, the end of the job."""
+
+    def __init__(self, rank: int, loop: CommLoop, config: Config):
+        self.rank = rank
+        self.loop = loop
+        self.config = config
+        self.executor: Optional[Executor] = None
+
+    def handle(self, msg: tuple) -> None:
+        kind = msg[0]
+        session = _session
+        if kind == P.EXECUTE:
+            self.executor.on_execute(msg[1], msg[2], msg[3])
+        elif kind == P.OBJECT:
+            if session is not None:
+                session.client.deliver(msg[1], msg[2])
+        elif kind == P.WELCOME:
+            self._welcome(*msg[1:])
+        elif kind == P.RESET:
+            self._reset()
+            self.loop.send(0, (P.RESET_ACK,))
+        elif kind == P.EXIT:
+            self._reset()
+            self.loop.send(0, (P.EXIT_ACK,))
+            self.loop.running = False
+
+    def _welcome(self, job: int, gpu_ids: List[str], resources: Dict[str, float]) -> None:
+        global _session
+        if gpu_ids:
+            os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+        if self.executor is None:
+            self.executor = Executor(self.rank, resources, gpu_ids, self.loop.post)
+            self.loop.local_hook = self.executor.on_local
+        loop = self.loop
+        loop.job = job
+        client = CoreClient(self.rank, job, loop.post)
+        session = Session("worker", self.rank, job, loop, client, self.config)
+        session.executor = self.executor
+        session.host = host_name(self.rank, self.config.ranks_per_host)
+        session.node_id = node_id_of(session.host)
+        loop.on_forget = client.forget
+        _session = session
+        object_ref.current.sink = loop.commands.append
+        object_ref.current.client = client
+
+    def _reset(self) -> None:
+        global _session
+        if self.executor is not None:
+            self.executor.reset()
+        self.loop.counts.clear()
+        self.loop.held.clear()
+        self.loop.job = 0
+        _session = None
+        object_ref.current.client = None
+
+
+def serve_worker(comm: Any, config: Config) -> None:
+    """Serve tasks on this rank until the driver's process ends; then leave the process."""
+    rank = comm.Get_rank()
+    context.install_task_io()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides; it sends EXIT
+    terminate_at: List[float] = []
+    signal.signal(signal.SIGTERM, lambda s, f: terminate_at.append(time.monotonic() + 3.0))
+    transport = MPITransport(comm)
+    loop = CommLoop(rank, transport, config.spin_us, config.max_sleep_us)
+    agent = WorkerAgent(rank, loop, config)
+    loop.agent = agent.handle
+    loop.send(0, (P.HELLO, _local_rank_info(rank, config)))
+    loop.start()
+    code = 0
+    while loop.thread.is_alive():
+        loop.thread.join(0.25)
+        if terminate_at and time.monotonic() > terminate_at[0]:
+            code = 128 + signal.SIGTERM
+            loop.stop(2.0)
+            os._exit(code)
+    if loop.error is not None:
+        code = 1
+    try:
+        from mpi4py import MPI
+        MPI.Finalize()
+    finally:
+        os._exit(code)

@@ -1,0 +1,369 @@
+"""The scheduler: rank 0's table of tasks, objects and ranks. Runs only on rank 0's comm thread.
+
+    SUBMIT ──► TaskRecord ──(all top-level deps ready)──► ready[shape] ──(a rank fits)──► EXECUTE
+                    ▲                                                                      │
+    HOLD / pins ──► ObjectEntry.refs            TASK_DONE ◄───────────────────────────────┘
+                    │                               │ values (or the error) per return id
+    GET_REQ ──► subscribers ◄───── OBJECT ◄─────────┘ failed deps fail their dependents
+
+Objects: an entry lives while ``refs`` > 0. Refs count the ranks that hold an ObjectRef (one per
+rank, see comm.py), the submitter of a task or put (until its rank reports the ref), pending tasks
+that carry the id as an argument, and stored values that contain the id.
+Ready tasks are grouped by shape (demand and strategy) so one that cannot be placed does not
+make the scheduler rescan the tasks behind it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import deque
+from typing import Callable, Deque, Dict, List, Optional
+
+from .. import exceptions
+from . import protocol as P
+from .protocol import RankInfo, TaskSpec
+from .resources import RankLedger
+from .serialization import SerializedValue, serialize
+
+logger = logging.getLogger("hpcray")
+
+
+def node_id_of(host: str) -> str:
+    return hashlib.sha1(host.encode()).hexdigest()[:56].ljust(56, "0")
+
+
+class ObjectEntry:
+    __slots__ = ("value", "refs", "subscribers", "waiters")
+
+    def __init__(self, refs: int = 0):
+        self.value: Optional[SerializedValue] = None
+        self.refs = refs
+        self.subscribers: Optional[set] = None
+        self.waiters: Optional[List["TaskRecord"]] = None
+
+
+class TaskRecord:
+    __slots__ = ("spec", "missing", "rank", "retries_left", "pins", "finished")
+
+    def __init__(self, spec: TaskSpec):
+        self.spec = spec
+        self.missing = 0
+        self.rank: Optional[int] = None
+        self.retries_left = spec.max_retries
+        self.pins: List[bytes] = []
+        self.finished = False
+
+
+class RankState:
+    __slots__ = ("info", "ledger", "functions", "node_id")
+
+    def __init__(self, info: RankInfo):
+        self.info = info
+        self.ledger = RankLedger(info.resources)
+        self.functions: set = set()
+        self.node_id = node_id_of(info.host)
+
+
+class Scheduler:
+    """Places tasks on ranks and keeps the object table. Every method runs on the comm thread."""
+
+    def __init__(self, send: Callable[[int, tuple], None], workers: List[RankInfo], prefetch: int):
+        self.send = send
+        self.prefetch = prefetch
+        self.ranks: Dict[int, RankState] = {info.rank: RankState(info) for info in workers}
+        self.order: List[RankState] = list(self.ranks.values())
+        self.by_node: Dict[str, List[RankState]] = {}
+        for state in self.order:
+            self.by_node.setdefault(state.node_id, []).append(state)
+        self.objects: Dict[bytes, ObjectEntry] = {}
+        self.tasks: Dict[bytes, TaskRecord] = {}
+        self.ready: Dict[tuple, Deque[TaskRecord]] = {}
+        self.functions: Dict[bytes, bytes] = {}
+        self.dirty = False
+        self._next = 0
+        self._warned_infeasible: set = set()
+        self._handlers = {
+            P.SUBMIT: self.on_submit, P.TASK_DONE: self.on_task_done, P.BLOCKED: self.on_blocked,
+            P.UNBLOCKED: self.on_unblocked, P.GET_REQ: self.on_get_request, P.PUT: self.on_put,
+            P.HOLD: self.on_hold, P.QUERY: self.on_query,
+        }
+
+    # ---- messages -------------------------------------------------------------------------
+    def handle(self, src: int, msg: tuple) -> None:
+        handler = self._handlers.get(msg[0])
+        if handler is not None:
+            handler(src, *msg[1:])
+
+    def on_submit(self, src: int, spec: TaskSpec) -> None:
+        if spec.fn_blob is not None:
+            self.functions[spec.fn_id] = spec.fn_blob
+            spec.fn_blob = None
+        record = TaskRecord(spec)
+        self.tasks[spec.task_id] = record
+        for return_id in spec.return_ids:
+            self.objects[return_id] = ObjectEntry(refs=1)  # the submitter's hold
+        lost = None
+        for object_id in list(spec.deps) + list(spec.args.contained):
+            entry = self.objects.get(object_id)
+            if entry is None:
+                lost = lost or object_id
+                continue
+            entry.refs += 1
+            record.pins.append(object_id)
+        if lost is not None:
+            self._finish(record, self._error_value(exceptions.ObjectLostError(
+                lost.hex(), message=f"Task {spec.name}: its argument {lost.hex()} was freed or lost")))
+            return
+        if spec.strategy and spec.strategy[0] == "NODE" and not spec.strategy[2] \
+                and spec.strategy[1] not in self.by_node:
+            self._finish(record, self._error_value(exceptions.TaskUnschedulableError(
+                f"Task {spec.name}: NodeAffinitySchedulingStrategy names node {spec.strategy[1]}, "
+                "which is not part of this job")))
+            return
+        for dep in set(spec.deps):
+            entry = self.objects[dep]
+            if entry.value is None:
+                if entry.waiters is None:
+                    entry.waiters = []
+                entry.waiters.append(record)
+                record.missing += 1
+            elif entry.value.is_error:
+                self._finish(record, entry.value)
+                return
+        if record.missing == 0:
+            self._make_ready(record)
+
+    def on_task_done(self, src: int, task_id: bytes, values: Optional[List[SerializedValue]],
+                     error: Optional[SerializedValue], retryable: bool) -> None:
+        record = self.tasks.get(task_id)
+        state = self.ranks.get(src)
+        if state is not None:
+            state.ledger.finish(task_id)
+            self.dirty = True
+        if record is None or record.finished:
+            return
+        if error is not None:
+            if retryable and record.retries_left != 0:
+                if record.retries_left > 0:
+                    record.retries_left -= 1
+                record.spec.attempt += 1
+                record.rank = None
+                self._make_ready(record)
+                return
+            self._finish(record, error)
+        else:
+            self._finish(record, None, values)
+
+    def on_blocked(self, src: int, task_id: bytes) -> None:
+        state = self.ranks.get(src)
+        if state is not None:
+            state.ledger.block(task_id)
+            self.dirty = True
+
+    def on_unblocked(self, src: int, task_id: bytes) -> None:
+        state = self.ranks.get(src)
+        if state is not None:
+            state.ledger.unblock(task_id)
+
+    def on_get_request(self, src: int, object_ids: List[bytes]) -> None:
+        for object_id in object_ids:
+            entry = self.objects.get(object_id)
+            if entry is None:
+                self.send(src, (P.OBJECT, object_id, self._error_value(exceptions.ObjectLostError(
+                    object_id.hex(), message=f"Object {object_id.hex()} was freed or never existed "
+                                             "in this session"))))
+            elif entry.value is not None:
+                self.send(src, (P.OBJECT, object_id, entry.value))
+            else:
+                if entry.subscribers is None:
+                    entry.subscribers = set()
+                entry.subscribers.add(src)
+
+    def on_put(self, src: int, object_id: bytes, value: SerializedValue) -> None:
+        self.objects[object_id] = ObjectEntry(refs=1)  # the putter's hold
+        self._set_value(object_id, value)
+
+    def on_hold(self, src: int, object_id: bytes, delta: int) -> None:
+        entry = self.objects.get(object_id)
+        if entry is None:
+            return
+        entry.refs += delta
+        if entry.refs <= 0 and entry.value is not None:
+            self._free(object_id, entry)
+
+    def on_query(self, src: int, name: str, reply_id: bytes) -> None:
+        views = {"resources": self.resources_view, "nodes": self.nodes_view, "stats": self.stats}
+        self.send(src, (P.OBJECT, reply_id, serialize(views[name]())))
+
+    # ---- placement ------------------------------------------------------------------------
+    def _make_ready(self, record: TaskRecord) -> None:
+        spec = record.spec
+        shape = (tuple(sorted(spec.demand.items())), spec.strategy)
+        queue = self.ready.get(shape)
+        if queue is None:
+            queue = self.ready[shape] = deque()
+            if not self._feasible(spec) and shape not in self._warned_infeasible:
+                self._warned_infeasible.add(shape)
+                logger.warning(
+                    "hpcray: task %s needs %s, which no rank of this job has (resources per rank: %s); "
+                    "it stays pending", spec.name, spec.demand,
+                    sorted({str(s.ledger.total) for s in self.order}))
+        queue.append(record)
+        self.dirty = True
+
+    def _feasible(self, spec: TaskSpec) -> bool:
+        return any(s.ledger.can_ever_fit(spec.demand) for s in self._candidates(spec, soft_ok=True))
+
+    def _candidates(self, spec: TaskSpec, soft_ok: bool) -> List[RankState]:
+        strategy = spec.strategy
+        if strategy and strategy[0] == "NODE":
+            ranks = self.by_node.get(strategy[1], [])
+            if strategy[2] and soft_ok and not any(s.ledger.can_ever_fit(spec.demand) for s in ranks):
+                return self.order
+            return ranks
+        return self.order
+
+    def dispatch(self) -> None:
+        """Start every ready task that some rank can take now (or queue a few, to hide latency)."""
+        self.dirty = False
+        for shape in list(self.ready):
+            queue = self.ready[shape]
+            while queue:
+                record = queue[0]
+                if record.finished:
+                    queue.popleft()
+                    continue
+                state = self._pick(record.spec)
+                if state is None:
+                    break
+                queue.popleft()
+                self._execute_on(state, record)
+            if not queue:
+                del self.ready[shape]
+
+    def _pick(self, spec: TaskSpec) -> Optional[RankState]:
+        candidates = self._candidates(spec, soft_ok=True)
+        count = len(candidates)
+        if count == 0:
+            return None
+        start = self._next % count
+        for i in range(count):
+            state = candidates[(start + i) % count]
+            if state.ledger.fits_now(spec.demand):
+                self._next = start + i + 1
+                return state
+        if spec.strategy and spec.strategy[0] == "NODE" and spec.strategy[2]:
+            preferred = self.by_node.get(spec.strategy[1], [])
+            if any(s.ledger.fits_now(spec.demand) for s in preferred):
+                return None
+        best = None
+        for state in candidates:
+            ledger = state.ledger
+            if len(ledger.queued) < self.prefetch and ledger.can_ever_fit(spec.demand):
+                if best is None or ledger.load() < best.ledger.load():
+                    best = state
+        return best
+
+    def _execute_on(self, state: RankState, record: TaskRecord) -> None:
+        spec = record.spec
+        record.rank = state.info.rank
+        state.ledger.assign(spec.task_id, spec.demand)
+        blob = None
+        if spec.fn_id not in state.functions:
+            blob = self.functions.get(spec.fn_id)
+            state.functions.add(spec.fn_id)
+        values = [self.objects[d].value for d in spec.deps]
+        self.send(state.info.rank, (P.EXECUTE, spec, blob, values))
+
+    # ---- completion and freeing -------------------------------------------------------------
+    def _finish(self, record: TaskRecord, error: Optional[SerializedValue],
+                values: Optional[List[SerializedValue]] = None) -> None:
+        record.finished = True
+        spec = record.spec
+        self.tasks.pop(spec.task_id, None)
+        for i, return_id in enumerate(spec.return_ids):
+            self._set_value(return_id, error if error is not None else values[i])
+        for object_id in record.pins:
+            self._unpin(object_id)
+        record.pins = []
+
+    def _set_value(self, object_id: bytes, value: SerializedValue) -> None:
+        entry = self.objects.get(object_id)
+        if entry is None:
+            return
+        entry.value = value
+        for contained in value.contained:
+            inner = self.objects.get(contained)
+            if inner is not None:
+                inner.refs += 1
+        if entry.subscribers:
+            for rank in entry.subscribers:
+                self.send(rank, (P.OBJECT, object_id, value))
+        entry.subscribers = None
+        if entry.waiters:
+            for record in entry.waiters:
+                if record.finished:
+                    continue
+                if value.is_error:
+                    self._finish(record, value)
+                else:
+                    record.missing -= 1
+                    if record.missing == 0:
+                        self._make_ready(record)
+        entry.waiters = None
+        if entry.refs <= 0:
+            self._free(object_id, entry)
+
+    def _unpin(self, object_id: bytes) -> None:
+        entry = self.objects.get(object_id)
+        if entry is not None:
+            entry.refs -= 1
+            if entry.refs <= 0 and entry.value is not None:
+                self._free(object_id, entry)
+
+    def _free(self, object_id: bytes, entry: ObjectEntry) -> None:
+        del self.objects[object_id]
+        for contained in entry.value.contained:
+            self._unpin(contained)
+
+    @staticmethod
+    def _error_value(error: BaseException) -> SerializedValue:
+        return serialize(error, is_error=True)
+
+    # ---- views for the public API (run on the comm thread through a CALL) ----------------
+    def resources_view(self) -> Dict[str, Dict[str, float]]:
+        total: Dict[str, float] = {}
+        available: Dict[str, float] = {}
+        for state in self.order:
+            for key, amount in state.ledger.total.items():
+                if key.startswith("node:"):
+                    total[key] = 1.0
+                else:
+                    total[key] = total.get(key, 0.0) + amount
+            for key, amount in state.ledger.available.items():
+                if key.startswith("node:"):
+                    available[key] = 1.0
+                elif amount > 1e-9:
+                    available[key] = available.get(key, 0.0) + amount
+        return {"total": total, "available": available}
+
+    def nodes_view(self) -> List[dict]:
+        nodes = []
+        for node_id, states in self.by_node.items():
+            resources: Dict[str, float] = {}
+            for state in states:
+                for key, amount in state.ledger.total.items():
+                    resources[key] = 1.0 if key.startswith("node:") else resources.get(key, 0.0) + amount
+            info = states[0].info
+            address = next((k[5:] for k in info.resources if k.startswith("node:") and k != "node:__internal_head__"), "")
+            nodes.append({
+                "NodeID": node_id, "Alive": True, "NodeManagerAddress": address,
+                "NodeManagerHostname": info.host, "NodeName": address, "Resources": resources,
+                "Labels": {"ray.io/node-id": node_id}, "Ranks": [s.info.rank for s in states],
+            })
+        return nodes
+
+    def stats(self) -> Dict[str, int]:
+        return {"objects": len(self.objects), "tasks": len(self.tasks),
+                "ready": sum(len(q) for q in self.ready.values())}

@@ -1,0 +1,98 @@
+"""Values to bytes and back: cloudpickle protocol 5 with out-of-band buffers.
+
+``serialize`` turns any value into a ``SerializedValue``: the pickle stream, the raw buffers
+(numpy arrays, bytes-likes) kept out of the stream, and the ids of the ObjectRefs found inside.
+The contained ids let the scheduler keep nested objects alive while the container exists.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from typing import Any, List
+
+import cloudpickle
+
+_tls = threading.local()
+
+
+class SerializedValue:
+    """One value as it travels: pickle bytes, out-of-band buffers, contained ObjectRef ids."""
+
+    __slots__ = ("data", "buffers", "contained", "is_error")
+
+    def __init__(self, data: bytes, buffers: List[Any], contained: List[bytes], is_error: bool = False):
+        self.data = data
+        self.buffers = buffers
+        self.contained = contained
+        self.is_error = is_error
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data) + sum(memoryview(b).nbytes for b in self.buffers)
+
+    def __reduce__(self):
+        # Protocol 5 keeps the buffers out of band when the transport supports it (pkl5).
+        bufs = [pickle.PickleBuffer(b) for b in self.buffers]
+        return (_rebuild_value, (self.data, bufs, self.contained, self.is_error))
+
+
+def _rebuild_value(data, buffers, contained, is_error):
+    return SerializedValue(data, [memoryview(b) for b in buffers], contained, is_error)
+
+
+def note_contained_ref(object_id: bytes) -> None:
+    """Called by ObjectRef.__reduce__: record a ref found while serializing."""
+    collector = getattr(_tls, "collector", None)
+    if collector is not None:
+        collector.append(object_id)
+
+
+def serialize(value: Any, is_error: bool = False) -> SerializedValue:
+    """Pickle ``value`` (protocol 5); buffers are copied once so later mutation cannot change it."""
+    buffers: List[pickle.PickleBuffer] = []
+    outer = getattr(_tls, "collector", None)
+    _tls.collector = contained = []
+    try:
+        data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    finally:
+        _tls.collector = outer
+    owned = [bytes(b.raw()) if _is_contiguous(b) else bytes(memoryview(b).tobytes()) for b in buffers]
+    return SerializedValue(data, owned, contained, is_error)
+
+
+def _is_contiguous(buf: pickle.PickleBuffer) -> bool:
+    try:
+        buf.raw()
+        return True
+    except BufferError:
+        return False
+
+
+def deserialize(sv: SerializedValue) -> Any:
+    return pickle.loads(sv.data, buffers=sv.buffers)
+
+
+def dumps_function(obj: Any) -> bytes:
+    """Pickle a function or class by value where needed (lambdas, closures, __main__)."""
+    return cloudpickle.dumps(obj, protocol=5)
+
+
+def loads(data: bytes) -> Any:
+    return pickle.loads(data)
+
+
+def describe_unpicklable(value: Any, exc: BaseException, what: str) -> TypeError:
+    """The TypeError raised at the call that passed an unpicklable value."""
+    text = repr(value)
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return TypeError(f"Could not serialize {what} {text}: {type(exc).__name__}: {exc}")
+
+
+def try_serialize(value: Any, what: str, is_error: bool = False) -> SerializedValue:
+    try:
+        return serialize(value, is_error)
+    except Exception as exc:  # pickling raises many types: normalise to one clear TypeError
+        raise describe_unpicklable(value, exc, what) from exc
+
