@@ -14,6 +14,7 @@ so local work never waits for the backoff. It never blocks inside MPI.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -153,6 +154,7 @@ class CommLoop:
                     sleep_s = 50e-6
                     continue
                 if time.monotonic() - last_activity < self.spin_s:
+                    os.sched_yield()  # poll again soon, but let runnable threads (ours too) go first
                     continue
                 self.wake_event.wait(sleep_s if self.transport is not None else self.idle_sleep_s)
                 sleep_s = min(sleep_s * 2, self.max_sleep_s)

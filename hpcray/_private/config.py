@@ -53,7 +53,7 @@ class Config:
     #: Group consecutive ranks into pretend hosts of this many ranks (tests of "nodes").
     ranks_per_host: int = 0
     #: Microseconds the comm thread keeps polling after activity before it sleeps.
-    spin_us: float = 200.0
+    spin_us: float = 2000.0
     #: Longest sleep of an idle comm thread, in microseconds.
     max_sleep_us: float = 1000.0
     #: Tasks a worker rank may hold queued beyond those it is running.
@@ -87,7 +87,7 @@ class Config:
             gpus_per_rank=_env_optional_float("HPCRAY_NUM_GPUS"),
             resources_per_rank={k: float(v) for k, v in resources.items()},
             ranks_per_host=_env_int("HPCRAY_RANKS_PER_HOST", 0),
-            spin_us=_env_float("HPCRAY_SPIN_US", 200.0),
+            spin_us=_env_float("HPCRAY_SPIN_US", 2000.0),
             max_sleep_us=_env_float("HPCRAY_MAX_SLEEP_US", 1000.0, minimum=1.0),
             prefetch=_env_int("HPCRAY_PREFETCH", 2),
             exit_timeout_s=_env_float("HPCRAY_EXIT_TIMEOUT_S", 5.0),
