@@ -165,6 +165,8 @@ def wait(object_refs: List[ObjectRef], *, num_returns: int = 1, timeout: Optiona
     _check_timeout(timeout)
     if not isinstance(fetch_local, bool):
         raise TypeError("fetch_local must be a bool")
+    if not object_refs:
+        return [], []
     if len(set(object_refs)) != len(object_refs):
         raise ValueError("Wait requires a list of unique object refs.")
     if num_returns <= 0:
@@ -172,8 +174,6 @@ def wait(object_refs: List[ObjectRef], *, num_returns: int = 1, timeout: Optiona
     if num_returns > len(object_refs):
         raise ValueError("num_returns cannot be greater than the number of objects provided to wait: "
                          f"{num_returns} > {len(object_refs)}")
-    if not object_refs:
-        return [], []
     session = ensure_session()
     return session.client.wait(object_refs, num_returns, timeout)
 

@@ -17,7 +17,7 @@ from .. import exceptions
 from . import context
 from . import protocol as P
 from .object_ref import IdSource, ObjectRef, object_id_of
-from .serialization import SerializedValue, deserialize, try_serialize
+from .serialization import SerializedValue, deserialize, serialize, try_serialize
 
 
 class CoreClient:
@@ -33,6 +33,7 @@ class CoreClient:
         self.cond = threading.Condition(threading.Lock())
         self.callbacks: Dict[bytes, List[Callable[[SerializedValue], None]]] = {}
         self.exported: set = set()
+        self.broken: Optional[BaseException] = None  # set when the comm thread died
 
     # ---- user threads -----------------------------------------------------------------
     def submit(self, spec: P.TaskSpec, fn_blob: bytes) -> List[ObjectRef]:
@@ -59,17 +60,19 @@ class CoreClient:
     def get(self, refs: Sequence[ObjectRef], timeout: Optional[float]) -> List[Any]:
         ids = [ref.binary() for ref in refs]
         self._wait_for(ids, len(ids), timeout, fail_fast=True)
-        values = []
-        for object_id in ids:
-            value = self.store[object_id]
-            if value.is_error:
-                raise deserialize(value)
-            values.append(deserialize(value))
-        return values
+        store = self.store
+        found = [store.get(object_id) for object_id in ids]
+        for value in found:
+            if value is not None and value.is_error:
+                raise deserialize(value)  # the first error in list order, as soon as it is known
+        return [deserialize(value) for value in found]
 
     def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: Optional[float]):
         ids = [ref.binary() for ref in refs]
-        self._wait_for(ids, num_returns, timeout, fail_fast=False)
+        try:
+            self._wait_for(ids, num_returns, timeout, fail_fast=False)
+        except exceptions.GetTimeoutError:
+            pass  # wait() returns what is ready when the time is up
         ready, not_ready = [], []
         for ref in refs:
             if len(ready) < num_returns and ref.binary() in self.store:
@@ -115,6 +118,8 @@ class CoreClient:
         store = self.store
 
         def satisfied() -> bool:
+            if self.broken is not None:
+                raise exceptions.RaySystemError(f"hpcray's comm thread failed: {self.broken!r}")
             return (sum(1 for i in ids if i in store) >= count
                     or (fail_fast and self._has_error(ids)))
 
@@ -160,6 +165,17 @@ class CoreClient:
         if callbacks:
             for callback in callbacks:
                 callback(value)
+
+    def fail_all(self, error: BaseException) -> None:
+        """The comm thread died: every waiting get/wait raises instead of hanging."""
+        with self.cond:
+            self.broken = error
+            callbacks = [cb for cbs in self.callbacks.values() for cb in cbs]
+            self.callbacks.clear()
+            self.cond.notify_all()
+        failure = serialize(exceptions.RaySystemError(f"hpcray's comm thread failed: {error!r}"), is_error=True)
+        for callback in callbacks:
+            callback(failure)
 
     def forget(self, object_id: bytes) -> None:
         """No ObjectRef to this object is left on this rank: drop the local copy."""

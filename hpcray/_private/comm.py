@@ -83,6 +83,7 @@ class CommLoop:
         self.agent: Optional[Callable[[tuple], None]] = None
         self.local_hook: Optional[Callable[[tuple], bool]] = None
         self.on_forget: Callable[[bytes], None] = lambda object_id: None
+        self.on_failure: Callable[[BaseException], None] = lambda error: None
         self.on_remote: Optional[Callable[[int, tuple], bool]] = None
         self.outbox: Dict[int, List[tuple]] = {}
         self.counts: Dict[bytes, int] = {}
@@ -164,6 +165,7 @@ class CommLoop:
             self.error = exc
             logger.exception("hpcray: the comm thread of rank %d failed", self.rank)
             self.running = False
+            self.on_failure(exc)
 
     def turn(self) -> bool:
         """One pass: local commands, incoming messages, scheduling, outgoing batches."""

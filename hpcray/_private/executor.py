@@ -105,6 +105,13 @@ class Executor:
         if self.ledger.assign(spec.task_id, spec.demand):
             self._launch(spec.task_id)
 
+    def on_steal(self, task_id: bytes) -> None:
+        """The scheduler wants a queued task back; hand it over unless it already started."""
+        if task_id in self.pending and task_id not in self.ledger.running:
+            del self.pending[task_id]
+            self.ledger.finish(task_id)
+            self.post((P.STOLEN, task_id))
+
     def on_local(self, msg: tuple) -> bool:
         """Update the ledger for a message of our own executor threads; False if it is stale."""
         kind, task_id = msg[0], msg[1]
@@ -147,12 +154,15 @@ class Executor:
             thread.start()
 
     def _take_gpus(self, task_id: bytes, amount: float) -> List[str]:
-        """Pick GPUs for a task: the least used ones, so fractional tasks pack onto one GPU."""
+        """Pick GPUs for a task. Fractional shares pack onto the fullest GPU that still has room
+        (two 0.5-GPU tasks share one GPU); whole GPUs go to idle ones."""
         if amount <= 0 or not self.gpu_ids:
             return []
         count = max(1, int(-(-amount // 1)))
-        chosen = sorted(self.gpu_use, key=lambda g: self.gpu_use[g])[:count]
         share = amount / count
+        room = [g for g in self.gpu_ids if self.gpu_use[g] + share <= 1.0 + 1e-9]
+        room.sort(key=lambda g: -self.gpu_use[g])
+        chosen = (room or sorted(self.gpu_ids, key=lambda g: self.gpu_use[g]))[:count]
         for g in chosen:
             self.gpu_use[g] += share
         self._gpus_of[task_id] = (chosen, share)
@@ -177,7 +187,10 @@ class Executor:
 
     def run(self, spec: TaskSpec, values: List[SerializedValue], gpus: List[str], session: int) -> None:
         resources = dict(spec.demand)
-        ctx = context.TaskContext(spec.task_id, spec.name, resources, spec.env_vars, self.rank, gpus)
+        env = spec.env_vars
+        if gpus:
+            env = dict(env or {}, CUDA_VISIBLE_DEVICES=",".join(gpus))
+        ctx = context.TaskContext(spec.task_id, spec.name, resources, env, self.rank, gpus)
         context.set_current(ctx)
         results = error = None
         retryable = False

@@ -15,6 +15,7 @@ MPI message per destination per loop turn.
     HELLO(rank_info)                           WELCOME(job, gpu_ids)
     RESET_ACK / EXIT_ACK                       RESET / EXIT
     QUERY(name, reply_object_id)               (answered with OBJECT)
+    STOLEN(task_id)                            STEAL(task_id): hand back a queued, unstarted task
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ HELLO = 8
 RESET_ACK = 9
 EXIT_ACK = 10
 QUERY = 11
+STOLEN = 12
 # downstream
 EXECUTE = 101
 OBJECT = 102
 WELCOME = 103
 RESET = 104
 EXIT = 105
+STEAL = 106
 
 #: local-only item on a rank's command queue (never sent): run a function on the comm thread
 CALL = 201

@@ -96,8 +96,9 @@ def _local_rank_info(rank: int, config: Config, num_cpus: Optional[float] = None
     gpu_ids, names = detect_gpus()
     if num_gpus is None:
         num_gpus = config.gpus_per_rank
-    if num_gpus is not None:
-        gpu_ids = [str(i) for i in range(int(num_gpus))] if num_gpus > len(gpu_ids) else gpu_ids[: int(num_gpus)]
+    if num_gpus is not None:  # an explicit amount: the detected GPUs, or pretend ones for testing
+        wanted = int(num_gpus)
+        gpu_ids = gpu_ids[:wanted] if len(gpu_ids) >= wanted else [str(i) for i in range(wanted)]
     if num_cpus is None:
         num_cpus = config.cpus_per_rank
     if num_cpus is None:
@@ -205,8 +206,9 @@ def _configure_logging(config: Config) -> None:
 
 
 def _start_single(config: Config, job: int, num_cpus, num_gpus, resources, namespace, job_env) -> Session:
-    info = _local_rank_info(0, config, num_cpus if num_cpus is not None else usable_cpu_count(),
-                            num_gpus, resources)
+    if num_cpus is None:
+        num_cpus = config.cpus_per_rank if config.cpus_per_rank is not None else usable_cpu_count()
+    info = _local_rank_info(0, config, num_cpus, num_gpus, resources)
     _finish_resources(info, info.gpu_ids, host_memory_bytes() * 0.7, info.host)
     loop = CommLoop(0, None, config.spin_us, config.max_sleep_us)
     loop.job = job
@@ -248,6 +250,7 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env) -> Se
 def _wire(loop: CommLoop, session: Session) -> None:
     loop.scheduler = session.scheduler
     loop.on_forget = session.client.forget
+    loop.on_failure = session.client.fail_all
     executor = session.executor
 
     def agent(msg: tuple) -> None:
@@ -256,6 +259,8 @@ def _wire(loop: CommLoop, session: Session) -> None:
             session.client.deliver(msg[1], msg[2])
         elif kind == P.EXECUTE:
             executor.on_execute(msg[1], msg[2], msg[3])
+        elif kind == P.STEAL:
+            executor.on_steal(msg[1])
 
     loop.agent = agent
     if executor is not None:
@@ -282,7 +287,10 @@ def _gather_workers(transport: MPITransport, config: Config) -> List[RankInfo]:
             time.sleep(sleep_s)
             sleep_s = min(sleep_s * 2, 0.01)
     workers = [infos[r] for r in sorted(infos)]
-    gpus = _assign_gpus(workers)
+    if config.gpus_per_rank is not None:  # HPCRAY_NUM_GPUS: each rank has that many, no sharing out
+        gpus = {info.rank: list(info.gpu_ids) for info in workers}
+    else:
+        gpus = _assign_gpus(workers)
     head_host = host_name(0, config.ranks_per_host)
     per_host: Dict[str, int] = {}
     for info in workers:
@@ -393,6 +401,8 @@ class WorkerAgent:
         session = _session
         if kind == P.EXECUTE:
             self.executor.on_execute(msg[1], msg[2], msg[3])
+        elif kind == P.STEAL:
+            self.executor.on_steal(msg[1])
         elif kind == P.OBJECT:
             if session is not None:
                 session.client.deliver(msg[1], msg[2])
@@ -422,6 +432,7 @@ class WorkerAgent:
         session.host = host_name(self.rank, self.config.ranks_per_host)
         session.node_id = node_id_of(session.host)
         loop.on_forget = client.forget
+        loop.on_failure = client.fail_all
         _session = session
         object_ref.current.sink = loop.commands.append
         object_ref.current.client = client

@@ -44,7 +44,7 @@ class ObjectEntry:
 
 
 class TaskRecord:
-    __slots__ = ("spec", "missing", "rank", "retries_left", "pins", "finished")
+    __slots__ = ("spec", "missing", "rank", "retries_left", "pins", "finished", "stealing")
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec
@@ -53,6 +53,7 @@ class TaskRecord:
         self.retries_left = spec.max_retries
         self.pins: List[bytes] = []
         self.finished = False
+        self.stealing = False
 
 
 class RankState:
@@ -86,7 +87,7 @@ class Scheduler:
         self._handlers = {
             P.SUBMIT: self.on_submit, P.TASK_DONE: self.on_task_done, P.BLOCKED: self.on_blocked,
             P.UNBLOCKED: self.on_unblocked, P.GET_REQ: self.on_get_request, P.PUT: self.on_put,
-            P.HOLD: self.on_hold, P.QUERY: self.on_query,
+            P.HOLD: self.on_hold, P.QUERY: self.on_query, P.STOLEN: self.on_stolen,
         }
 
     # ---- messages -------------------------------------------------------------------------
@@ -192,12 +193,24 @@ class Scheduler:
         if entry.refs <= 0 and entry.value is not None:
             self._free(object_id, entry)
 
+    def on_stolen(self, src: int, task_id: bytes) -> None:
+        """A rank handed back a task it had queued but not started: place it again, first."""
+        state = self.ranks.get(src)
+        if state is not None:
+            state.ledger.finish(task_id)
+        record = self.tasks.get(task_id)
+        if record is None or record.finished:
+            return
+        record.stealing = False
+        record.rank = None
+        self._make_ready(record, front=True)
+
     def on_query(self, src: int, name: str, reply_id: bytes) -> None:
         views = {"resources": self.resources_view, "nodes": self.nodes_view, "stats": self.stats}
         self.send(src, (P.OBJECT, reply_id, serialize(views[name]())))
 
     # ---- placement ------------------------------------------------------------------------
-    def _make_ready(self, record: TaskRecord) -> None:
+    def _make_ready(self, record: TaskRecord, front: bool = False) -> None:
         spec = record.spec
         shape = (tuple(sorted(spec.demand.items())), spec.strategy)
         queue = self.ready.get(shape)
@@ -209,7 +222,10 @@ class Scheduler:
                     "hpcray: task %s needs %s, which no rank of this job has (resources per rank: %s); "
                     "it stays pending", spec.name, spec.demand,
                     sorted({str(s.ledger.total) for s in self.order}))
-        queue.append(record)
+        if front:
+            queue.appendleft(record)
+        else:
+            queue.append(record)
         self.dirty = True
 
     def _feasible(self, spec: TaskSpec) -> bool:
@@ -241,6 +257,22 @@ class Scheduler:
                 self._execute_on(state, record)
             if not queue:
                 del self.ready[shape]
+        self._rebalance()
+
+    def _rebalance(self) -> None:
+        """Ask for queued tasks back when another rank could start them now (no hoarding)."""
+        for donor in self.order:
+            if not donor.ledger.queued:
+                continue
+            for task_id, demand in donor.ledger.queued:
+                record = self.tasks.get(task_id)
+                if record is None or record.stealing:
+                    continue
+                for state in self._candidates(record.spec, soft_ok=True):
+                    if state is not donor and state.ledger.fits_now(demand):
+                        record.stealing = True
+                        self.send(donor.info.rank, (P.STEAL, task_id))
+                        break
 
     def _pick(self, spec: TaskSpec) -> Optional[RankState]:
         candidates = self._candidates(spec, soft_ok=True)
@@ -323,6 +355,8 @@ class Scheduler:
                 self._free(object_id, entry)
 
     def _free(self, object_id: bytes, entry: ObjectEntry) -> None:
+        if self.objects.get(object_id) is not entry:
+            return  # already freed further down the same cascade
         del self.objects[object_id]
         for contained in entry.value.contained:
             self._unpin(contained)

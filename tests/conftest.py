@@ -1,0 +1,121 @@
+"""Shared test machinery: every case module runs in both launch modes.
+
+- single rank, in this pytest process: ``hpcray.init()`` once per module, cases called directly;
+- MPI: ``mpiexec -n 4 python tests/run_cases.py MODULE`` once per module, as a subprocess with a
+  timeout, so a hang or a crash fails that module's cases, never the whole run.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+MPI_RANKS = int(os.environ.get("HPCRAY_TEST_RANKS", "4"))
+
+
+def mpiexec() -> str:
+    """The mpiexec next to this Python (the [test] extra's MPI wheel), else the one on PATH."""
+    local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return local if os.path.exists(local) else "mpiexec"
+
+
+def run_mpi(args, ranks=MPI_RANKS, timeout=240, env=None, cwd=None):
+    """Run ``mpiexec -n ranks python args...``; returns CompletedProcess (never hangs)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    command = [mpiexec(), "-n", str(ranks), sys.executable] + list(args)
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env,
+                              cwd=cwd or HERE)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        return subprocess.CompletedProcess(command, -9, out, err + f"\nTIMEOUT after {timeout} s")
+
+
+def run_single(args, timeout=240, env=None):
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    command = [sys.executable] + list(args)
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=HERE)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        return subprocess.CompletedProcess(command, -9, out, f"TIMEOUT after {timeout} s")
+
+
+def case_names(module):
+    return sorted(n for n in dir(module) if n.startswith("case_"))
+
+
+_mpi_cache = {}
+
+
+def mpi_case_results(module_name, env=None, ranks=MPI_RANKS, timeout=300):
+    """Run a case module under mpiexec once; map case name -> (passed, detail)."""
+    key = (module_name, ranks)
+    if key not in _mpi_cache:
+        started = time.monotonic()
+        proc = run_mpi([os.path.join(HERE, "run_cases.py"), module_name], ranks=ranks, timeout=timeout,
+                       env=env)
+        results = {}
+        for line in proc.stdout.splitlines():
+            if line.startswith("CASE "):
+                parts = line.split(" ", 3)
+                results[parts[1]] = (parts[2] == "PASS", json.loads(parts[3]) if parts[2] == "FAIL" else "")
+        tail = (f"exit {proc.returncode} after {time.monotonic() - started:.1f} s\n"
+                f"stdout tail:\n{proc.stdout[-3000:]}\nstderr tail:\n{proc.stderr[-3000:]}")
+        _mpi_cache[key] = (results, tail)
+    return _mpi_cache[key]
+
+
+def check_mpi_case(module_name, case, env=None, ranks=MPI_RANKS):
+    results, tail = mpi_case_results(module_name, env=env, ranks=ranks)
+    if case not in results:
+        pytest.fail(f"case {case} did not report under mpiexec -n {ranks}\n{tail}")
+    passed, detail = results[case]
+    if not passed:
+        pytest.fail(f"case {case} failed under mpiexec -n {ranks}:\n{detail}")
+
+
+@pytest.fixture(scope="module")
+def single_rank(request, tmp_path_factory):
+    """An in-process single-rank session for the module's cases."""
+    import hpcray
+    module = request.module.CASES
+    os.environ["CASE_TMP"] = str(tmp_path_factory.mktemp("case"))
+    saved = {k: os.environ.get(k) for k in getattr(module, "ENV", {})}
+    os.environ.update(getattr(module, "ENV", {}))
+    hpcray.init(**getattr(module, "INIT_KWARGS", {}))
+    yield hpcray
+    hpcray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def make_case_tests(module):
+    """Build test_single/test_mpi parametrized over the module's cases."""
+    names = case_names(module)
+    env = getattr(module, "ENV", {})
+    ranks = getattr(module, "MPI_RANKS", MPI_RANKS)
+
+    @pytest.mark.parametrize("case", names)
+    def test_single(case, single_rank):
+        getattr(module, case)()
+
+    @pytest.mark.parametrize("case", names)
+    def test_mpi(case):
+        check_mpi_case(module.__name__.split(".")[-1], case, env=env, ranks=ranks)
+
+    return test_single, test_mpi

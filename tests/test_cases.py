@@ -1,0 +1,57 @@
+"""Every case module, in both launch modes (see conftest.py)."""
+
+import pytest
+
+from conftest import check_mpi_case, case_names
+from cases import errors, options, resources, tasks, waiting
+
+MODULES = {"tasks": tasks, "errors": errors, "options": options, "resources": resources,
+           "waiting": waiting}
+PARAMS = [(m, c) for m, module in MODULES.items() for c in case_names(module)]
+
+
+@pytest.fixture(scope="module")
+def sessions():
+    """Single-rank sessions, one per case module's environment, opened on first use."""
+    import os
+    import tempfile
+
+    import hpcray
+    state = {"current": None, "saved": {}}
+    os.environ.setdefault("CASE_TMP", tempfile.mkdtemp(prefix="hpcray-case-"))
+
+    def open_for(module_name):
+        if state["current"] == module_name:
+            return
+        if state["current"] is not None:
+            hpcray.shutdown()
+            for k, v in state["saved"].items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        env = getattr(MODULES[module_name], "ENV", {})
+        state["saved"] = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        hpcray.init()
+        state["current"] = module_name
+
+    yield open_for
+    if state["current"] is not None:
+        hpcray.shutdown()
+        for k, v in state["saved"].items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.mark.parametrize("module_name,case", PARAMS)
+def test_single_rank(module_name, case, sessions):
+    sessions(module_name)
+    getattr(MODULES[module_name], case)()
+
+
+@pytest.mark.parametrize("module_name,case", PARAMS)
+def test_mpi(module_name, case):
+    check_mpi_case(module_name, case, env=getattr(MODULES[module_name], "ENV", {}))
