@@ -219,6 +219,7 @@ def _start_single(config: Config, job: int, num_cpus, num_gpus, resources, names
     session.host, session.node_id = info.host, node_id_of(info.host)
     _wire(loop, session)
     context.install_task_io()
+    _install_driver_signals()
     loop.start()
     return session
 

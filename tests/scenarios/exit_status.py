@@ -1,0 +1,44 @@
+"""The driver ends in various ways; every rank must end within seconds with the driver's status.
+
+    python exit_status.py MODE          or       mpiexec -n 4 python exit_status.py MODE
+MODE: normal | raise | sysexit | sigterm | busy
+"""
+
+import os
+import signal
+import sys
+import time
+
+import hpcray as ray
+
+ray.init()
+
+
+@ray.remote
+def sleeper(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@ray.remote
+def pid():
+    return os.getpid()
+
+
+mode = sys.argv[1]
+pids = sorted(set(ray.get([pid.remote() for _ in range(12)])))
+print("WORKER_PIDS", " ".join(map(str, pids)), flush=True)
+if mode == "normal":
+    assert ray.get(sleeper.remote(0)) == 0
+elif mode == "raise":
+    raise ValueError("driver failed on purpose")
+elif mode == "sysexit":
+    sys.exit(3)
+elif mode == "sigterm":
+    refs = [sleeper.remote(60) for _ in range(4)]
+    os.kill(os.getpid(), signal.SIGTERM)
+    ray.get(refs)
+elif mode == "busy":
+    refs = [sleeper.remote(60) for _ in range(4)]
+    time.sleep(0.5)  # tasks are running in every worker when the driver leaves
+print("DRIVER_END", flush=True)

@@ -1,0 +1,28 @@
+"""shutdown() then init() again in the same driver, three times; old refs are lost, not hung."""
+
+import hpcray as ray
+from hpcray import exceptions
+
+
+@ray.remote
+def square(x):
+    return x * x
+
+
+old = None
+for round_number in range(3):
+    ray.init()
+    assert ray.is_initialized()
+    assert ray.get([square.remote(i) for i in range(20)]) == [i * i for i in range(20)]
+    assert ray.get(ray.put(round_number)) == round_number
+    if old is not None:
+        try:
+            ray.get(old, timeout=10)
+            raise AssertionError("a ref from an ended session returned a value")
+        except exceptions.ObjectLostError:
+            pass
+    old = square.remote(3)
+    ray.get(old)
+    ray.shutdown()
+    assert not ray.is_initialized()
+print("REINIT_OK", flush=True)

@@ -1,0 +1,86 @@
+"""The life of a job: exit status, signals, what runs on which rank, printing, re-init, idle CPU.
+Each scenario runs as a subprocess with a timeout, single rank and under mpiexec."""
+
+import os
+import re
+import time
+
+import pytest
+
+from conftest import run_mpi, run_single
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCENARIOS = os.path.join(HERE, "scenarios")
+MODES = ["single", "mpi"]
+
+
+def run(mode, script, *args, timeout=60):
+    path = os.path.join(SCENARIOS, script)
+    if mode == "single":
+        return run_single([path, *args], timeout=timeout)
+    return run_mpi([path, *args], timeout=timeout)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def worker_pids(output: str):
+    match = re.search(r"WORKER_PIDS ([\d ]+)", output)
+    assert match, output
+    return [int(p) for p in match.group(1).split()]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("how,status", [("normal", 0), ("raise", 1), ("sysexit", 3), ("sigterm", 143),
+                                        ("busy", 0)])
+def test_driver_exit_ends_every_rank_with_its_status(mode, how, status):
+    started = time.monotonic()
+    proc = run(mode, "exit_status.py", how, timeout=60)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == status, proc.stdout + proc.stderr
+    assert elapsed < 30, f"the job took {elapsed:.1f} s to end"
+    for pid in worker_pids(proc.stdout):
+        assert not alive(pid), f"rank process {pid} outlived the driver"
+    if how == "raise":
+        assert "driver failed on purpose" in proc.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_code_above_init_runs_everywhere_and_prints_are_prefixed(mode, tmp_path):
+    proc = run(mode, "spmd.py", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    names = os.listdir(tmp_path)
+    above = [n for n in names if n.startswith("above-")]
+    below = [n for n in names if n.startswith("below-")]
+    assert len(above) == (1 if mode == "single" else 4)
+    assert len(below) == 1  # only the driver gets past init()
+    lines = proc.stdout.splitlines()
+    for i in range(6):
+        hits = [l for l in lines if l.endswith(f"hello-from-task-{i}")]
+        assert len(hits) == 1, proc.stdout
+        assert re.match(r"^\(say pid=\d+, rank=\d+\) hello-from-task-", hits[0]), hits[0]
+    assert sum(1 for l in lines if l.endswith("partial line without newline")) == 6
+    assert "driver line is not prefixed" in lines
+    if mode == "mpi":
+        assert "TASK_RANKS [1, 2, 3]" in proc.stdout
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_shutdown_then_init_again(mode):
+    proc = run(mode, "reinit.py")
+    assert proc.returncode == 0 and "REINIT_OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_idle_ranks_do_not_busy_wait(mode):
+    proc = run(mode, "idle_cpu.py", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = [float(x) for x in re.findall(r"percent=([\d.]+)", proc.stdout)]
+    assert figures, proc.stdout
+    # a busy-waiting rank burns ~100% of a core; an idle one a few %. The bound is loose on purpose.
+    assert max(figures) < 35, proc.stdout
