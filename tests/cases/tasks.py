@@ -308,3 +308,41 @@ def case_async_def_remote_function_is_value_error():
     async def coro():
         return 1
     raises(ValueError, ray.remote, coro)
+
+
+def case_objects_freed_when_last_ref_dropped():
+    import gc
+
+    from hpcray._private.api import query
+
+    from .helpers import wait_for_condition
+    gc.collect()
+    wait_for_condition(lambda: query("stats")["tasks"] == 0, timeout=10)
+    base = query("stats")["objects"]
+    refs = [ray.put(np.zeros(1000)) for _ in range(40)] + [identity.remote(i) for i in range(40)]
+    ray.get(refs)
+    assert query("stats")["objects"] >= base + 80
+    outer = ray.put([refs[0]])  # a ref nested in a stored value keeps its object alive
+    kept = refs[0].hex()
+    del refs
+    gc.collect()
+    wait_for_condition(lambda: query("stats")["objects"] == base + 2, timeout=10)
+    inner = ray.get(outer)[0]
+    assert inner.hex() == kept and ray.get(inner).shape == (1000,)
+    del outer, inner
+    gc.collect()
+    wait_for_condition(lambda: query("stats")["objects"] == base, timeout=10)
+
+
+def case_many_puts_and_gets_keep_object_table_flat():
+    import gc
+
+    from hpcray._private.api import query
+
+    from .helpers import wait_for_condition
+    gc.collect()
+    base = query("stats")["objects"]
+    for i in range(300):
+        assert ray.get(identity.remote(ray.put(i))) == i
+    gc.collect()
+    wait_for_condition(lambda: query("stats")["objects"] <= base, timeout=10)
