@@ -52,7 +52,11 @@ class RuntimeContext:
 
     @property
     def current_actor(self) -> Any:
-        raise RuntimeError("This method is only available in an actor.")
+        """A handle to the actor running this code."""
+        ctx = context.current()
+        if ctx is None or ctx.actor_handle is None:
+            raise RuntimeError("This method is only available in an actor.")
+        return ctx.actor_handle()
 
     @property
     def namespace(self) -> Optional[str]:

@@ -11,22 +11,25 @@ one-task-per-process workers are made per thread here:
 
 from __future__ import annotations
 
+import contextvars
 import os
 import sys
 import threading
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
-_tls = threading.local()
+# A ContextVar, not a thread-local: each thread has its own context, and so does each asyncio
+# task of an async actor, so concurrent calls on one event loop see their own context.
+_current: "contextvars.ContextVar[Optional[TaskContext]]" = contextvars.ContextVar("hpcray_task", default=None)
 
 
 class TaskContext:
     """The task or actor call the current thread is running."""
 
-    __slots__ = ("task_id", "name", "resources", "env", "prefix", "gpu_ids", "actor_id")
+    __slots__ = ("task_id", "name", "resources", "env", "prefix", "gpu_ids", "actor_id", "actor_handle")
 
     def __init__(self, task_id: bytes, name: str, resources: Dict[str, float],
                  env: Optional[Dict[str, str]], rank: int, gpu_ids: Optional[list] = None,
-                 actor_id: Optional[bytes] = None):
+                 actor_id: Optional[bytes] = None, actor_handle: Any = None):
         self.task_id = task_id
         self.name = name
         self.resources = resources
@@ -34,14 +37,15 @@ class TaskContext:
         self.prefix = f"({name} pid={os.getpid()}, rank={rank}) "
         self.gpu_ids = gpu_ids or []
         self.actor_id = actor_id
+        self.actor_handle = actor_handle
 
 
 def current() -> Optional[TaskContext]:
-    return getattr(_tls, "ctx", None)
+    return _current.get()
 
 
 def set_current(ctx: Optional[TaskContext]) -> None:
-    _tls.ctx = ctx
+    _current.set(ctx)
 
 
 class TaskEnviron(os._Environ):  # type: ignore[name-defined]
@@ -53,7 +57,7 @@ class TaskEnviron(os._Environ):  # type: ignore[name-defined]
 
     @staticmethod
     def _overlay() -> Optional[Dict[str, str]]:
-        ctx = getattr(_tls, "ctx", None)
+        ctx = _current.get()
         return ctx.env if ctx is not None else None
 
     def __getitem__(self, key):
@@ -92,7 +96,7 @@ class PrefixedStream:
         self._local = threading.local()
 
     def write(self, text: str) -> int:
-        ctx = getattr(_tls, "ctx", None)
+        ctx = _current.get()
         if ctx is None:
             return self._stream.write(text)
         pending = getattr(self._local, "pending", "") + text
@@ -104,7 +108,7 @@ class PrefixedStream:
         return len(text)
 
     def flush(self) -> None:
-        ctx = getattr(_tls, "ctx", None)
+        ctx = _current.get()
         pending = getattr(self._local, "pending", "")
         if pending and ctx is not None:
             self._local.pending = ""

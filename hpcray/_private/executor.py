@@ -12,6 +12,8 @@ only when every existing one is busy (or blocked in ``get``).
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import queue
 import socket
@@ -59,7 +61,10 @@ def host_address() -> str:
 
 def error_value(name: str, exc: BaseException, rank: int, ip: str) -> SerializedValue:
     """The error a failed task leaves in its return objects (RayTaskError + the user's type)."""
-    text = traceback.format_exc()
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("hpcray._private"):
+        tb = tb.tb_next  # show the user's frames, not the executor's
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
     cause: Optional[BaseException] = exc
     if isinstance(exc, exceptions.RayTaskError):
         cause = exc.cause
@@ -77,10 +82,11 @@ def error_value(name: str, exc: BaseException, rank: int, ip: str) -> Serialized
 
 
 class Executor:
-    """Runs tasks on this rank. ``on_*`` methods run on the comm thread."""
+    """Runs tasks (and hosts actors) on this rank. ``on_*`` methods run on the comm thread."""
 
     def __init__(self, rank: int, resources: Dict[str, float], gpu_ids: List[str],
                  post: Callable[[tuple], None]):
+        from .actor_host import ActorHost
         self.rank = rank
         self.ip = host_address()
         self.ledger = RankLedger(resources)
@@ -92,61 +98,91 @@ class Executor:
         self.blobs: Dict[bytes, bytes] = {}
         self.functions: Dict[bytes, Any] = {}
         self.session = 0
+        self.host = ActorHost(self)
         self._work: "queue.SimpleQueue" = queue.SimpleQueue()
         self._idle = 0
         self._lock = threading.Lock()
         self._threads: List[threading.Thread] = []
 
     # ---- comm thread --------------------------------------------------------------------
+    def handle(self, msg: tuple) -> None:
+        """A downstream message for this rank's executor or actors."""
+        kind = msg[0]
+        if kind == P.EXECUTE:
+            self.on_execute(msg[1], msg[2], msg[3])
+        elif kind == P.ACTOR_CALL:
+            self.host.on_call(msg[1], msg[2])
+        elif kind == P.STEAL:
+            self.on_steal(msg[1])
+        elif kind == P.ACTOR_KILL:
+            self.host.on_kill(msg[1], msg[2])
+        elif kind == P.ACTOR_TERMINATE:
+            self.host.on_terminate(msg[1])
+
     def on_execute(self, spec: TaskSpec, blob: Optional[bytes], values: List[SerializedValue]) -> None:
         if blob is not None:
             self.blobs[spec.fn_id] = blob
+        if spec.kind == P.ACTOR_CREATE:
+            self.host.register(spec)
         self.pending[spec.task_id] = (spec, values)
         if self.ledger.assign(spec.task_id, spec.demand):
-            self._launch(spec.task_id)
+            self.launch(spec.task_id)
 
     def on_steal(self, task_id: bytes) -> None:
         """The scheduler wants a queued task back; hand it over unless it already started."""
         if task_id in self.pending and task_id not in self.ledger.running:
-            del self.pending[task_id]
+            spec = self.pending.pop(task_id)[0]
             self.ledger.finish(task_id)
+            if spec.kind == P.ACTOR_CREATE:
+                self.host.forget_creation(task_id)
             self.post((P.STOLEN, task_id))
 
     def on_local(self, msg: tuple) -> bool:
-        """Update the ledger for a message of our own executor threads; False if it is stale."""
+        """Update the ledger (and actors) for a report of our own threads before it goes up."""
         kind, task_id = msg[0], msg[1]
         if kind == P.TASK_DONE:
-            if task_id not in self.ledger.running:
-                return False
-            self._release_gpus(task_id)
-            started = self.ledger.finish(task_id)
+            if self.host.created(task_id, failed=msg[3] is not None):
+                return True
+            if self.host.on_call_done(task_id) is not None:
+                return True
+            if task_id in self.ledger.running:
+                self.release_claim(self._gpus_of.pop(task_id, None))
+                started = self.ledger.finish(task_id)
+            else:
+                started = []
         elif kind == P.BLOCKED:
             started = self.ledger.block(task_id)
         else:
             self.ledger.unblock(task_id)
             started = []
         for tid in started:
-            self._launch(tid)
+            self.launch(tid)
         return True
 
     def reset(self) -> None:
-        """Forget the session: queued tasks are dropped, running ones finish unreported."""
+        """Forget the session: queued tasks and actors are dropped, running ones finish unreported."""
         self.session += 1
         self.pending.clear()
         self.blobs.clear()
         self.functions.clear()
+        self.host.reset()
         self.ledger = RankLedger(self.ledger.total)
         self.gpu_use = {g: 0.0 for g in self.gpu_ids}
         self._gpus_of.clear()
 
-    def _launch(self, task_id: bytes) -> None:
+    def launch(self, task_id: bytes) -> None:
         spec, values = self.pending.pop(task_id)
         gpus = self._take_gpus(task_id, spec.demand.get("GPU", 0.0))
+        session = self.session
+        self.spawn(lambda: self.run(spec, values, gpus, session))
+
+    def spawn(self, work: Callable[[], None]) -> None:
+        """Run ``work`` on a pool thread; a new thread only when none is idle."""
         with self._lock:
             spawn = self._idle == 0
             if not spawn:
                 self._idle -= 1
-        self._work.put((spec, values, gpus, self.session))
+        self._work.put(work)
         if spawn:
             thread = threading.Thread(target=self._thread_main, name=f"hpcray-exec-{len(self._threads)}",
                                       daemon=True)
@@ -168,50 +204,96 @@ class Executor:
         self._gpus_of[task_id] = (chosen, share)
         return chosen
 
-    def _release_gpus(self, task_id: bytes) -> None:
-        taken = self._gpus_of.pop(task_id, None)
-        if taken:
-            gpus, share = taken
+    def take_claim(self, task_id: bytes) -> Optional[tuple]:
+        """Hand a task's GPU claim over (to the actor it created)."""
+        return self._gpus_of.pop(task_id, None)
+
+    def release_claim(self, claim: Optional[tuple]) -> None:
+        if claim:
+            gpus, share = claim
             for g in gpus:
                 self.gpu_use[g] = max(0.0, self.gpu_use.get(g, 0.0) - share)
 
-    # ---- executor threads ---------------------------------------------------------------
+    # ---- pool threads -------------------------------------------------------------------
     def _thread_main(self) -> None:
         while True:
-            item = self._work.get()
-            if item is None:
-                return
-            self.run(*item)
+            work = self._work.get()
+            work()
             with self._lock:
                 self._idle += 1
 
     def run(self, spec: TaskSpec, values: List[SerializedValue], gpus: List[str], session: int) -> None:
-        resources = dict(spec.demand)
         env = spec.env_vars
         if gpus:
             env = dict(env or {}, CUDA_VISIBLE_DEVICES=",".join(gpus))
-        ctx = context.TaskContext(spec.task_id, spec.name, resources, env, self.rank, gpus)
+        actor = self.host.creations.get(spec.task_id) if spec.kind == P.ACTOR_CREATE else None
+        ctx = context.TaskContext(spec.task_id, spec.name, dict(spec.demand), env, self.rank, gpus,
+                                  spec.actor_id, actor.handle if actor is not None else None)
+        if actor is not None:
+            ctx.resources = dict(actor.resources)
         context.set_current(ctx)
-        results = error = None
-        retryable = False
         try:
-            function = self._function(spec.fn_id)
-            call_args, call_kwargs = rebuild_arguments(spec.args, values)
-            results = self._pickle_returns(spec, function(*call_args, **call_kwargs))
-        except SystemExit as exc:
-            retryable = True
-            error = serialize(exceptions.WorkerCrashedError(
-                f"The task {spec.name} called exit({exc.code}) on rank {self.rank}; hpcray treats this "
-                "as a crashed worker (the rank itself keeps running)"), is_error=True)
-        except BaseException as exc:  # the task's failure is reported, never raised here
-            retryable = RetryPolicy.matches(spec.retry_blob, exc) if isinstance(exc, Exception) else False
-            error = error_value(spec.name, exc, self.rank, self.ip)
+            function = self._function(spec.fn_id) if spec.fn_id in self.blobs or spec.fn_id in self.functions \
+                else None
+            if spec.kind == P.ACTOR_CREATE:
+                results, error, retryable = self.call_and_pickle(
+                    spec, lambda: self._constructor(function, actor), values)
+            else:
+                results, error, retryable = self.call_and_pickle(spec, lambda: function, values)
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
             context.set_current(None)
         if session == self.session:
             self.post((P.TASK_DONE, spec.task_id, results, error, retryable))
+
+    @staticmethod
+    def _constructor(cls: Any, actor: Any) -> Callable:
+        def construct(*args, **kwargs):
+            instance = cls(*args, **kwargs)
+            if actor is not None:
+                actor.instance = instance
+            return None
+        return construct
+
+    def call_and_pickle(self, spec: TaskSpec, get_callable: Callable[[], Callable],
+                        values: List[SerializedValue]):
+        """Call the task or method; return (pickled returns, error, retryable)."""
+        try:
+            function = get_callable()
+            call_args, call_kwargs = rebuild_arguments(spec.args, values)
+            return self._pickle_returns(spec, function(*call_args, **call_kwargs)), None, False
+        except BaseException as exc:  # every failure becomes the task's error, never ours
+            return self._failure(spec, exc)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+
+    async def call_and_pickle_async(self, spec: TaskSpec, get_callable: Callable[[], Callable],
+                                    values: List[SerializedValue]):
+        try:
+            function = get_callable()
+            call_args, call_kwargs = rebuild_arguments(spec.args, values)
+            result = function(*call_args, **call_kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            return self._pickle_returns(spec, result), None, False
+        except BaseException as exc:  # every failure becomes the call's error, never the loop's
+            return self._failure(spec, exc)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+
+    def _failure(self, spec: TaskSpec, exc: BaseException):
+        from .actor_host import ActorExit
+        if spec.kind == P.ACTOR_METHOD and isinstance(exc, SystemExit):
+            return None, exc if isinstance(exc, ActorExit) else ActorExit(), False
+        if isinstance(exc, SystemExit):
+            return None, serialize(exceptions.WorkerCrashedError(
+                f"The task {spec.name} called exit({exc.code}) on rank {self.rank}; hpcray treats this "
+                "as a crashed worker (the rank itself keeps running)"), is_error=True), True
+        if isinstance(exc, asyncio.CancelledError):
+            return None, serialize(exceptions.TaskCancelledError(spec.task_id.hex()), is_error=True), False
+        retryable = RetryPolicy.matches(spec.retry_blob, exc) if isinstance(exc, Exception) else False
+        return None, error_value(spec.name, exc, self.rank, self.ip), retryable
 
     def _function(self, fn_id: bytes) -> Any:
         function = self.functions.get(fn_id)

@@ -16,6 +16,13 @@ MPI message per destination per loop turn.
     RESET_ACK / EXIT_ACK                       RESET / EXIT
     QUERY(name, reply_object_id)               (answered with OBJECT)
     STOLEN(task_id)                            STEAL(task_id): hand back a queued, unstarted task
+    KILL(actor_id, no_restart)                 ACTOR_CALL(spec, arg_values): into the mailbox
+    ACTOR_EXITED(actor_id, reason)             ACTOR_KILL(actor_id, error) / ACTOR_TERMINATE(id)
+    GET_ACTOR(name, namespace, reply_id)       (answered with OBJECT)
+
+An actor is created by a TaskSpec of kind ACTOR_CREATE (placed like a task; its one return id is
+the actor's *handle object*, whose reference count is the count of live handles) and called by
+specs of kind ACTOR_METHOD, which the scheduler forwards to the actor's rank in order per caller.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ RESET_ACK = 9
 EXIT_ACK = 10
 QUERY = 11
 STOLEN = 12
+KILL = 13
+ACTOR_EXITED = 14
+GET_ACTOR = 15
 # downstream
 EXECUTE = 101
 OBJECT = 102
@@ -42,6 +52,14 @@ WELCOME = 103
 RESET = 104
 EXIT = 105
 STEAL = 106
+ACTOR_CALL = 107
+ACTOR_KILL = 108
+ACTOR_TERMINATE = 109
+
+# kinds of TaskSpec
+TASK = 0
+ACTOR_CREATE = 1
+ACTOR_METHOD = 2
 
 #: local-only item on a rank's command queue (never sent): run a function on the comm thread
 CALL = 201
@@ -55,7 +73,8 @@ class TaskSpec:
     """Everything a rank needs to run one task, and the scheduler needs to place it."""
 
     __slots__ = ("task_id", "fn_id", "fn_blob", "name", "args", "deps", "return_ids", "num_returns",
-                 "demand", "max_retries", "retry_blob", "env_vars", "strategy", "owner", "attempt")
+                 "demand", "max_retries", "retry_blob", "env_vars", "strategy", "owner", "attempt",
+                 "kind", "actor_id", "method", "extra")
 
     def __init__(self, task_id: bytes, fn_id: bytes, fn_blob: Optional[bytes], name: str, args: Any,
                  deps: List[bytes], return_ids: List[bytes], num_returns: int, demand: Dict[str, float],
@@ -76,6 +95,10 @@ class TaskSpec:
         self.strategy = strategy
         self.owner = owner
         self.attempt = 0
+        self.kind = TASK
+        self.actor_id: Optional[bytes] = None
+        self.method: Optional[str] = None
+        self.extra: Optional[Dict[str, Any]] = None
 
     def __reduce__(self):
         state = tuple(getattr(self, s) for s in self.__slots__)

@@ -62,6 +62,20 @@ class RankLedger:
             self._give(demand)
         return self._start_queued()
 
+    def transfer(self, task_id: bytes, holder: bytes, demand: Dict[str, float]) -> List[bytes]:
+        """A running task becomes a long-lived holder (an actor) of part of its resources;
+        the rest is given back. Returns the queued tasks that start now."""
+        old = self.running.pop(task_id, None)
+        if old is None:
+            return []
+        if task_id in self.blocked:
+            self.blocked.discard(task_id)
+            old = dict(old, CPU=0.0)
+        self.running[holder] = demand
+        for key, amount in old.items():
+            self.available[key] = self.available.get(key, 0.0) + amount - demand.get(key, 0.0)
+        return self._start_queued()
+
     def block(self, task_id: bytes) -> List[bytes]:
         demand = self.running.get(task_id)
         if demand is None or task_id in self.blocked:

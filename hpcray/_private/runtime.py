@@ -184,6 +184,8 @@ def init_session(num_cpus: Optional[float], num_gpus: Optional[float], resources
         serve_worker(mpi[0], config)  # never returns
     _jobs += 1
     job = _jobs
+    if namespace is None:  # like Ray: each driver gets an anonymous namespace of its own
+        namespace = f"anonymous-{os.getpid()}-{job}"
     if mpi is None:
         session = _start_single(config, job, num_cpus, num_gpus, resources, namespace, job_env)
     else:
@@ -243,7 +245,7 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env) -> Se
     session.host, session.node_id = head_host, node_id_of(head_host)
     _wire(loop, session)
     for info in world.workers:
-        loop.send(info.rank, (P.WELCOME, job, info.gpu_ids, info.resources))
+        loop.send(info.rank, (P.WELCOME, job, info.gpu_ids, info.resources, session.namespace))
     loop.start()
     return session
 
@@ -255,13 +257,10 @@ def _wire(loop: CommLoop, session: Session) -> None:
     executor = session.executor
 
     def agent(msg: tuple) -> None:
-        kind = msg[0]
-        if kind == P.OBJECT:
+        if msg[0] == P.OBJECT:
             session.client.deliver(msg[1], msg[2])
-        elif kind == P.EXECUTE:
-            executor.on_execute(msg[1], msg[2], msg[3])
-        elif kind == P.STEAL:
-            executor.on_steal(msg[1])
+        elif executor is not None:
+            executor.handle(msg)
 
     loop.agent = agent
     if executor is not None:
@@ -400,11 +399,7 @@ class WorkerAgent:
     def handle(self, msg: tuple) -> None:
         kind = msg[0]
         session = _session
-        if kind == P.EXECUTE:
-            self.executor.on_execute(msg[1], msg[2], msg[3])
-        elif kind == P.STEAL:
-            self.executor.on_steal(msg[1])
-        elif kind == P.OBJECT:
+        if kind == P.OBJECT:
             if session is not None:
                 session.client.deliver(msg[1], msg[2])
         elif kind == P.WELCOME:
@@ -416,8 +411,10 @@ class WorkerAgent:
             self._reset()
             self.loop.send(0, (P.EXIT_ACK,))
             self.loop.running = False
+        elif self.executor is not None:
+            self.executor.handle(msg)
 
-    def _welcome(self, job: int, gpu_ids: List[str], resources: Dict[str, float]) -> None:
+    def _welcome(self, job: int, gpu_ids: List[str], resources: Dict[str, float], namespace: str) -> None:
         global _session
         if gpu_ids:
             os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
@@ -428,7 +425,7 @@ class WorkerAgent:
         loop = self.loop
         loop.job = job
         client = CoreClient(self.rank, job, loop.post)
-        session = Session("worker", self.rank, job, loop, client, self.config)
+        session = Session("worker", self.rank, job, loop, client, self.config, namespace)
         session.executor = self.executor
         session.host = host_name(self.rank, self.config.ranks_per_host)
         session.node_id = node_id_of(session.host)

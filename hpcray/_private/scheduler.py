@@ -22,6 +22,7 @@ from typing import Callable, Deque, Dict, List, Optional
 
 from .. import exceptions
 from . import protocol as P
+from .actor_directory import ActorDirectory
 from .protocol import RankInfo, TaskSpec
 from .resources import RankLedger
 from .serialization import SerializedValue, serialize
@@ -66,7 +67,7 @@ class RankState:
         self.node_id = node_id_of(info.host)
 
 
-class Scheduler:
+class Scheduler(ActorDirectory):
     """Places tasks on ranks and keeps the object table. Every method runs on the comm thread."""
 
     def __init__(self, send: Callable[[int, tuple], None], workers: List[RankInfo], prefetch: int):
@@ -84,10 +85,12 @@ class Scheduler:
         self.dirty = False
         self._next = 0
         self._warned_infeasible: set = set()
+        self._init_actors()
         self._handlers = {
             P.SUBMIT: self.on_submit, P.TASK_DONE: self.on_task_done, P.BLOCKED: self.on_blocked,
             P.UNBLOCKED: self.on_unblocked, P.GET_REQ: self.on_get_request, P.PUT: self.on_put,
             P.HOLD: self.on_hold, P.QUERY: self.on_query, P.STOLEN: self.on_stolen,
+            P.KILL: self.on_kill, P.ACTOR_EXITED: self.on_actor_exited, P.GET_ACTOR: self.on_get_actor,
         }
 
     # ---- messages -------------------------------------------------------------------------
@@ -101,9 +104,13 @@ class Scheduler:
             self.functions[spec.fn_id] = spec.fn_blob
             spec.fn_blob = None
         record = TaskRecord(spec)
-        self.tasks[spec.task_id] = record
         for return_id in spec.return_ids:
             self.objects[return_id] = ObjectEntry(refs=1)  # the submitter's hold
+        if spec.kind == P.ACTOR_CREATE and not self.submit_actor_creation(src, record):
+            for return_id in spec.return_ids:  # answered without a new actor: nothing to run
+                self._set_value(return_id, serialize(None))
+            return
+        self.tasks[spec.task_id] = record
         lost = None
         for object_id in list(spec.deps) + list(spec.args.contained):
             entry = self.objects.get(object_id)
@@ -132,17 +139,26 @@ class Scheduler:
             elif entry.value.is_error:
                 self._finish(record, entry.value)
                 return
-        if record.missing == 0:
+        if spec.kind == P.ACTOR_METHOD:
+            self.submit_actor_call(src, record)
+        elif record.missing == 0:
             self._make_ready(record)
 
     def on_task_done(self, src: int, task_id: bytes, values: Optional[List[SerializedValue]],
                      error: Optional[SerializedValue], retryable: bool) -> None:
         record = self.tasks.get(task_id)
         state = self.ranks.get(src)
-        if state is not None:
+        if state is not None and (record is None or record.spec.kind == P.TASK):
             state.ledger.finish(task_id)
             self.dirty = True
         if record is None or record.finished:
+            return
+        kind = record.spec.kind
+        if kind == P.ACTOR_CREATE:
+            self.actor_created(src, record, error)
+            return
+        if kind == P.ACTOR_METHOD:
+            self.actor_call_done(record, error, retryable, values)
             return
         if error is not None:
             if retryable and record.retries_left != 0:
@@ -206,7 +222,8 @@ class Scheduler:
         self._make_ready(record, front=True)
 
     def on_query(self, src: int, name: str, reply_id: bytes) -> None:
-        views = {"resources": self.resources_view, "nodes": self.nodes_view, "stats": self.stats}
+        views = {"resources": self.resources_view, "nodes": self.nodes_view, "stats": self.stats,
+                 "named_actors": self.named_actors_view}
         self.send(src, (P.OBJECT, reply_id, serialize(views[name]())))
 
     # ---- placement ------------------------------------------------------------------------
@@ -266,7 +283,7 @@ class Scheduler:
                 continue
             for task_id, demand in donor.ledger.queued:
                 record = self.tasks.get(task_id)
-                if record is None or record.stealing:
+                if record is None or record.stealing or record.spec.kind != P.TASK:
                     continue
                 for state in self._candidates(record.spec, soft_ok=True):
                     if state is not donor and state.ledger.fits_now(demand):
@@ -307,6 +324,8 @@ class Scheduler:
             state.functions.add(spec.fn_id)
         values = [self.objects[d].value for d in spec.deps]
         self.send(state.info.rank, (P.EXECUTE, spec, blob, values))
+        if spec.kind == P.ACTOR_CREATE:
+            self.actor_placed(spec, state.info.rank)
 
     # ---- completion and freeing -------------------------------------------------------------
     def _finish(self, record: TaskRecord, error: Optional[SerializedValue],
@@ -342,7 +361,10 @@ class Scheduler:
                 else:
                     record.missing -= 1
                     if record.missing == 0:
-                        self._make_ready(record)
+                        if record.spec.kind == P.ACTOR_METHOD:
+                            self.call_dependencies_ready(record)
+                        else:
+                            self._make_ready(record)
         entry.waiters = None
         if entry.refs <= 0:
             self._free(object_id, entry)
@@ -360,6 +382,9 @@ class Scheduler:
         del self.objects[object_id]
         for contained in entry.value.contained:
             self._unpin(contained)
+        actor = self.actor_by_handle.get(object_id)
+        if actor is not None:
+            self.handle_released(actor)
 
     @staticmethod
     def _error_value(error: BaseException) -> SerializedValue:
@@ -400,4 +425,5 @@ class Scheduler:
 
     def stats(self) -> Dict[str, int]:
         return {"objects": len(self.objects), "tasks": len(self.tasks),
-                "ready": sum(len(q) for q in self.ready.values())}
+                "ready": sum(len(q) for q in self.ready.values()),
+                "actors": sum(1 for a in self.actors.values() if a.state != "DEAD")}

@@ -1,0 +1,251 @@
+"""The scheduler's half of actors: where each actor lives, its callers' queues, names, death.
+
+    ACTOR_CREATE spec ─► placed like a task ─► rank r runs __init__ ─► TASK_DONE ─► ALIVE
+                                   │ (rank known at once)                          │
+    ACTOR_METHOD spec ─► callers[src] FIFO ─(head's deps ready)─► ACTOR_CALL to r ─┘
+    handle object freed (no handle left) ─► ACTOR_TERMINATE ─► ACTOR_EXITED ─► DEAD
+    KILL ─► ACTOR_KILL to r, queued calls fail ─► DEAD
+
+Calls from one caller rank stay in submission order: only the head of a caller's queue may be
+forwarded, and only once its top-level arguments are ready. Used as a mixin of Scheduler.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Deque, Dict, List, Optional, Tuple
+
+from .. import exceptions
+from . import protocol as P
+from .serialization import SerializedValue, serialize
+
+PENDING, ALIVE, DEAD = "PENDING", "ALIVE", "DEAD"
+
+
+def actor_key(actor_id: bytes) -> bytes:
+    """The ledger key under which a living actor holds its resources."""
+    return b"A" + actor_id
+
+
+class ActorRecord:
+    __slots__ = ("actor_id", "handle_id", "rank", "state", "death", "name", "namespace", "detached",
+                 "lifetime", "callers", "class_name", "meta_blob", "inflight")
+
+    def __init__(self, spec: P.TaskSpec):
+        extra = spec.extra
+        self.actor_id = spec.actor_id
+        self.handle_id = spec.return_ids[0]
+        self.rank: Optional[int] = None
+        self.state = PENDING
+        self.death: Optional[SerializedValue] = None
+        self.name: Optional[str] = extra.get("name")
+        self.namespace: str = extra.get("namespace") or ""
+        self.detached: bool = extra.get("detached", False)
+        self.lifetime: Dict[str, float] = extra.get("lifetime", {})
+        self.class_name: str = extra.get("class_name", "Actor")
+        self.meta_blob: bytes = extra.get("meta_blob", b"")
+        self.callers: Dict[int, Deque] = {}
+        self.inflight: set = set()
+
+
+def death_value(actor: ActorRecord, message: str, init_failed: bool = False) -> SerializedValue:
+    return serialize(exceptions.ActorDiedError(
+        actor_id=actor.actor_id.hex(), error_msg=message, actor_init_failed=init_failed), is_error=True)
+
+
+class ActorDirectory:
+    """Mixin for Scheduler: needs self.send, self.objects, self.tasks, self.ranks, self._finish,
+    self._make_ready, self._set_value."""
+
+    def _init_actors(self) -> None:
+        self.actors: Dict[bytes, ActorRecord] = {}
+        self.actor_by_handle: Dict[bytes, ActorRecord] = {}
+        self.names: Dict[Tuple[str, str], ActorRecord] = {}
+
+    # ---- creation -------------------------------------------------------------------------
+    def submit_actor_creation(self, src: int, record) -> bool:
+        """Register a new actor; False when the spec was answered without creating one."""
+        spec = record.spec
+        extra = spec.extra
+        reply = extra.get("reply")
+        name = extra.get("name")
+        if name is not None:
+            key = (extra.get("namespace") or "", name)
+            existing = self.names.get(key)
+            if existing is not None and existing.state != DEAD:
+                if extra.get("get_if_exists"):
+                    self.send(src, (P.OBJECT, reply, serialize(("exists", existing.actor_id, existing.handle_id))))
+                else:
+                    self.send(src, (P.OBJECT, reply, serialize(ValueError(
+                        f"The name {name!r} (namespace={key[0]!r}) is already taken by another actor"),
+                        is_error=True)))
+                return False
+        actor = ActorRecord(spec)
+        self.actors[actor.actor_id] = actor
+        self.actor_by_handle[actor.handle_id] = actor
+        if name is not None:
+            self.names[(actor.namespace, name)] = actor
+        if reply is not None:
+            self.send(src, (P.OBJECT, reply, serialize(("created", actor.actor_id, actor.handle_id))))
+        return True
+
+    def actor_placed(self, spec: P.TaskSpec, rank: int) -> None:
+        actor = self.actors.get(spec.actor_id)
+        if actor is not None:
+            actor.rank = rank
+            for caller in list(actor.callers):
+                self._forward_calls(actor, caller)
+
+    def actor_created(self, src: int, record, error: Optional[SerializedValue]) -> None:
+        spec = record.spec
+        actor = self.actors.get(spec.actor_id)
+        state = self.ranks.get(src)
+        if actor is None:
+            return
+        if error is None:
+            if actor.state == PENDING:
+                actor.state = ALIVE
+                if state is not None:
+                    state.ledger.transfer(spec.task_id, actor_key(actor.actor_id), actor.lifetime)
+            elif state is not None:
+                state.ledger.finish(spec.task_id)
+        else:
+            if state is not None:
+                state.ledger.finish(spec.task_id)
+            from .serialization import deserialize
+            cause = deserialize(error)
+            self._actor_died(actor, death_value(
+                actor, f"The actor {actor.class_name} died because its __init__ raised:\n{cause}",
+                init_failed=True))
+        self.dirty = True
+        self._finish(record, None, [serialize(None)])
+
+    # ---- calls ----------------------------------------------------------------------------
+    def submit_actor_call(self, src: int, record) -> None:
+        spec = record.spec
+        actor = self.actors.get(spec.actor_id)
+        if actor is None or actor.state == DEAD:
+            death = actor.death if actor is not None else serialize(exceptions.ActorDiedError(
+                error_msg="The actor is dead or was never created in this session"), is_error=True)
+            self._finish(record, death)
+            return
+        entry = self.objects.get(actor.handle_id)
+        if entry is not None:
+            entry.refs += 1
+            record.pins.append(actor.handle_id)
+        queue = actor.callers.get(src)
+        if queue is None:
+            queue = actor.callers[src] = deque()
+        queue.append(record)
+        self._forward_calls(actor, src)
+
+    def _forward_calls(self, actor: ActorRecord, caller: int) -> None:
+        queue = actor.callers.get(caller)
+        if not queue or actor.rank is None:
+            return
+        while queue:
+            record = queue[0]
+            if record.finished:
+                queue.popleft()
+                continue
+            if record.missing:
+                break
+            queue.popleft()
+            self._send_call(actor, record)
+        if not queue:
+            del actor.callers[caller]
+
+    def _send_call(self, actor: ActorRecord, record) -> None:
+        spec = record.spec
+        record.rank = actor.rank
+        actor.inflight.add(spec.task_id)
+        values = [self.objects[d].value for d in spec.deps]
+        self.send(actor.rank, (P.ACTOR_CALL, spec, values))
+
+    def call_dependencies_ready(self, record) -> None:
+        actor = self.actors.get(record.spec.actor_id)
+        if actor is not None:
+            self._forward_calls(actor, record.spec.owner)
+
+    def actor_call_done(self, record, error: Optional[SerializedValue], retryable: bool, values) -> None:
+        actor = self.actors.get(record.spec.actor_id)
+        if actor is not None:
+            actor.inflight.discard(record.spec.task_id)
+        if error is not None and retryable and record.retries_left != 0 and actor is not None \
+                and actor.state != DEAD:
+            if record.retries_left > 0:
+                record.retries_left -= 1
+            record.spec.attempt += 1
+            self._send_call(actor, record)
+            return
+        self._finish(record, error, values)
+
+    # ---- names ----------------------------------------------------------------------------
+    def on_get_actor(self, src: int, name: str, namespace: str, reply: bytes) -> None:
+        actor = self.names.get((namespace, name))
+        if actor is None or actor.state == DEAD:
+            value = serialize(ValueError(f"Failed to look up actor with name {name!r} in namespace "
+                                         f"{namespace!r}. This could because 1. You are trying to look "
+                                         "up a named actor you didn't create. 2. The named actor died. "
+                                         "3. You did not use a namespace matching the namespace of "
+                                         "the actor."), is_error=True)
+        else:
+            value = serialize((actor.actor_id, actor.handle_id, actor.meta_blob))
+        self.send(src, (P.OBJECT, reply, value))
+
+    def named_actors_view(self) -> List[Tuple[str, str]]:
+        return [(ns, name) for (ns, name), actor in self.names.items() if actor.state != DEAD]
+
+    # ---- ends -----------------------------------------------------------------------------
+    def on_kill(self, src: int, actor_id: bytes, no_restart: bool) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is None or actor.state == DEAD:
+            return
+        death = death_value(actor, f"The actor {actor.class_name} was killed by `hpcray.kill()` "
+                                   "(`ray.kill`).")
+        rank = actor.rank
+        was_placed = actor.state == ALIVE
+        self._actor_died(actor, death)
+        if rank is not None:
+            self.send(rank, (P.ACTOR_KILL, actor_id, death))
+            state = self.ranks.get(rank)
+            if state is not None and was_placed:
+                state.ledger.finish(actor_key(actor_id))
+                self.dirty = True
+
+    def on_actor_exited(self, src: int, actor_id: bytes, reason: SerializedValue) -> None:
+        actor = self.actors.get(actor_id)
+        state = self.ranks.get(src)
+        if state is not None:
+            state.ledger.finish(actor_key(actor_id))
+            self.dirty = True
+        if actor is not None and actor.state != DEAD:
+            self._actor_died(actor, reason)
+
+    def handle_released(self, actor: ActorRecord) -> None:
+        """No handle to the actor is left anywhere: it ends once its submitted calls are done."""
+        self.actor_by_handle.pop(actor.handle_id, None)
+        if actor.detached or actor.state == DEAD:
+            if actor.state == DEAD:
+                self.actors.pop(actor.actor_id, None)
+            return
+        if actor.rank is not None:
+            self.send(actor.rank, (P.ACTOR_TERMINATE, actor.actor_id))
+
+    def _actor_died(self, actor: ActorRecord, death: SerializedValue) -> None:
+        actor.state = DEAD
+        actor.death = death
+        if actor.name is not None and self.names.get((actor.namespace, actor.name)) is actor:
+            del self.names[(actor.namespace, actor.name)]
+        for queue in actor.callers.values():
+            for record in queue:
+                if not record.finished:
+                    self._finish(record, death)
+        actor.callers.clear()
+        for task_id in list(actor.inflight):
+            record = self.tasks.get(task_id)
+            if record is not None and not record.finished:
+                self._finish(record, death)
+        actor.inflight.clear()
+        if actor.handle_id not in self.actor_by_handle:
+            self.actors.pop(actor.actor_id, None)

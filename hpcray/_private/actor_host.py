@@ -1,0 +1,283 @@
+"""The actors a rank hosts: each is an instance plus mailboxes, not a thread.
+
+    ACTOR_CALL ─► mailbox[group] ─(group below its limit)─► pool thread, or the actor's event loop
+                                                              │ TASK_DONE (via the comm thread)
+                                   running -= 1, pump  ◄──────┘
+    ACTOR_TERMINATE: calls already here finish, later ones fail, then the instance is dropped.
+    ACTOR_KILL: queued and running calls fail at once; the instance is dropped.
+
+A sync actor runs one call at a time (max_concurrency=1); a threaded actor up to
+max_concurrency in pool threads; an actor with any ``async def`` method runs its calls on one
+asyncio loop thread of its own (made on first use), up to max_concurrency (default 1000) at once.
+Concurrency groups have their own limits. Everything here runs on the comm thread except
+``run_call`` and ``run_async_call``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional
+
+from .. import exceptions
+from . import context
+from . import protocol as P
+from .actor_directory import actor_key
+from .serialization import SerializedValue, serialize
+
+DEFAULT_GROUP = "_default"
+
+
+class ActorExit(SystemExit):
+    """Raised by ``exit_actor()``: ends the actor after the current call."""
+
+
+class HostedActor:
+    __slots__ = ("actor_id", "spec", "instance", "state", "mailboxes", "limits", "running",
+                 "loop", "is_async", "resources", "gpus", "inflight", "terminating", "class_name",
+                 "handle", "gpu_claim")
+
+    def __init__(self, spec: P.TaskSpec):
+        extra = spec.extra
+        self.actor_id = spec.actor_id
+        self.spec = spec
+        self.instance: Any = None
+        self.state = "creating"
+        self.is_async: bool = extra.get("is_async", False)
+        default_limit = extra.get("max_concurrency") or (1000 if self.is_async else 1)
+        self.limits: Dict[str, int] = {DEFAULT_GROUP: default_limit}
+        self.limits.update(extra.get("groups") or {})
+        self.mailboxes: Dict[str, Deque] = {}
+        self.running: Dict[str, int] = {}
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.resources: Dict[str, float] = extra.get("lifetime", {})
+        self.gpus: List[str] = []
+        self.inflight: Dict[bytes, P.TaskSpec] = {}
+        self.terminating = False
+        self.class_name: str = extra.get("class_name", "Actor")
+        self.handle: Any = None
+        self.gpu_claim: Optional[tuple] = None
+
+
+class ActorHost:
+    """Actors of one rank. Owned by the Executor, driven by the comm thread."""
+
+    def __init__(self, executor: Any):
+        self.executor = executor
+        self.actors: Dict[bytes, HostedActor] = {}
+        self.creations: Dict[bytes, HostedActor] = {}  # creation task id -> actor
+
+    # ---- comm thread ----------------------------------------------------------------------
+    def register(self, spec: P.TaskSpec) -> None:
+        actor = HostedActor(spec)
+        actor_id, meta_blob, handle_id = spec.actor_id, spec.extra.get("meta_blob", b""), spec.return_ids[0]
+
+        def make_handle():  # built on demand: a handle held by the actor itself would keep it alive
+            from ..actor import _rebuild_handle
+            from .object_ref import ObjectRef
+            return _rebuild_handle(actor_id, meta_blob, ObjectRef(handle_id))
+        actor.handle = make_handle
+        self.actors[spec.actor_id] = actor
+        self.creations[spec.task_id] = actor
+
+    def created(self, task_id: bytes, failed: bool) -> bool:
+        """The creation task ended; True when it was one of ours."""
+        actor = self.creations.pop(task_id, None)
+        if actor is None:
+            return False
+        ledger = self.executor.ledger
+        claim = self.executor.take_claim(task_id)
+        if actor.state == "creating" and not failed:
+            actor.state = "alive"
+            actor.gpu_claim = claim
+            actor.gpus = list(claim[0]) if claim else []
+            started = ledger.transfer(task_id, actor_key(actor.actor_id), actor.resources)
+        else:
+            self.executor.release_claim(claim)
+            started = ledger.finish(task_id)
+            if actor.state == "creating":
+                actor.state = "dead"
+                self._drop(actor, release=False)
+        for tid in started:
+            self.executor.launch(tid)
+        self._pump(actor)
+        return True
+
+    def forget_creation(self, task_id: bytes) -> None:
+        actor = self.creations.pop(task_id, None)
+        if actor is not None:
+            self.actors.pop(actor.actor_id, None)
+
+    def on_call(self, spec: P.TaskSpec, values: List[SerializedValue]) -> None:
+        actor = self.actors.get(spec.actor_id)
+        if actor is None or actor.state == "dead" or actor.terminating:
+            self._fail(spec, "The actor is dead or exiting; this call was not run")
+            return
+        group = (spec.extra or {}).get("group") or DEFAULT_GROUP
+        if group not in actor.limits:
+            group = DEFAULT_GROUP
+        box = actor.mailboxes.get(group)
+        if box is None:
+            box = actor.mailboxes[group] = deque()
+        box.append((spec, values))
+        self._pump(actor)
+
+    def on_call_done(self, task_id: bytes) -> Optional[bool]:
+        """A call of ours ended: None if the task id is not an actor call, else whether to report."""
+        for actor in self._actors_with_call(task_id):
+            spec = actor.inflight.pop(task_id)
+            group = (spec.extra or {}).get("group") or DEFAULT_GROUP
+            if group not in actor.limits:
+                group = DEFAULT_GROUP
+            actor.running[group] -= 1
+            if actor.state == "exit-requested":
+                self._exit(actor, "The actor exited by calling exit_actor()")
+            else:
+                self._pump(actor)
+            return True
+        return None
+
+    def _actors_with_call(self, task_id: bytes):
+        # the common case: few actors per rank have calls in flight; search those
+        for actor in self.actors.values():
+            if task_id in actor.inflight:
+                yield actor
+                return
+
+    def on_kill(self, actor_id: bytes, death: SerializedValue) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is None:
+            return
+        for box in actor.mailboxes.values():
+            for spec, _ in box:
+                self._post_error(spec, death)
+        for spec in actor.inflight.values():
+            self._post_error(spec, death)
+        actor.mailboxes.clear()
+        actor.inflight.clear()
+        was_alive = actor.state == "alive"
+        actor.state = "dead"
+        self._drop(actor, release=was_alive)
+
+    def on_terminate(self, actor_id: bytes) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is None or actor.state == "dead":
+            return
+        actor.terminating = True
+        self._pump(actor)
+
+    def request_exit(self, actor_id: bytes) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is not None and actor.state == "alive":
+            actor.state = "exit-requested"
+
+    def reset(self) -> None:
+        for actor in self.actors.values():
+            self._stop_loop(actor)
+        self.actors.clear()
+        self.creations.clear()
+
+    def _pump(self, actor: HostedActor) -> None:
+        if actor.state != "alive":
+            return
+        for group, box in actor.mailboxes.items():
+            limit = actor.limits.get(group, 1)
+            while box and actor.running.get(group, 0) < limit:
+                spec, values = box.popleft()
+                actor.running[group] = actor.running.get(group, 0) + 1
+                actor.inflight[spec.task_id] = spec
+                self._start(actor, spec, values)
+        if actor.terminating and not actor.inflight and not any(actor.mailboxes.values()):
+            self._exit(actor, f"The actor {actor.class_name} exited: no handle to it is left, or "
+                              "__ray_terminate__ was called")
+
+    def _start(self, actor: HostedActor, spec: P.TaskSpec, values: List[SerializedValue]) -> None:
+        if actor.is_async:
+            loop = self._loop_of(actor)
+            asyncio.run_coroutine_threadsafe(self.run_async_call(actor, spec, values), loop)
+        else:
+            self.executor.spawn(lambda: self.run_call(actor, spec, values))
+
+    def _exit(self, actor: HostedActor, message: str) -> None:
+        reason = serialize(exceptions.ActorDiedError(actor_id=actor.actor_id.hex(), error_msg=message),
+                           is_error=True)
+        for box in actor.mailboxes.values():
+            for spec, _ in box:
+                self._post_error(spec, reason)
+        actor.mailboxes.clear()
+        actor.state = "dead"
+        self._drop(actor, release=True)
+        self.executor.post((P.ACTOR_EXITED, actor.actor_id, reason))
+
+    def _drop(self, actor: HostedActor, release: bool) -> None:
+        self.actors.pop(actor.actor_id, None)
+        self._stop_loop(actor)
+        actor.instance = None
+        if release:
+            for tid in self.executor.ledger.finish(actor_key(actor.actor_id)):
+                self.executor.launch(tid)
+            self.executor.release_claim(actor.gpu_claim)
+            actor.gpu_claim = None
+
+    def _loop_of(self, actor: HostedActor) -> asyncio.AbstractEventLoop:
+        if actor.loop is None:
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name=f"hpcray-actor-{actor.class_name}",
+                                      daemon=True)
+            thread.start()
+            actor.loop = loop
+        return actor.loop
+
+    @staticmethod
+    def _stop_loop(actor: HostedActor) -> None:
+        if actor.loop is not None:
+            actor.loop.call_soon_threadsafe(actor.loop.stop)
+            actor.loop = None
+
+    def _fail(self, spec: P.TaskSpec, message: str) -> None:
+        self._post_error(spec, serialize(exceptions.ActorDiedError(
+            actor_id=spec.actor_id.hex(), error_msg=message), is_error=True))
+
+    def _post_error(self, spec: P.TaskSpec, error: SerializedValue) -> None:
+        self.executor.post((P.TASK_DONE, spec.task_id, None, error, False))
+
+    # ---- pool threads / the actor's loop ----------------------------------------------------
+    def _context(self, actor: HostedActor, spec: P.TaskSpec) -> context.TaskContext:
+        env = None
+        if actor.gpus:
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(actor.gpus)}
+        return context.TaskContext(spec.task_id, spec.name, dict(actor.resources), env,
+                                   self.executor.rank, actor.gpus, actor.actor_id, actor.handle)
+
+    def run_call(self, actor: HostedActor, spec: P.TaskSpec, values: List[SerializedValue]) -> None:
+        context.set_current(self._context(actor, spec))
+        try:
+            results, error, retryable = self.executor.call_and_pickle(
+                spec, lambda: self._bound_method(actor, spec), values)
+        finally:
+            context.set_current(None)
+        self._report(actor, spec, results, error, retryable)
+
+    async def run_async_call(self, actor: HostedActor, spec: P.TaskSpec, values: List[SerializedValue]) -> None:
+        context.set_current(self._context(actor, spec))
+        results, error, retryable = await self.executor.call_and_pickle_async(
+            spec, lambda: self._bound_method(actor, spec), values)
+        self._report(actor, spec, results, error, retryable)
+
+    def _report(self, actor, spec, results, error, retryable) -> None:
+        if isinstance(error, ActorExit):
+            self.executor.post((P.CALL, lambda: self.request_exit(actor.actor_id)))
+            error = serialize(exceptions.ActorDiedError(
+                actor_id=actor.actor_id.hex(), error_msg=f"The actor {actor.class_name} exited by "
+                                                         "calling exit_actor()"), is_error=True)
+        self.executor.post((P.TASK_DONE, spec.task_id, results, error, retryable))
+
+    @staticmethod
+    def _bound_method(actor: HostedActor, spec: P.TaskSpec) -> Callable:
+        instance = actor.instance
+        if spec.method == "__ray_terminate__":
+            raise ActorExit()
+        if spec.method == "__ray_ready__":
+            return lambda: True
+        return getattr(instance, spec.method)

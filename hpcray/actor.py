@@ -1,0 +1,397 @@
+"""Actors (Ray's ``ray.actor``): ``@remote`` classes, handles, ``@method``, ``exit_actor``.
+
+An actor lives on one rank as an instance plus a mailbox. Its handle is backed by an ObjectRef
+to the actor's *handle object*, so handles are counted wherever they go (driver, tasks, other
+actors, stored values) exactly like ObjectRefs: when the last one is gone the actor finishes the
+calls already submitted and ends.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from typing import Any, Dict, Optional, Tuple
+
+from . import exceptions
+from ._private import context
+from ._private import options as opt
+from ._private import protocol as P
+from ._private.object_ref import ObjectRef, object_id_of
+from ._private.serialization import deserialize, dumps_function, loads, try_serialize
+from .remote_function import _Export, split_ref_arguments, strategy_key
+
+_SPECIAL_METHODS = ("__ray_terminate__", "__ray_ready__")
+
+
+def method(*args: Any, **kwargs: Any) -> Any:
+    """``@method(num_returns=..., max_task_retries=..., retry_exceptions=..., concurrency_group=...)``
+    on an actor method."""
+    if args:
+        raise TypeError("@hpcray.method takes keyword arguments only, e.g. @method(num_returns=2)")
+    checked = opt.validate(kwargs, opt.METHOD_OPTIONS, "actor methods")
+
+    def decorator(function: Any) -> Any:
+        function.__hpcray_method_options__ = checked
+        return function
+    return decorator
+
+
+def exit_actor() -> None:
+    """End the current actor after this call; queued calls fail with RayActorError."""
+    from ._private.actor_host import ActorExit
+    ctx = context.current()
+    if ctx is None or ctx.actor_id is None:
+        raise TypeError("exit_actor() can only be called inside an actor method")
+    raise ActorExit()
+
+
+class _MethodMeta:
+    __slots__ = ("options", "signature", "is_async")
+
+    def __init__(self, options: Dict[str, Any], signature: Optional[inspect.Signature], is_async: bool):
+        self.options = options
+        self.signature = signature
+        self.is_async = is_async
+
+
+class _ActorMeta:
+    """What a handle needs to know of its class: method names, signatures, options."""
+
+    def __init__(self, cls: type, options: Dict[str, Any]):
+        self.class_name = cls.__name__
+        self.methods: Dict[str, _MethodMeta] = {}
+        for name, member in inspect.getmembers(cls, predicate=callable):
+            if name.startswith("__") and name != "__call__":
+                continue
+            function = inspect.unwrap(member) if inspect.isfunction(member) else member
+            try:
+                signature = inspect.signature(member)
+                params = list(signature.parameters.values())
+                if inspect.isfunction(member) and params and not isinstance(
+                        inspect.getattr_static(cls, name), (staticmethod, classmethod)):
+                    signature = signature.replace(parameters=params[1:])
+            except (TypeError, ValueError):
+                signature = None
+            is_async = inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
+            self.methods[name] = _MethodMeta(getattr(member, "__hpcray_method_options__", {}), signature,
+                                             is_async)
+        self.is_async = any(m.is_async for m in self.methods.values())
+        self.max_task_retries = options.get("max_task_retries", 0)
+        self.retry_exceptions = options.get("retry_exceptions", False)
+        self.max_pending_calls = options.get("max_pending_calls", -1)
+
+    def blob(self) -> bytes:
+        try:
+            return dumps_function(self)
+        except Exception:  # signatures with unpicklable defaults: drop them, keep the rest
+            for meta in self.methods.values():
+                meta.signature = None
+            return dumps_function(self)
+
+
+class ActorClass:
+    """A class decorated with ``@hpcray.remote``; ``.remote(...)`` creates an actor."""
+
+    def __init__(self, cls: type, options: Dict[str, Any]):
+        class_options = dict(options)
+        retry = class_options.pop("retry_exceptions", None)
+        checked = opt.validate_actor_options(class_options, in_options_call=False)
+        if retry is not None:
+            opt.validate({"retry_exceptions": retry}, opt.TASK_OPTIONS, "actors")
+            checked["retry_exceptions"] = retry
+        self._cls = cls
+        self._default_options = checked
+        self._meta = _ActorMeta(cls, checked)
+        self._export = _Export(cls)
+        try:
+            self._init_signature: Optional[inspect.Signature] = inspect.signature(cls)
+        except (TypeError, ValueError):
+            self._init_signature = None
+        self.__name__ = cls.__name__
+        self.__qualname__ = getattr(cls, "__qualname__", cls.__name__)
+        self.__doc__ = cls.__doc__
+        self.__module__ = cls.__module__
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"Actors cannot be instantiated directly. Instead of '{self.__name__}()', "
+                        f"use '{self.__name__}.remote()'.")
+
+    def __mro_entries__(self, bases):
+        raise TypeError(f"Inheriting from actor classes is not allowed: {self.__name__} is an actor "
+                        "class; subclass the plain class, then decorate the subclass with @remote")
+
+    def __reduce__(self):
+        return (ActorClass, (self._cls, self._default_options))
+
+    def remote(self, *args, **kwargs) -> "ActorHandle":
+        """Create the actor; returns its handle at once."""
+        return self._create(args, kwargs, self._default_options)
+
+    def options(self, **options) -> "_ActorClassWithOptions":
+        retry = options.pop("retry_exceptions", None)
+        checked = opt.validate_actor_options(options, in_options_call=True)
+        if retry is not None:
+            opt.validate({"retry_exceptions": retry}, opt.TASK_OPTIONS, "actors")
+            checked["retry_exceptions"] = retry
+        merged = dict(self._default_options)
+        merged.update(checked)
+        return _ActorClassWithOptions(self, merged)
+
+    def bind(self, *args, **kwargs):
+        raise NotImplementedError("Ray DAGs (.bind) are not supported by hpcray")
+
+    def _create(self, args, kwargs, options: Dict[str, Any]) -> "ActorHandle":
+        from ._private import api
+        session = api.ensure_session()
+        if self._init_signature is not None:
+            try:
+                self._init_signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"{self.__name__}.remote(): {exc}") from None
+        for unsupported in ("max_restarts",):
+            if options.get(unsupported, 0) not in (0, None):
+                opt.warn_once(unsupported, f"hpcray: {unsupported} is accepted, but restarting an actor "
+                                           "after its rank dies needs fault tolerance (not yet built)")
+        meta = self._meta
+        if options.keys() & {"max_task_retries", "retry_exceptions", "max_pending_calls"}:
+            meta = _ActorMeta(self._cls, options)
+        explicit_cpus = options.get("num_cpus") is not None
+        placement = opt.resource_demand(options, default_cpus=1.0)
+        lifetime = dict(placement) if explicit_cpus else {k: v for k, v in placement.items() if k != "CPU"}
+        groups = options.get("concurrency_groups") or {}
+        if isinstance(groups, list):
+            groups = {name: 1 for name in groups}
+        for group, limit in groups.items():
+            if not isinstance(limit, int) or limit < 1:
+                raise ValueError(f"concurrency_groups[{group!r}]={limit!r}: a group's limit must be an int >= 1")
+        call_args, call_kwargs, deps = split_ref_arguments(args, kwargs)
+        serialized = try_serialize((call_args, call_kwargs), f"an argument of {self.__name__}.__init__():")
+        fn_id, blob = self._export.get()
+        client = session.client
+        task_id = client.new_task_id()
+        handle_id = object_id_of(task_id, 0)
+        name = options.get("name")
+        namespace = options.get("namespace") or session.namespace
+        meta_blob = meta.blob()
+        extra = {
+            "name": name, "namespace": namespace, "detached": options.get("lifetime") == "detached",
+            "lifetime": lifetime, "class_name": self.__name__, "meta_blob": meta_blob,
+            "max_concurrency": options.get("max_concurrency"), "groups": groups,
+            "is_async": meta.is_async, "get_if_exists": options.get("get_if_exists", False),
+        }
+        if name is not None:
+            extra["reply"] = object_id_of(client.new_task_id(), 0)
+        spec = P.TaskSpec(task_id, fn_id, None, f"{self.__name__}.__init__", serialized, deps, [handle_id],
+                          1, placement, 0, False, None, strategy_key(options), client.rank)
+        spec.kind = P.ACTOR_CREATE
+        spec.actor_id = task_id
+        spec.extra = extra
+        if name is None:
+            ref = client.submit(spec, blob)[0]
+            return ActorHandle(task_id, meta, ref)
+        reply = extra["reply"]
+        client.requested.add(reply)
+        ref = client.submit(spec, blob)[0]
+        answer = _await_reply(client, reply)
+        if answer[0] == "exists":
+            del ref  # our creation was not needed: drop its handle object
+            return ActorHandle(answer[1], meta, ObjectRef(answer[2]))
+        return ActorHandle(task_id, meta, ref)
+
+
+def _await_reply(client: Any, reply: bytes) -> Any:
+    client._wait_for([reply], 1, 120.0, fail_fast=False)
+    with client.cond:
+        value = client.store.pop(reply)
+    client.requested.discard(reply)
+    result = deserialize(value)
+    if value.is_error:
+        raise result
+    return result
+
+
+class _ActorClassWithOptions:
+    def __init__(self, parent: ActorClass, options: Dict[str, Any]):
+        self._parent = parent
+        self._options = options
+
+    def remote(self, *args, **kwargs) -> "ActorHandle":
+        return self._parent._create(args, kwargs, self._options)
+
+    def options(self, **options) -> "_ActorClassWithOptions":
+        merged = dict(self._options)
+        merged.update(self._parent.options(**options)._options)
+        return _ActorClassWithOptions(self._parent, merged)
+
+
+class ActorHandle:
+    """A handle to an actor: ``handle.method.remote(...)``. Picklable into tasks and actors."""
+
+    def __init__(self, actor_id: bytes, meta: _ActorMeta, ref: ObjectRef):
+        self._actor_id = actor_id
+        self._meta = meta
+        self._ref = ref
+        self._pending: deque = deque()
+
+    def __getattr__(self, name: str) -> "ActorMethod":
+        if name.startswith("_") and name not in _SPECIAL_METHODS:
+            meta = self.__dict__.get("_meta")
+            if meta is None or name not in meta.methods:
+                raise AttributeError(name)
+        meta = self.__dict__["_meta"]
+        method_meta = meta.methods.get(name)
+        if method_meta is None and name not in _SPECIAL_METHODS:
+            raise AttributeError(f"'{meta.class_name}' actor has no method '{name}'")
+        return ActorMethod(self, name, method_meta, {})
+
+    def __reduce__(self):
+        return (_rebuild_handle, (self._actor_id, self._meta.blob(), self._ref))
+
+    def __repr__(self) -> str:
+        return f"Actor({self._meta.class_name}, {self._actor_id.hex()})"
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+    @property
+    def _ray_actor_id(self) -> "ActorID":
+        return ActorID(self._actor_id)
+
+    def _call(self, name: str, method_meta: Optional[_MethodMeta], args, kwargs, call_options):
+        from ._private import api
+        session = api.ensure_session()
+        meta = self._meta
+        if method_meta is not None and method_meta.signature is not None:
+            try:
+                method_meta.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"{meta.class_name}.{name}.remote(): {exc}") from None
+        decorated = method_meta.options if method_meta is not None else {}
+
+        def pick(key, default):
+            for source in (call_options, decorated):
+                if source.get(key) is not None:
+                    return source[key]
+            return default
+
+        num_returns = pick("num_returns", 1)
+        if isinstance(num_returns, str):
+            raise NotImplementedError(f"num_returns={num_returns!r} (generator methods) is not supported "
+                                      "by hpcray yet")
+        max_retries = pick("max_task_retries", meta.max_task_retries)
+        retry_blob = opt.RetryPolicy(pick("retry_exceptions", meta.retry_exceptions)).blob
+        client = session.client
+        if meta.max_pending_calls > 0:
+            store = client.store
+            while self._pending and self._pending[0] in store:
+                self._pending.popleft()
+            self._pending = deque(i for i in self._pending if i not in store)
+            if len(self._pending) >= meta.max_pending_calls:
+                raise exceptions.PendingCallsLimitExceeded(
+                    f"Too many pending calls ({len(self._pending)}) on actor {meta.class_name}: "
+                    f"max_pending_calls={meta.max_pending_calls}")
+        call_args, call_kwargs, deps = split_ref_arguments(args, kwargs)
+        serialized = try_serialize((call_args, call_kwargs), f"an argument of {meta.class_name}.{name}():")
+        task_id = client.new_task_id()
+        return_ids = [object_id_of(task_id, i + 1) for i in range(num_returns)]
+        group = pick("concurrency_group", None)
+        spec = P.TaskSpec(task_id, b"", None, f"{meta.class_name}.{name}", serialized, deps, return_ids,
+                          num_returns, {}, max_retries, retry_blob, None, None, client.rank)
+        spec.kind = P.ACTOR_METHOD
+        spec.actor_id = self._actor_id
+        spec.method = name
+        spec.extra = {"group": group} if group else None
+        refs = client.submit(spec, None)
+        if meta.max_pending_calls > 0 and return_ids:
+            self._pending.extend(return_ids)
+            client._request(return_ids)
+        if num_returns == 1:
+            return refs[0]
+        return None if num_returns == 0 else refs
+
+
+def _rebuild_handle(actor_id: bytes, meta_blob: bytes, ref: ObjectRef) -> ActorHandle:
+    return ActorHandle(actor_id, loads(meta_blob), ref)
+
+
+class ActorMethod:
+    """``handle.method``: call ``.remote(...)``; ``.options(num_returns=...)`` first if needed."""
+
+    def __init__(self, handle: ActorHandle, name: str, meta: Optional[_MethodMeta], options: Dict[str, Any]):
+        self._handle = handle
+        self._name = name
+        self._meta = meta
+        self._options = options
+
+    def remote(self, *args, **kwargs):
+        return self._handle._call(self._name, self._meta, args, kwargs, self._options)
+
+    def options(self, **options) -> "ActorMethod":
+        checked = opt.validate(options, opt.METHOD_OPTIONS, "actor methods")
+        merged = dict(self._options)
+        merged.update(checked)
+        return ActorMethod(self._handle, self._name, self._meta, merged)
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"Actor methods cannot be called directly. Instead of running "
+                        f"'object.{self._name}()', try 'object.{self._name}.remote()'.")
+
+    def bind(self, *args, **kwargs):
+        raise NotImplementedError("Ray DAGs (.bind) are not supported by hpcray")
+
+
+class ActorID:
+    """Ray's ActorID: ``hex()`` and ``binary()``."""
+
+    def __init__(self, binary: bytes):
+        self._binary = binary
+
+    def hex(self) -> str:
+        return self._binary.hex()
+
+    def binary(self) -> bytes:
+        return self._binary
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, ActorID) and other._binary == self._binary
+
+    def __hash__(self) -> int:
+        return hash(self._binary)
+
+    def __repr__(self) -> str:
+        return f"ActorID({self.hex()})"
+
+
+def handle_from_spec(spec: P.TaskSpec) -> Tuple[bytes, bytes, bytes]:
+    """(actor id, meta blob, handle object id) of a creation spec, for ``current_actor``."""
+    return spec.actor_id, spec.extra.get("meta_blob", b""), spec.return_ids[0]
+
+
+def get_actor(name: str, namespace: Optional[str] = None) -> ActorHandle:
+    """The handle of a named actor (ValueError when there is none)."""
+    from ._private import api
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"get_actor(): name must be a non-empty string, got {name!r}")
+    if namespace is not None and not isinstance(namespace, str):
+        raise TypeError(f"get_actor(): namespace must be a str, got {type(namespace).__name__}")
+    session = api.ensure_session()
+    client = session.client
+    reply = object_id_of(client.new_task_id(), 0)
+    client.requested.add(reply)
+    client.post((P.GET_ACTOR, name, namespace or session.namespace, reply))
+    actor_id, handle_id, meta_blob = _await_reply(client, reply)
+    return ActorHandle(actor_id, loads(meta_blob), ObjectRef(handle_id))
+
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Kill an actor at once: its running and queued calls fail with RayActorError."""
+    from ._private import api
+    if not isinstance(actor, ActorHandle):
+        raise ValueError(f"hpcray.kill() only supports actors; got {type(actor).__name__}")
+    if not isinstance(no_restart, bool):
+        raise TypeError("kill(): no_restart must be a bool")
+    session = api.ensure_session()
+    session.client.post((P.KILL, actor._actor_id, no_restart))
