@@ -2,7 +2,7 @@
 ``python app.py`` (one process) or ``mpiexec -n N python app.py`` (rank 0 drives, the other ranks
 serve tasks). See the README for what runs where."""
 
-from . import exceptions
+from . import exceptions, util
 from ._private.api import (available_resources, cluster_resources, get, get_gpu_ids, init,
                            is_initialized, nodes, put, remote, shutdown, wait)
 from ._private.object_ref import ObjectRef

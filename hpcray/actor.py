@@ -195,6 +195,7 @@ class ActorClass:
         answer = _await_reply(client, reply)
         if answer[0] == "exists":
             del ref  # our creation was not needed: drop its handle object
+            client.post((P.ADOPT, answer[2]))  # the scheduler counted this handle for us
             return ActorHandle(answer[1], meta, ObjectRef(answer[2]))
         return ActorHandle(task_id, meta, ref)
 
@@ -383,6 +384,7 @@ def get_actor(name: str, namespace: Optional[str] = None) -> ActorHandle:
     client.requested.add(reply)
     client.post((P.GET_ACTOR, name, namespace or session.namespace, reply))
     actor_id, handle_id, meta_blob = _await_reply(client, reply)
+    client.post((P.ADOPT, handle_id))  # the scheduler counted this handle for us
     return ActorHandle(actor_id, loads(meta_blob), ObjectRef(handle_id))
 
 

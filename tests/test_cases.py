@@ -3,10 +3,10 @@
 import pytest
 
 from conftest import check_mpi_case, case_names
-from cases import errors, options, resources, tasks, waiting
+from cases import actors, errors, options, resources, tasks, waiting
 
 MODULES = {"tasks": tasks, "errors": errors, "options": options, "resources": resources,
-           "waiting": waiting}
+           "waiting": waiting, "actors": actors}
 PARAMS = [(m, c) for m, module in MODULES.items() for c in case_names(module)]
 
 

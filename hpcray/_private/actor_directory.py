@@ -72,8 +72,9 @@ class ActorDirectory:
         if name is not None:
             key = (extra.get("namespace") or "", name)
             existing = self.names.get(key)
-            if existing is not None and existing.state != DEAD:
+            if existing is not None and existing.state != DEAD and existing.handle_id in self.objects:
                 if extra.get("get_if_exists"):
+                    self._hold_for(existing)
                     self.send(src, (P.OBJECT, reply, serialize(("exists", existing.actor_id, existing.handle_id))))
                 else:
                     self.send(src, (P.OBJECT, reply, serialize(ValueError(
@@ -81,6 +82,8 @@ class ActorDirectory:
                         is_error=True)))
                 return False
         actor = ActorRecord(spec)
+        if actor.detached:  # the actor itself holds its handle object until it dies
+            self.objects[actor.handle_id].refs += 1
         self.actors[actor.actor_id] = actor
         self.actor_by_handle[actor.handle_id] = actor
         if name is not None:
@@ -183,15 +186,22 @@ class ActorDirectory:
     # ---- names ----------------------------------------------------------------------------
     def on_get_actor(self, src: int, name: str, namespace: str, reply: bytes) -> None:
         actor = self.names.get((namespace, name))
-        if actor is None or actor.state == DEAD:
+        if actor is None or actor.state == DEAD or actor.handle_id not in self.objects:
             value = serialize(ValueError(f"Failed to look up actor with name {name!r} in namespace "
                                          f"{namespace!r}. This could because 1. You are trying to look "
                                          "up a named actor you didn't create. 2. The named actor died. "
                                          "3. You did not use a namespace matching the namespace of "
                                          "the actor."), is_error=True)
         else:
+            self._hold_for(actor)
             value = serialize((actor.actor_id, actor.handle_id, actor.meta_blob))
         self.send(src, (P.OBJECT, reply, value))
+
+    def _hold_for(self, actor: ActorRecord) -> None:
+        """Count the handle we are about to send; the receiver ADOPTs it (no race with frees)."""
+        entry = self.objects.get(actor.handle_id)
+        if entry is not None:
+            entry.refs += 1
 
     def named_actors_view(self) -> List[Tuple[str, str]]:
         return [(ns, name) for (ns, name), actor in self.names.items() if actor.state != DEAD]
@@ -229,14 +239,21 @@ class ActorDirectory:
             if actor.state == DEAD:
                 self.actors.pop(actor.actor_id, None)
             return
+        self._unname(actor)  # it is ending: the name is free for a new actor at once
         if actor.rank is not None:
             self.send(actor.rank, (P.ACTOR_TERMINATE, actor.actor_id))
+
+    def _unname(self, actor: ActorRecord) -> None:
+        if actor.name is not None and self.names.get((actor.namespace, actor.name)) is actor:
+            del self.names[(actor.namespace, actor.name)]
 
     def _actor_died(self, actor: ActorRecord, death: SerializedValue) -> None:
         actor.state = DEAD
         actor.death = death
-        if actor.name is not None and self.names.get((actor.namespace, actor.name)) is actor:
-            del self.names[(actor.namespace, actor.name)]
+        self._unname(actor)
+        if actor.detached:
+            actor.detached = False
+            self._unpin(actor.handle_id)
         for queue in actor.callers.values():
             for record in queue:
                 if not record.finished:

@@ -218,6 +218,12 @@ class CommLoop:
             self.send(0, (P.HOLD, object_id, -1))
         elif kind == P.CALL:
             item[1]()
+        elif kind == P.ADOPT:
+            object_id = item[1]
+            if object_id in self.held:
+                self.send(0, (P.HOLD, object_id, -1))  # we held it already: undo the extra count
+            else:
+                self.held.add(object_id)
         else:
             if kind == P.SUBMIT:
                 self.held.update(item[1].return_ids)

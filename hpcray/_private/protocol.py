@@ -63,6 +63,8 @@ ACTOR_METHOD = 2
 
 #: local-only item on a rank's command queue (never sent): run a function on the comm thread
 CALL = 201
+#: local-only: the scheduler already counted a hold of this object for this rank (a handle it sent)
+ADOPT = 202
 
 
 def is_upstream(kind: int) -> bool:

@@ -1,7 +1,10 @@
-"""Utilities (Ray's ``ray.util``)."""
+"""Utilities (Ray's ``ray.util``): ActorPool, named actors, scheduling strategies, queue."""
+
+from typing import Any, Dict, List, Union
 
 from ..runtime_context import get_runtime_context  # noqa: F401
 from . import scheduling_strategies  # noqa: F401
+from .actor_pool import ActorPool
 
 
 def get_node_ip_address() -> str:
@@ -10,4 +13,16 @@ def get_node_ip_address() -> str:
     return host_address()
 
 
-__all__ = ["get_node_ip_address", "scheduling_strategies"]
+def list_named_actors(all_namespaces: bool = False) -> List[Union[str, Dict[str, str]]]:
+    """Names of the living named actors of the current namespace; with ``all_namespaces``,
+    dicts with ``name`` and ``namespace`` for every namespace."""
+    from .._private import api
+    session = api.ensure_session()
+    pairs = api.query("named_actors")
+    if all_namespaces:
+        return [{"name": name, "namespace": ns} for ns, name in pairs]
+    return [name for ns, name in pairs if ns == session.namespace]
+
+
+__all__ = ["ActorPool", "get_node_ip_address", "list_named_actors", "scheduling_strategies",
+           "get_runtime_context"]
