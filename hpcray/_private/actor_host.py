@@ -67,6 +67,7 @@ class ActorHost:
         self.executor = executor
         self.actors: Dict[bytes, HostedActor] = {}
         self.creations: Dict[bytes, HostedActor] = {}  # creation task id -> actor
+        self.calls: Dict[bytes, HostedActor] = {}  # running call's task id -> actor
 
     # ---- comm thread ----------------------------------------------------------------------
     def register(self, spec: P.TaskSpec) -> None:
@@ -125,25 +126,21 @@ class ActorHost:
 
     def on_call_done(self, task_id: bytes) -> Optional[bool]:
         """A call of ours ended: None if the task id is not an actor call, else whether to report."""
-        for actor in self._actors_with_call(task_id):
-            spec = actor.inflight.pop(task_id)
-            group = (spec.extra or {}).get("group") or DEFAULT_GROUP
-            if group not in actor.limits:
-                group = DEFAULT_GROUP
-            actor.running[group] -= 1
-            if actor.state == "exit-requested":
-                self._exit(actor, "The actor exited by calling exit_actor()")
-            else:
-                self._pump(actor)
+        actor = self.calls.pop(task_id, None)
+        if actor is None:
+            return None
+        spec = actor.inflight.pop(task_id, None)
+        if spec is None:  # failed already (kill): this is the late real result
             return True
-        return None
-
-    def _actors_with_call(self, task_id: bytes):
-        # the common case: few actors per rank have calls in flight; search those
-        for actor in self.actors.values():
-            if task_id in actor.inflight:
-                yield actor
-                return
+        group = (spec.extra or {}).get("group") or DEFAULT_GROUP
+        if group not in actor.limits:
+            group = DEFAULT_GROUP
+        actor.running[group] -= 1
+        if actor.state == "exit-requested":
+            self._exit(actor, "The actor exited by calling exit_actor()")
+        else:
+            self._pump(actor)
+        return True
 
     def on_kill(self, actor_id: bytes, death: SerializedValue) -> None:
         actor = self.actors.get(actor_id)
@@ -177,6 +174,7 @@ class ActorHost:
             self._stop_loop(actor)
         self.actors.clear()
         self.creations.clear()
+        self.calls.clear()
 
     def _pump(self, actor: HostedActor) -> None:
         if actor.state != "alive":
@@ -187,6 +185,7 @@ class ActorHost:
                 spec, values = box.popleft()
                 actor.running[group] = actor.running.get(group, 0) + 1
                 actor.inflight[spec.task_id] = spec
+                self.calls[spec.task_id] = actor
                 self._start(actor, spec, values)
         if actor.terminating and not actor.inflight and not any(actor.mailboxes.values()):
             self._exit(actor, f"The actor {actor.class_name} exited: no handle to it is left, or "

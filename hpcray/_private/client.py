@@ -20,6 +20,16 @@ from .object_ref import IdSource, ObjectRef, object_id_of
 from .serialization import SerializedValue, deserialize, serialize, try_serialize
 
 
+class _Waiter:
+    """One thread's wait in get/wait: how many of its objects are here, and whether one failed."""
+
+    __slots__ = ("have", "error")
+
+    def __init__(self, have: int):
+        self.have = have
+        self.error = False
+
+
 class CoreClient:
     """Per-rank, per-session entry point used by the public API."""
 
@@ -34,6 +44,7 @@ class CoreClient:
         self.callbacks: Dict[bytes, List[Callable[[SerializedValue], None]]] = {}
         self.exported: set = set()
         self.broken: Optional[BaseException] = None  # set when the comm thread died
+        self.waiters: Dict[bytes, List["_Waiter"]] = {}
 
     # ---- user threads -----------------------------------------------------------------
     def submit(self, spec: P.TaskSpec, fn_blob: bytes) -> List[ObjectRef]:
@@ -115,23 +126,32 @@ class CoreClient:
             self.post((P.GET_REQ, fresh))
 
     def _wait_for(self, ids: List[bytes], count: int, timeout: Optional[float], fail_fast: bool) -> None:
+        """Wait until ``count`` of ``ids`` are here (or, with fail_fast, any one is an error).
+
+        Each wait registers a small _Waiter on the ids still missing; a delivery bumps the
+        waiters of its id, so a wake-up costs O(1), not a rescan of every id.
+        """
         store = self.store
-
-        def satisfied() -> bool:
-            if self.broken is not None:
-                raise exceptions.RaySystemError(f"hpcray's comm thread failed: {self.broken!r}")
-            return (sum(1 for i in ids if i in store) >= count
-                    or (fail_fast and self._has_error(ids)))
-
-        if satisfied():
-            return
-        self._request([i for i in ids if i not in store])
+        unique = set(ids)
+        count = min(count, len(unique))
+        with self.cond:
+            present = [i for i in unique if i in store]
+            errors = fail_fast and any(store[i].is_error for i in present)
+            if len(present) >= count or errors:
+                return
+            waiter = _Waiter(len(present))
+            missing = [i for i in unique if i not in store]
+            for object_id in missing:
+                self.waiters.setdefault(object_id, []).append(waiter)
+        self._request(missing)
         deadline = None if timeout is None else time.monotonic() + timeout
         task = context.current()
         blocked = False
         try:
             with self.cond:
-                while not satisfied():
+                while waiter.have < count and not (fail_fast and waiter.error):
+                    if self.broken is not None:
+                        raise exceptions.RaySystemError(f"hpcray's comm thread failed: {self.broken!r}")
                     remaining = None
                     if deadline is not None:
                         remaining = deadline - time.monotonic()
@@ -143,16 +163,15 @@ class CoreClient:
                         self.post((P.BLOCKED, task.task_id))
                     self.cond.wait(remaining)
         finally:
+            with self.cond:
+                for object_id in missing:
+                    registered = self.waiters.get(object_id)
+                    if registered and waiter in registered:
+                        registered.remove(waiter)
+                        if not registered:
+                            del self.waiters[object_id]
             if blocked:
                 self.post((P.UNBLOCKED, task.task_id))
-
-    def _has_error(self, ids: List[bytes]) -> bool:
-        store = self.store
-        for i in ids:
-            value = store.get(i)
-            if value is not None and value.is_error:
-                return True
-        return False
 
     # ---- comm thread --------------------------------------------------------------------
     def deliver(self, object_id: bytes, value: SerializedValue) -> None:
@@ -161,7 +180,13 @@ class CoreClient:
         with self.cond:
             self.store[object_id] = value
             callbacks = self.callbacks.pop(object_id, None)
-            self.cond.notify_all()
+            waiting = self.waiters.pop(object_id, None)
+            if waiting:
+                for waiter in waiting:
+                    waiter.have += 1
+                    if value.is_error:
+                        waiter.error = True
+                self.cond.notify_all()
         if callbacks:
             for callback in callbacks:
                 callback(value)

@@ -478,6 +478,23 @@ def case_many_idle_actors():
     wait_for_condition(lambda: live_actors() < 100, timeout=30)
 
 
+def case_ten_thousand_actors_across_the_job():
+    @ray.remote
+    class Cell:
+        def __init__(self, index):
+            self.index = index
+
+        def value(self):
+            return self.index
+
+    cells = [Cell.remote(i) for i in range(10_000)]
+    assert ray.get([c.value.remote() for c in cells]) == list(range(10_000))
+    assert live_actors() >= 10_000
+    del cells
+    gc.collect()
+    wait_for_condition(lambda: live_actors() < 100, timeout=60)
+
+
 def case_retries_for_actor_methods():
     counter = scratch_file("retry")
 
