@@ -1,7 +1,7 @@
 """The driver ends in various ways; every rank must end within seconds with the driver's status.
 
     python exit_status.py MODE          or       mpiexec -n 4 python exit_status.py MODE
-MODE: normal | raise | sysexit | sigterm | busy
+MODE: normal | raise | sysexit | sigterm | sigint | busy
 """
 
 import os
@@ -37,6 +37,10 @@ elif mode == "sysexit":
 elif mode == "sigterm":
     refs = [sleeper.remote(60) for _ in range(4)]
     os.kill(os.getpid(), signal.SIGTERM)
+    ray.get(refs)
+elif mode == "sigint":
+    refs = [sleeper.remote(60) for _ in range(4)]
+    os.kill(os.getpid(), signal.SIGINT)  # like Ctrl-C: KeyboardInterrupt in the driver
     ray.get(refs)
 elif mode == "busy":
     refs = [sleeper.remote(60) for _ in range(4)]
