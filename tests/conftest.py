@@ -25,12 +25,10 @@ def mpiexec() -> str:
     return local if os.path.exists(local) else "mpiexec"
 
 
-def run_mpi(args, ranks=MPI_RANKS, timeout=240, env=None, cwd=None):
-    """Run ``mpiexec -n ranks python args...``; returns CompletedProcess (never hangs)."""
+def _run(command, timeout, env, cwd):
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env.setdefault("PYTHONUNBUFFERED", "1")
-    command = [mpiexec(), "-n", str(ranks), sys.executable] + list(args)
     try:
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env,
                               cwd=cwd or HERE)
@@ -40,16 +38,14 @@ def run_mpi(args, ranks=MPI_RANKS, timeout=240, env=None, cwd=None):
         return subprocess.CompletedProcess(command, -9, out, err + f"\nTIMEOUT after {timeout} s")
 
 
-def run_single(args, timeout=240, env=None):
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    full_env.setdefault("PYTHONUNBUFFERED", "1")
-    command = [sys.executable] + list(args)
-    try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=HERE)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        return subprocess.CompletedProcess(command, -9, out, f"TIMEOUT after {timeout} s")
+def run_mpi(args, ranks=MPI_RANKS, timeout=240, env=None, cwd=None):
+    """Run ``mpiexec -n ranks python args...``; returns CompletedProcess (never hangs)."""
+    return _run([mpiexec(), "-n", str(ranks), sys.executable] + list(args), timeout, env, cwd)
+
+
+def run_single(args, timeout=240, env=None, cwd=None):
+    """Run ``python args...`` (single rank); returns CompletedProcess (never hangs)."""
+    return _run([sys.executable] + list(args), timeout, env, cwd)
 
 
 def case_names(module):
@@ -84,38 +80,3 @@ def check_mpi_case(module_name, case, env=None, ranks=MPI_RANKS):
     passed, detail = results[case]
     if not passed:
         pytest.fail(f"case {case} failed under mpiexec -n {ranks}:\n{detail}")
-
-
-@pytest.fixture(scope="module")
-def single_rank(request, tmp_path_factory):
-    """An in-process single-rank session for the module's cases."""
-    import hpcray
-    module = request.module.CASES
-    os.environ["CASE_TMP"] = str(tmp_path_factory.mktemp("case"))
-    saved = {k: os.environ.get(k) for k in getattr(module, "ENV", {})}
-    os.environ.update(getattr(module, "ENV", {}))
-    hpcray.init(**getattr(module, "INIT_KWARGS", {}))
-    yield hpcray
-    hpcray.shutdown()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-def make_case_tests(module):
-    """Build test_single/test_mpi parametrized over the module's cases."""
-    names = case_names(module)
-    env = getattr(module, "ENV", {})
-    ranks = getattr(module, "MPI_RANKS", MPI_RANKS)
-
-    @pytest.mark.parametrize("case", names)
-    def test_single(case, single_rank):
-        getattr(module, case)()
-
-    @pytest.mark.parametrize("case", names)
-    def test_mpi(case):
-        check_mpi_case(module.__name__.split(".")[-1], case, env=env, ranks=ranks)
-
-    return test_single, test_mpi

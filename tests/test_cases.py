@@ -20,16 +20,19 @@ def sessions():
     state = {"current": None, "saved": {}}
     os.environ.setdefault("CASE_TMP", tempfile.mkdtemp(prefix="hpcray-case-"))
 
+    def close():
+        hpcray.shutdown()
+        for k, v in state["saved"].items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
     def open_for(module_name):
         if state["current"] == module_name:
             return
         if state["current"] is not None:
-            hpcray.shutdown()
-            for k, v in state["saved"].items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            close()
         env = getattr(MODULES[module_name], "ENV", {})
         state["saved"] = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
@@ -38,12 +41,7 @@ def sessions():
 
     yield open_for
     if state["current"] is not None:
-        hpcray.shutdown()
-        for k, v in state["saved"].items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        close()
 
 
 @pytest.mark.parametrize("module_name,case", PARAMS)

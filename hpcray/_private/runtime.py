@@ -19,6 +19,7 @@ import atexit
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -234,6 +235,7 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env) -> Se
         _world = World(comm, transport, workers, config)
         atexit.register(_at_exit)
         _install_driver_signals()
+        _install_interrupt_exit()
     world = _world
     world.job = job
     head_host = host_name(0, config.ranks_per_host)
@@ -367,11 +369,48 @@ def _at_exit() -> None:
     while transport.busy() and time.monotonic() < deadline:
         transport.progress_sends()
         time.sleep(0.001)
+    if len(acks) == len(world.workers):
+        # MPI_Finalize waits for every rank's (MPICH); after it the ranks only have to exit
+        from mpi4py import MPI
+        if not MPI.Is_finalized():
+            MPI.Finalize()
+        _wait_until_gone(world.workers, time.monotonic() + world.config.exit_timeout_s)
+        return
     if len(acks) < len(world.workers):
         sys.stderr.write(f"hpcray: ranks {sorted({i.rank for i in world.workers} - acks)} did not "
                          "leave in time; aborting the job\n")
         sys.stderr.flush()
         world.comm.Abort(_exit_code or 1)
+
+
+def _wait_until_gone(workers: List[RankInfo], deadline: float) -> None:
+    """Let acknowledged ranks finish leaving before the driver's process ends.
+
+    If the driver exits with a non-zero status while a rank is still on its way out, the MPI
+    launcher kills that rank and may report its signal instead of the driver's status. Ranks on
+    this host are watched through /proc; for ranks on other hosts a short grace period is given.
+    """
+    here = socket.gethostname()
+    local = [w.pid for w in workers if w.host == here or w.host.startswith(here + "-")]
+    remote = len(local) < len(workers)
+    while local and time.monotonic() < deadline:
+        local = [pid for pid in local if _process_alive(pid)]
+        if local:
+            time.sleep(0.005)
+    if remote:
+        time.sleep(0.2)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
 
 
 def _install_driver_signals() -> None:
@@ -382,6 +421,31 @@ def _install_driver_signals() -> None:
         def on_term(signum, frame):
             raise SystemExit(128 + signum)
         signal.signal(signal.SIGTERM, on_term)
+
+
+def _install_interrupt_exit() -> None:
+    """An uncaught KeyboardInterrupt (Ctrl-C) ends an MPI driver with status 130.
+
+    Python would end the process by re-raising SIGINT on itself after the exit handlers; the MPI
+    launcher then tears the job down while the ranks are still leaving (seen: a rank reported as
+    crashed). Instead the driver runs the exit handlers (the ranks leave cleanly), finalizes MPI
+    and exits 130, as a shell reports Ctrl-C.
+    """
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        previous(kind, value, tb)
+        if issubclass(kind, KeyboardInterrupt):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            atexit._run_exitfuncs()
+            try:
+                from mpi4py import MPI
+                if not MPI.Is_finalized():
+                    MPI.Finalize()
+            finally:
+                os._exit(130)
+    sys.excepthook = hook
 
 
 # ---------------------------------------------------------------------------------------------

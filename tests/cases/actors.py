@@ -54,6 +54,20 @@ class Counter:
         return x
 
 
+@ray.remote
+class Mortal:
+    """Writes a line to ``path`` when its instance is dropped."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def ping(self):
+        return "alive"
+
+    def __del__(self):
+        append_line(self.path)
+
+
 def live_actors():
     return query("stats")["actors"]
 
@@ -216,42 +230,19 @@ def case_terminate_and_exit_actor_are_graceful():
 
 def case_actor_ends_when_last_handle_is_dropped():
     marker = scratch_file("del")
-
-    @ray.remote
-    class Mortal:
-        def __init__(self, path):
-            self.path = path
-
-        def ping(self):
-            return 1
-
-        def __del__(self):
-            append_line(self.path)
-
     gc.collect()
     mortal = Mortal.remote(marker)
-    assert ray.get(mortal.ping.remote()) == 1
+    assert ray.get(mortal.ping.remote()) == "alive"
     del mortal
     gc.collect()
     wait_for_condition(lambda: count_lines(marker) == 1, timeout=10)
     # a call on a handle that is dropped at once still runs
-    assert ray.get(Mortal.remote(scratch_file("del2")).ping.remote()) == 1
+    assert ray.get(Mortal.remote(scratch_file("del2")).ping.remote()) == "alive"
 
 
 def case_handle_held_by_pending_task_keeps_actor_alive():
     signal = SignalActor.remote()
     marker = scratch_file("del")
-
-    @ray.remote
-    class Mortal:
-        def __init__(self, path):
-            self.path = path
-
-        def ping(self):
-            return "alive"
-
-        def __del__(self):
-            append_line(self.path)
 
     @ray.remote
     def later(handle):
