@@ -296,11 +296,15 @@ class Scheduler(ActorDirectory):
         count = len(candidates)
         if count == 0:
             return None
-        start = self._next % count
+        # SPREAD: round robin. DEFAULT: the first rank with room, so a trickle of tasks keeps
+        # hitting one warm rank while idle ranks sleep (they do not compete for cores).
+        spread = spec.strategy is not None and spec.strategy[0] == "SPREAD"
+        start = self._next % count if spread else 0
         for i in range(count):
             state = candidates[(start + i) % count]
             if state.ledger.fits_now(spec.demand):
-                self._next = start + i + 1
+                if spread:
+                    self._next = start + i + 1
                 return state
         if spec.strategy and spec.strategy[0] == "NODE" and spec.strategy[2]:
             preferred = self.by_node.get(spec.strategy[1], [])
