@@ -215,7 +215,7 @@ def case_put_gigabytes(f: Fixtures, n: int = 5) -> Tuple[float, float]:
 def case_get_100mb_from_other_rank(f: Fixtures) -> Tuple[float, float]:
     rt = f.rt
     ref = f.make_array.remote(100 * MB)
-    rt.wait([ref])
+    rt.wait([ref], fetch_local=False)  # made, but not yet copied here
     started = time.perf_counter()
     value = rt.get(ref)
     elapsed = time.perf_counter() - started
@@ -226,7 +226,7 @@ def case_get_100mb_from_other_rank(f: Fixtures) -> Tuple[float, float]:
 def case_100mb_argument_by_ref(f: Fixtures) -> Tuple[float, float]:
     rt = f.rt
     produced = f.make_array.remote(100 * MB)
-    rt.wait([produced])
+    rt.wait([produced], fetch_local=False)
     started = time.perf_counter()
     rt.get(f.consume.remote(produced))
     return 100 * MB / 1e9, time.perf_counter() - started

@@ -24,6 +24,7 @@ from .. import exceptions
 from . import context
 from . import protocol as P
 from .actor_directory import actor_key
+from .object_plane import resolve_all
 from .serialization import SerializedValue, serialize
 
 DEFAULT_GROUP = "_default"
@@ -121,7 +122,17 @@ class ActorHost:
         box = actor.mailboxes.get(group)
         if box is None:
             box = actor.mailboxes[group] = deque()
-        box.append((spec, values))
+        entry = [spec, values, True]  # spec, argument values, ready to run
+        box.append(entry)
+        plane = self.executor.plane
+        if plane is not None and any(v.location is not None for v in values):
+            entry[2] = False  # large arguments are fetched first; later calls wait behind it
+
+            def fetched(real: List[SerializedValue]) -> None:
+                entry[1] = real
+                entry[2] = True
+                self._pump(actor)
+            resolve_all(plane, spec.deps, values, fetched)
         self._pump(actor)
 
     def on_call_done(self, task_id: bytes) -> Optional[bool]:
@@ -147,8 +158,8 @@ class ActorHost:
         if actor is None:
             return
         for box in actor.mailboxes.values():
-            for spec, _ in box:
-                self._post_error(spec, death)
+            for entry in box:
+                self._post_error(entry[0], death)
         for spec in actor.inflight.values():
             self._post_error(spec, death)
         actor.mailboxes.clear()
@@ -181,8 +192,8 @@ class ActorHost:
             return
         for group, box in actor.mailboxes.items():
             limit = actor.limits.get(group, 1)
-            while box and actor.running.get(group, 0) < limit:
-                spec, values = box.popleft()
+            while box and box[0][2] and actor.running.get(group, 0) < limit:
+                spec, values, _ = box.popleft()
                 actor.running[group] = actor.running.get(group, 0) + 1
                 actor.inflight[spec.task_id] = spec
                 self.calls[spec.task_id] = actor
@@ -202,8 +213,8 @@ class ActorHost:
         reason = serialize(exceptions.ActorDiedError(actor_id=actor.actor_id.hex(), error_msg=message),
                            is_error=True)
         for box in actor.mailboxes.values():
-            for spec, _ in box:
-                self._post_error(spec, reason)
+            for entry in box:
+                self._post_error(entry[0], reason)
         actor.mailboxes.clear()
         actor.state = "dead"
         self._drop(actor, release=True)

@@ -153,7 +153,8 @@ def put(value: Any, *, _owner: Any = None) -> ObjectRef:
 def wait(object_refs: List[ObjectRef], *, num_returns: int = 1, timeout: Optional[float] = None,
          fetch_local: bool = True) -> Tuple[List[ObjectRef], List[ObjectRef]]:
     """Split refs into (ready, not ready) once ``num_returns`` are ready or ``timeout`` passes.
-    Both lists keep the input order."""
+    Both lists keep the input order. With ``fetch_local=False`` a large value that lives on
+    another rank counts as ready without being copied here."""
     if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, list):
         raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}")
     for ref in object_refs:
@@ -175,7 +176,7 @@ def wait(object_refs: List[ObjectRef], *, num_returns: int = 1, timeout: Optiona
         raise ValueError("num_returns cannot be greater than the number of objects provided to wait: "
                          f"{num_returns} > {len(object_refs)}")
     session = ensure_session()
-    return session.client.wait(object_refs, num_returns, timeout)
+    return session.client.wait(object_refs, num_returns, timeout, fetch_local)
 
 
 def remote(*args: Any, **kwargs: Any) -> Any:

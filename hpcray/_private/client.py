@@ -23,11 +23,12 @@ from .serialization import SerializedValue, deserialize, serialize, try_serializ
 class _Waiter:
     """One thread's wait in get/wait: how many of its objects are here, and whether one failed."""
 
-    __slots__ = ("have", "error")
+    __slots__ = ("have", "error", "need_value")
 
-    def __init__(self, have: int):
+    def __init__(self, have: int, need_value: bool):
         self.have = have
         self.error = False
+        self.need_value = need_value  # False for wait(fetch_local=False): a stub is enough
 
 
 class CoreClient:
@@ -45,6 +46,8 @@ class CoreClient:
         self.exported: set = set()
         self.broken: Optional[BaseException] = None  # set when the comm thread died
         self.waiters: Dict[bytes, List["_Waiter"]] = {}
+        self.plane = None  # the rank's ObjectPlane, for values that live on other ranks
+        self.want_values: set = set()  # ids whose value (not only a stub) a caller waits for
 
     # ---- user threads -----------------------------------------------------------------
     def submit(self, spec: P.TaskSpec, fn_blob: bytes) -> List[ObjectRef]:
@@ -78,10 +81,11 @@ class CoreClient:
                 raise deserialize(value)  # the first error in list order, as soon as it is known
         return [deserialize(value) for value in found]
 
-    def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: Optional[float]):
+    def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: Optional[float],
+             fetch_local: bool = True):
         ids = [ref.binary() for ref in refs]
         try:
-            self._wait_for(ids, num_returns, timeout, fail_fast=False)
+            self._wait_for(ids, num_returns, timeout, fail_fast=False, need_value=fetch_local)
         except exceptions.GetTimeoutError:
             pass  # wait() returns what is ready when the time is up
         ready, not_ready = [], []
@@ -111,6 +115,8 @@ class CoreClient:
         object_id = ref.binary()
         with self.cond:
             value = self.store.get(object_id)
+            if value is not None and value.location is not None:
+                value = None  # only a stub is here: the value must be fetched first
             if value is None:
                 self.callbacks.setdefault(object_id, []).append(complete)
         if value is not None:
@@ -119,13 +125,20 @@ class CoreClient:
             self._request([object_id])
         return future
 
-    def _request(self, ids: List[bytes]) -> None:
+    def _request(self, ids: List[bytes], need_value: bool = True) -> None:
         fresh = [i for i in ids if i not in self.requested]
         if fresh:
             self.requested.update(fresh)
             self.post((P.GET_REQ, fresh))
+        if need_value:
+            self.want_values.update(ids)
+            store = self.store
+            stubs = [i for i in ids if i in store and store[i].location is not None]
+            if stubs:
+                self.post((P.FETCH_LOCAL, stubs))
 
-    def _wait_for(self, ids: List[bytes], count: int, timeout: Optional[float], fail_fast: bool) -> None:
+    def _wait_for(self, ids: List[bytes], count: int, timeout: Optional[float], fail_fast: bool,
+                  need_value: bool = True) -> None:
         """Wait until ``count`` of ``ids`` are here (or, with fail_fast, any one is an error).
 
         Each wait registers a small _Waiter on the ids still missing; a delivery bumps the
@@ -134,16 +147,20 @@ class CoreClient:
         store = self.store
         unique = set(ids)
         count = min(count, len(unique))
+        def here(object_id: bytes) -> bool:
+            value = store.get(object_id)
+            return value is not None and not (need_value and value.location is not None)
+
         with self.cond:
-            present = [i for i in unique if i in store]
+            present = [i for i in unique if here(i)]
             errors = fail_fast and any(store[i].is_error for i in present)
             if len(present) >= count or errors:
                 return
-            waiter = _Waiter(len(present))
-            missing = [i for i in unique if i not in store]
+            waiter = _Waiter(len(present), need_value)
+            missing = [i for i in unique if not here(i)]
             for object_id in missing:
                 self.waiters.setdefault(object_id, []).append(waiter)
-        self._request(missing)
+        self._request(missing, need_value)
         deadline = None if timeout is None else time.monotonic() + timeout
         task = context.current()
         blocked = False
@@ -177,15 +194,42 @@ class CoreClient:
     def deliver(self, object_id: bytes, value: SerializedValue) -> None:
         if object_id not in self.requested:
             return  # every local ref was dropped while the value was on its way
+        if value.location is not None and self.plane is not None:
+            if value.location != self.rank:
+                self._store(object_id, value)  # ready, the value itself is elsewhere
+            if value.location == self.rank or object_id in self.want_values:
+                self.plane.resolve(object_id, value, lambda real: self._store(object_id, real))
+            return
+        self._store(object_id, value)
+
+    def fetch_stubs(self, ids: List[bytes]) -> None:
+        """Comm thread: a caller now wants the values of objects known only by their stubs."""
+        for object_id in ids:
+            value = self.store.get(object_id)
+            if value is not None and value.location is not None and self.plane is not None:
+                self.plane.resolve(object_id, value, lambda real, oid=object_id: self._store(oid, real))
+
+    def _store(self, object_id: bytes, value: SerializedValue) -> None:
+        if object_id not in self.requested:
+            return
+        stub = value.location is not None
         with self.cond:
             self.store[object_id] = value
-            callbacks = self.callbacks.pop(object_id, None)
-            waiting = self.waiters.pop(object_id, None)
+            callbacks = None if stub else self.callbacks.pop(object_id, None)
+            waiting = self.waiters.get(object_id)
             if waiting:
+                keep = []
                 for waiter in waiting:
+                    if stub and waiter.need_value:
+                        keep.append(waiter)
+                        continue
                     waiter.have += 1
                     if value.is_error:
                         waiter.error = True
+                if keep:
+                    self.waiters[object_id] = keep
+                else:
+                    del self.waiters[object_id]
                 self.cond.notify_all()
         if callbacks:
             for callback in callbacks:
@@ -207,3 +251,4 @@ class CoreClient:
         with self.cond:
             self.store.pop(object_id, None)
         self.requested.discard(object_id)
+        self.want_values.discard(object_id)

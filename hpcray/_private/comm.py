@@ -21,7 +21,7 @@ from collections import deque
 from typing import Any, Callable, Dict, List, Optional
 
 from . import protocol as P
-from .object_ref import DECREF, INCREF, job_of
+from .object_ref import DECREF, INCREF, job_of, object_id_of
 
 logger = logging.getLogger("hpcray")
 
@@ -84,6 +84,8 @@ class CommLoop:
         self.local_hook: Optional[Callable[[tuple], bool]] = None
         self.on_forget: Callable[[bytes], None] = lambda object_id: None
         self.on_failure: Callable[[BaseException], None] = lambda error: None
+        self.plane = None  # the rank's ObjectPlane
+        self.on_fetch_local: Callable[[List[bytes]], None] = lambda ids: None
         self.on_remote: Optional[Callable[[int, tuple], bool]] = None
         self.outbox: Dict[int, List[tuple]] = {}
         self.counts: Dict[bytes, int] = {}
@@ -218,6 +220,8 @@ class CommLoop:
             self.send(0, (P.HOLD, object_id, -1))
         elif kind == P.CALL:
             item[1]()
+        elif kind == P.FETCH_LOCAL:
+            self.on_fetch_local(item[1])
         elif kind == P.ADOPT:
             object_id = item[1]
             if object_id in self.held:
@@ -229,24 +233,39 @@ class CommLoop:
                 self.held.update(item[1].return_ids)
             elif kind == P.PUT:
                 self.held.add(item[1])
+                if self.plane is not None:
+                    item = (P.PUT, item[1], self.plane.keep_if_large(item[1], item[2]))
             elif kind in (P.TASK_DONE, P.BLOCKED, P.UNBLOCKED):
                 if self.local_hook is not None and not self.local_hook(item):
                     return
+                if kind == P.TASK_DONE and item[2] and self.plane is not None:
+                    keep = self.plane.keep_if_large
+                    task_id = item[1]
+                    values = [keep(object_id_of(task_id, i + 1), v) for i, v in enumerate(item[2])]
+                    item = (kind, task_id, values, item[3], item[4])
             self.send(0, item)
 
     def _remote(self, source: int, batch: List[tuple]) -> None:
-        if self.on_remote is not None:
-            for msg in batch:
-                self.on_remote(source, msg)
-            return
         scheduler = self.scheduler
-        if scheduler is not None:
-            for msg in batch:
+        on_remote = self.on_remote
+        for msg in batch:
+            if msg[0] >= 300:  # peer to peer: large values (object_plane.py)
+                self._peer(source, msg)
+            elif on_remote is not None:
+                on_remote(source, msg)
+            elif scheduler is not None:
                 scheduler.handle(source, msg)
-        else:
-            agent = self.agent
-            for msg in batch:
-                agent(msg)
+            else:
+                self.agent(msg)
+
+    def _peer(self, source: int, msg: tuple) -> None:
+        plane = self.plane
+        if plane is None:
+            return
+        if msg[0] == P.FETCH:
+            plane.on_fetch(source, msg[1])
+        elif msg[0] == P.OBJECT_DATA:
+            plane.on_object_data(msg[1], msg[2])
 
     def flush_until_sent(self, timeout: float) -> bool:
         """Push out what is queued and wait (polling, with sleeps) until MPI took it."""

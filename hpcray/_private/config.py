@@ -58,6 +58,8 @@ class Config:
     max_sleep_us: float = 1000.0
     #: Tasks a worker rank may hold queued beyond those it is running.
     prefetch: int = 2
+    #: Values up to this many bytes travel inline; larger ones stay on the rank that made them.
+    inline_max: int = 100 * 1024
     #: Seconds the driver waits for the ranks to leave before aborting the job.
     exit_timeout_s: float = 5.0
     #: Python logging level name for hpcray's logger.
@@ -90,6 +92,7 @@ class Config:
             spin_us=_env_float("HPCRAY_SPIN_US", 2000.0),
             max_sleep_us=_env_float("HPCRAY_MAX_SLEEP_US", 1000.0, minimum=1.0),
             prefetch=_env_int("HPCRAY_PREFETCH", 2),
+            inline_max=_env_int("HPCRAY_INLINE_MAX", 100 * 1024),
             exit_timeout_s=_env_float("HPCRAY_EXIT_TIMEOUT_S", 5.0),
             log_level=os.environ.get("HPCRAY_LOG_LEVEL", "WARNING").upper(),
         )

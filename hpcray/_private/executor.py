@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional
 from .. import exceptions
 from . import context
 from . import protocol as P
+from .object_plane import resolve_all
 from .options import RetryPolicy
 from .protocol import TaskSpec
 from .resources import RankLedger
@@ -45,6 +46,9 @@ class ArgRef:
 
 def rebuild_arguments(args: SerializedValue, values: List[SerializedValue]):
     call_args, call_kwargs = deserialize(args)
+    for value in values:
+        if value.is_error:  # an argument could not be fetched (ObjectLostError)
+            raise deserialize(value)
     if values:
         resolved = [deserialize(v) for v in values]
         call_args = [resolved[a.index] if type(a) is ArgRef else a for a in call_args]
@@ -98,6 +102,9 @@ class Executor:
         self.blobs: Dict[bytes, bytes] = {}
         self.functions: Dict[bytes, Any] = {}
         self.session = 0
+        self.plane = None  # the rank's ObjectPlane: fetches large arguments from their ranks
+        self.fetching: set = set()  # tasks whose large arguments are still on their way
+        self.launch_when_fetched: set = set()
         self.host = ActorHost(self)
         self._work: "queue.SimpleQueue" = queue.SimpleQueue()
         self._idle = 0
@@ -118,6 +125,9 @@ class Executor:
             self.host.on_kill(msg[1], msg[2])
         elif kind == P.ACTOR_TERMINATE:
             self.host.on_terminate(msg[1])
+        elif kind == P.FREE:
+            if self.plane is not None:
+                self.plane.on_free(msg[1])
 
     def on_execute(self, spec: TaskSpec, blob: Optional[bytes], values: List[SerializedValue]) -> None:
         if blob is not None:
@@ -125,8 +135,23 @@ class Executor:
         if spec.kind == P.ACTOR_CREATE:
             self.host.register(spec)
         self.pending[spec.task_id] = (spec, values)
+        if self.plane is not None and any(v.location is not None for v in values):
+            task_id = spec.task_id
+            self.fetching.add(task_id)
+            resolve_all(self.plane, spec.deps, values, lambda real: self._fetched(task_id, real))
         if self.ledger.assign(spec.task_id, spec.demand):
             self.launch(spec.task_id)
+
+    def _fetched(self, task_id: bytes, values: List[SerializedValue]) -> None:
+        """Every large argument of a task arrived (fetched while it waited for resources)."""
+        self.fetching.discard(task_id)
+        entry = self.pending.get(task_id)
+        if entry is None:
+            return  # stolen back or dropped meanwhile
+        self.pending[task_id] = (entry[0], values)
+        if task_id in self.launch_when_fetched:
+            self.launch_when_fetched.discard(task_id)
+            self.launch(task_id)
 
     def on_steal(self, task_id: bytes) -> None:
         """The scheduler wants a queued task back; hand it over unless it already started."""
@@ -163,6 +188,8 @@ class Executor:
         """Forget the session: queued tasks and actors are dropped, running ones finish unreported."""
         self.session += 1
         self.pending.clear()
+        self.fetching.clear()
+        self.launch_when_fetched.clear()
         self.blobs.clear()
         self.functions.clear()
         self.host.reset()
@@ -171,6 +198,9 @@ class Executor:
         self._gpus_of.clear()
 
     def launch(self, task_id: bytes) -> None:
+        if task_id in self.fetching:  # it has its resources; it runs once its arguments are here
+            self.launch_when_fetched.add(task_id)
+            return
         spec, values = self.pending.pop(task_id)
         gpus = self._take_gpus(task_id, spec.demand.get("GPU", 0.0))
         session = self.session
@@ -301,8 +331,15 @@ class Executor:
             function = self.functions[fn_id] = loads(self.blobs[fn_id])
         return function
 
+    def _pickle_returns(self, spec: TaskSpec, result: Any) -> List[SerializedValue]:
+        values = self._pickle_each(spec, result)
+        contained = [object_id for value in values for object_id in value.contained]
+        if contained:  # before the task's own refs can die: see Scheduler.on_pin
+            self.post((P.PIN, contained))
+        return values
+
     @staticmethod
-    def _pickle_returns(spec: TaskSpec, result: Any) -> List[SerializedValue]:
+    def _pickle_each(spec: TaskSpec, result: Any) -> List[SerializedValue]:
         count = spec.num_returns
         if count == 1:
             return [serialize(result)]

@@ -19,6 +19,9 @@ MPI message per destination per loop turn.
     KILL(actor_id, no_restart)                 ACTOR_CALL(spec, arg_values): into the mailbox
     ACTOR_EXITED(actor_id, reason)             ACTOR_KILL(actor_id, error) / ACTOR_TERMINATE(id)
     GET_ACTOR(name, namespace, reply_id)       (answered with OBJECT)
+    PIN([object_id]): refs inside a task's return values, held until its TASK_DONE is in
+                                               FREE(object_id): drop a value kept for others
+    peer to peer: FETCH(object_id) ─► OBJECT_DATA(object_id, value)  (large values, object_plane.py)
 
 An actor is created by a TaskSpec of kind ACTOR_CREATE (placed like a task; its one return id is
 the actor's *handle object*, whose reference count is the count of live handles) and called by
@@ -45,6 +48,7 @@ STOLEN = 12
 KILL = 13
 ACTOR_EXITED = 14
 GET_ACTOR = 15
+PIN = 16
 # downstream
 EXECUTE = 101
 OBJECT = 102
@@ -55,6 +59,10 @@ STEAL = 106
 ACTOR_CALL = 107
 ACTOR_KILL = 108
 ACTOR_TERMINATE = 109
+FREE = 110
+# peer to peer (any rank to any rank, object_plane.py)
+FETCH = 301
+OBJECT_DATA = 302
 
 # kinds of TaskSpec
 TASK = 0
@@ -65,10 +73,16 @@ ACTOR_METHOD = 2
 CALL = 201
 #: local-only: the scheduler already counted a hold of this object for this rank (a handle it sent)
 ADOPT = 202
+#: local-only: fetch these values, of which only a stub is here (object_plane.py)
+FETCH_LOCAL = 203
 
 
 def is_upstream(kind: int) -> bool:
     return kind < 100
+
+
+def is_peer(kind: int) -> bool:
+    return kind >= 300
 
 
 class TaskSpec:

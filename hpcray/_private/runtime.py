@@ -31,6 +31,7 @@ from .client import CoreClient
 from .comm import CommLoop, MPITransport
 from .config import Config, launched_by_mpi, slurm_cpus_per_task
 from .executor import Executor, host_address
+from .object_plane import ObjectPlane
 from .protocol import RankInfo
 from .resources import accelerator_resource, detect_gpus, host_memory_bytes, host_name, usable_cpu_count
 from .scheduler import Scheduler, node_id_of
@@ -253,9 +254,15 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env) -> Se
 
 
 def _wire(loop: CommLoop, session: Session) -> None:
+    plane = ObjectPlane(session.rank, loop.send, session.config.inline_max)
+    loop.plane = plane
+    session.client.plane = plane
+    if session.executor is not None:
+        session.executor.plane = plane
     loop.scheduler = session.scheduler
     loop.on_forget = session.client.forget
     loop.on_failure = session.client.fail_all
+    loop.on_fetch_local = session.client.fetch_stubs
     executor = session.executor
 
     def agent(msg: tuple) -> None:
@@ -459,6 +466,8 @@ class WorkerAgent:
         self.loop = loop
         self.config = config
         self.executor: Optional[Executor] = None
+        self.plane = ObjectPlane(rank, loop.send, config.inline_max)
+        loop.plane = self.plane
 
     def handle(self, msg: tuple) -> None:
         kind = msg[0]
@@ -485,16 +494,19 @@ class WorkerAgent:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
         if self.executor is None:
             self.executor = Executor(self.rank, resources, gpu_ids, self.loop.post)
+            self.executor.plane = self.plane
             self.loop.local_hook = self.executor.on_local
         loop = self.loop
         loop.job = job
         client = CoreClient(self.rank, job, loop.post)
+        client.plane = self.plane
         session = Session("worker", self.rank, job, loop, client, self.config, namespace)
         session.executor = self.executor
         session.host = host_name(self.rank, self.config.ranks_per_host)
         session.node_id = node_id_of(session.host)
         loop.on_forget = client.forget
         loop.on_failure = client.fail_all
+        loop.on_fetch_local = client.fetch_stubs
         _session = session
         object_ref.current.sink = loop.commands.append
         object_ref.current.client = client
@@ -503,6 +515,7 @@ class WorkerAgent:
         global _session
         if self.executor is not None:
             self.executor.reset()
+        self.plane.reset()
         self.loop.counts.clear()
         self.loop.held.clear()
         self.loop.job = 0

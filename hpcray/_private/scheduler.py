@@ -90,7 +90,7 @@ class Scheduler(ActorDirectory):
             P.SUBMIT: self.on_submit, P.TASK_DONE: self.on_task_done, P.BLOCKED: self.on_blocked,
             P.UNBLOCKED: self.on_unblocked, P.GET_REQ: self.on_get_request, P.PUT: self.on_put,
             P.HOLD: self.on_hold, P.QUERY: self.on_query, P.STOLEN: self.on_stolen,
-            P.KILL: self.on_kill, P.ACTOR_EXITED: self.on_actor_exited, P.GET_ACTOR: self.on_get_actor,
+            P.PIN: self.on_pin, P.KILL: self.on_kill, P.ACTOR_EXITED: self.on_actor_exited, P.GET_ACTOR: self.on_get_actor,
         }
 
     # ---- messages -------------------------------------------------------------------------
@@ -144,8 +144,25 @@ class Scheduler(ActorDirectory):
         elif record.missing == 0:
             self._make_ready(record)
 
+    def on_pin(self, src: int, object_ids: List[bytes]) -> None:
+        """Refs found in a task's return values: held until that TASK_DONE is handled, so the
+        task's own copies dying on its rank cannot free them first."""
+        for object_id in object_ids:
+            entry = self.objects.get(object_id)
+            if entry is not None:
+                entry.refs += 1
+
     def on_task_done(self, src: int, task_id: bytes, values: Optional[List[SerializedValue]],
                      error: Optional[SerializedValue], retryable: bool) -> None:
+        try:
+            self._task_done(src, task_id, values, error, retryable)
+        finally:
+            for value in values or ():
+                for object_id in value.contained:
+                    self._unpin(object_id)  # the PIN sent before this TASK_DONE
+
+    def _task_done(self, src: int, task_id: bytes, values: Optional[List[SerializedValue]],
+                   error: Optional[SerializedValue], retryable: bool) -> None:
         record = self.tasks.get(task_id)
         state = self.ranks.get(src)
         if state is not None and (record is None or record.spec.kind == P.TASK):
@@ -384,6 +401,8 @@ class Scheduler(ActorDirectory):
         if self.objects.get(object_id) is not entry:
             return  # already freed further down the same cascade
         del self.objects[object_id]
+        if entry.value.location is not None:  # its rank keeps the value for consumers: drop it
+            self.send(entry.value.location, (P.FREE, object_id))
         for contained in entry.value.contained:
             self._unpin(contained)
         actor = self.actor_by_handle.get(object_id)
@@ -429,5 +448,6 @@ class Scheduler(ActorDirectory):
 
     def stats(self) -> Dict[str, int]:
         return {"objects": len(self.objects), "tasks": len(self.tasks),
+                "bytes_held": sum(e.value.nbytes for e in self.objects.values() if e.value is not None),
                 "ready": sum(len(q) for q in self.ready.values()),
                 "actors": sum(1 for a in self.actors.values() if a.state != "DEAD")}

@@ -19,13 +19,18 @@ _tls = threading.local()
 class SerializedValue:
     """One value as it travels: pickle bytes, out-of-band buffers, contained ObjectRef ids."""
 
-    __slots__ = ("data", "buffers", "contained", "is_error")
+    __slots__ = ("data", "buffers", "contained", "is_error", "location")
 
-    def __init__(self, data: bytes, buffers: List[Any], contained: List[bytes], is_error: bool = False):
+    def __init__(self, data: bytes, buffers: List[Any], contained: List[bytes], is_error: bool = False,
+                 location: "int | None" = None):
         self.data = data
         self.buffers = buffers
         self.contained = contained
         self.is_error = is_error
+        self.location = location  # a stub: the value itself lives on this rank (object_plane.py)
+
+    def stub(self, location: int) -> "SerializedValue":
+        return SerializedValue(b"", [], self.contained, False, location)
 
     @property
     def nbytes(self) -> int:
@@ -34,11 +39,11 @@ class SerializedValue:
     def __reduce__(self):
         # Protocol 5 keeps the buffers out of band when the transport supports it (pkl5).
         bufs = [pickle.PickleBuffer(b) for b in self.buffers]
-        return (_rebuild_value, (self.data, bufs, self.contained, self.is_error))
+        return (_rebuild_value, (self.data, bufs, self.contained, self.is_error, self.location))
 
 
-def _rebuild_value(data, buffers, contained, is_error):
-    return SerializedValue(data, [memoryview(b) for b in buffers], contained, is_error)
+def _rebuild_value(data, buffers, contained, is_error, location=None):
+    return SerializedValue(data, [memoryview(b) for b in buffers], contained, is_error, location)
 
 
 def note_contained_ref(object_id: bytes) -> None:

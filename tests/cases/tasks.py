@@ -346,3 +346,13 @@ def case_many_puts_and_gets_keep_object_table_flat():
         assert ray.get(identity.remote(ray.put(i))) == i
     gc.collect()
     wait_for_condition(lambda: query("stats")["objects"] <= base, timeout=10)
+
+
+def case_ref_put_inside_task_and_returned_survives():
+    @ray.remote
+    def put_and_return():
+        return [ray.put(np.full(200_000, 3.0)), ray.put("small")]  # one large, one inline
+
+    for _ in range(5):
+        big, small = ray.get(put_and_return.remote())
+        assert ray.get(big).sum() == 600_000.0 and ray.get(small) == "small"

@@ -1,0 +1,118 @@
+"""The object plane: large values stay on the rank that made them and move rank to rank."""
+
+import gc
+import os
+
+import numpy as np
+
+import hpcray as ray
+from hpcray import exceptions
+from hpcray._private.api import query
+
+from .helpers import raises, wait_for_condition
+
+MB = 1 << 20
+
+
+@ray.remote
+def make(nbytes, fill=1.0):
+    return np.full(nbytes // 8, fill)
+
+
+@ray.remote(scheduling_strategy="SPREAD")
+def checksum(array):
+    return float(array.sum()), ray.get_runtime_context().get_rank()
+
+
+@ray.remote
+def identity(x):
+    return x
+
+
+def case_large_result_stays_on_its_rank():
+    gc.collect()
+    wait_for_condition(lambda: query("stats")["tasks"] == 0)
+    before = query("stats")["bytes_held"]
+    refs = [make.remote(8 * MB, i) for i in range(4)]
+    ray.wait(refs, num_returns=4, fetch_local=False)
+    held = query("stats")["bytes_held"] - before
+    if ray.get_runtime_context().get_rank() == 0 and len(ray.nodes()[0].get("Ranks", [])) >= 1 \
+            and ray.cluster_resources()["CPU"] > 0 and _mpi():
+        assert held < 1 * MB, f"rank 0 holds {held} bytes of values made on worker ranks"
+    sums = ray.get([checksum.remote(r) for r in refs])
+    assert [s for s, _ in sums] == [float(i * MB) for i in range(4)]
+    assert [float(a.sum()) for a in ray.get(refs)] == [float(i * MB) for i in range(4)]
+
+
+def _mpi():
+    return any(r != 0 for node in ray.nodes() for r in node.get("Ranks", []))
+
+
+def case_large_values_of_every_shape_round_trip():
+    base = np.arange(2 * MB // 8, dtype=np.float64)
+    values = {
+        "array": base,
+        "empty": np.array([], dtype=np.float32),
+        "non_contiguous": base.reshape(512, -1)[:, ::3],
+        "fortran": np.asfortranarray(base.reshape(512, -1)),
+        "bytes": os.urandom(MB),
+        "nested": {"a": [base[: MB // 8], (base[::2],)], "b": b"x" * (300 * 1024)},
+    }
+    for name, value in values.items():
+        for got in (ray.get(identity.remote(value)), ray.get(ray.put(value)),
+                    ray.get(identity.remote(identity.remote(value)))):
+            if isinstance(value, np.ndarray):
+                assert got.dtype == value.dtype and got.shape == value.shape and np.array_equal(got, value), name
+            elif name == "nested":
+                assert np.array_equal(got["a"][0], value["a"][0]) and np.array_equal(got["a"][1][0], value["a"][1][0])
+                assert got["b"] == value["b"]
+            else:
+                assert got == value, name
+
+
+def case_worker_put_large_and_pass_on():
+    @ray.remote
+    def put_large():
+        return [ray.put(np.full(MB // 8, 2.0))]
+
+    box = ray.get(put_large.remote())
+    assert ray.get(checksum.remote(box[0]))[0] == 2.0 * (MB // 8)
+    assert ray.get(box[0]).sum() == 2.0 * (MB // 8)
+
+
+def case_put_get_loop_keeps_memory_flat():
+    @ray.remote
+    def rss():
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    gc.collect()
+    wait_for_condition(lambda: query("stats")["tasks"] == 0)
+    held_before = query("stats")["bytes_held"]
+    array = np.ones(10 * MB // 8)
+    for i in range(60):
+        assert ray.get(ray.put(array))[0] == 1.0
+        assert ray.get(identity.remote(make.remote(MB, i)))[0] == float(i)
+    rss_mid = ray.get(rss.remote())
+    for i in range(60):
+        ray.get(ray.put(array))
+        ray.get(identity.remote(make.remote(MB, i)))
+    gc.collect()
+    wait_for_condition(lambda: query("stats")["bytes_held"] <= held_before, timeout=10)
+    assert ray.get(rss.remote()) < rss_mid + 40 * MB
+
+
+def case_lost_object_is_an_error_not_a_hang():
+    @ray.remote
+    def forget_everything():
+        from hpcray._private import runtime
+        session = runtime.current()
+        session.executor.plane.owned.clear() if session.executor.plane else None
+        return ray.get_runtime_context().get_rank()
+
+    ref = make.remote(2 * MB)
+    ray.wait([ref], fetch_local=False)
+    if not _mpi():
+        return  # single rank: the value is in rank 0's own table, nothing can lose it
+    ray.get([forget_everything.options(scheduling_strategy="SPREAD").remote() for _ in range(8)])
+    raises(exceptions.ObjectLostError, ray.get, ref, timeout=20)
