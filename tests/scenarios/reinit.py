@@ -9,6 +9,13 @@ def square(x):
     return x * x
 
 
+try:
+    ray.get_runtime_context().get_job_id()
+    raise SystemExit("get_runtime_context() before init() did not raise")
+except AssertionError:
+    pass  # like Ray: "Ray has not been initialized", and it does not start a session
+assert not ray.is_initialized()
+
 old = None
 for round_number in range(3):
     ray.init()
