@@ -15,4 +15,4 @@ __version__ = "0.1.0"
 __all__ = ["init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "ObjectRef",
            "ActorClass", "ActorHandle", "get_actor", "kill", "method",
            "RemoteFunction", "cluster_resources", "available_resources", "nodes", "get_gpu_ids",
-           "get_runtime_context", "exceptions", "__version__"]
+           "get_runtime_context", "exceptions", "util", "__version__"]

@@ -2,8 +2,8 @@
 
     python app.py                     mpiexec -n N python app.py
     ┌──────────────────────┐          rank 0 ─ init() returns ─ driver + scheduler (comm thread)
-    │ rank 0: driver,      │          rank k ─ init() never returns: serve_worker() runs the
-    │ scheduler, executor  │                   executor until the driver's process ends
+    │ rank 0: driver,      │          rank k ─ init() never returns: worker_rank.serve_worker()
+    │ scheduler, executor  │                   runs the executor until the driver's process ends
     └──────────────────────┘
 
 The MPI world of a process (transport, worker ranks, GPU assignment) outlives sessions: a driver
@@ -91,7 +91,7 @@ _jobs = 0
 _exit_code = 0
 
 
-def _local_rank_info(rank: int, config: Config, num_cpus: Optional[float] = None,
+def local_rank_info(rank: int, config: Config, num_cpus: Optional[float] = None,
                      num_gpus: Optional[float] = None,
                      resources: Optional[Dict[str, float]] = None) -> RankInfo:
     host = host_name(rank, config.ranks_per_host)
@@ -178,11 +178,12 @@ def _connect_mpi(config: Config):
 # ---------------------------------------------------------------------------------------------
 def init_session(num_cpus: Optional[float], num_gpus: Optional[float], resources: Optional[Dict[str, float]],
                  namespace: Optional[str], job_env: Optional[Dict[str, str]]) -> Session:
-    global _session, _jobs, _world
+    global _session, _jobs
     config = Config.from_env()
     _configure_logging(config)
     mpi = _connect_mpi(config) if _world is None else (_world.comm, 0, _world.comm.Get_size())
     if mpi is not None and mpi[1] != 0:
+        from .worker_rank import serve_worker
         serve_worker(mpi[0], config)  # never returns
     _jobs += 1
     job = _jobs
@@ -212,7 +213,7 @@ def _configure_logging(config: Config) -> None:
 def _start_single(config: Config, job: int, num_cpus, num_gpus, resources, namespace, job_env) -> Session:
     if num_cpus is None:
         num_cpus = config.cpus_per_rank if config.cpus_per_rank is not None else usable_cpu_count()
-    info = _local_rank_info(0, config, num_cpus, num_gpus, resources)
+    info = local_rank_info(0, config, num_cpus, num_gpus, resources)
     _finish_resources(info, info.gpu_ids, host_memory_bytes() * 0.7, info.host)
     loop = CommLoop(0, None, config.spin_us, config.max_sleep_us)
     loop.job = job
@@ -453,113 +454,3 @@ def _install_interrupt_exit() -> None:
             finally:
                 os._exit(130)
     sys.excepthook = hook
-
-
-# ---------------------------------------------------------------------------------------------
-# Worker ranks
-# ---------------------------------------------------------------------------------------------
-class WorkerAgent:
-    """Downstream handler of a worker rank: sessions, tasks, objects, the end of the job."""
-
-    def __init__(self, rank: int, loop: CommLoop, config: Config):
-        self.rank = rank
-        self.loop = loop
-        self.config = config
-        self.executor: Optional[Executor] = None
-        self.plane = ObjectPlane(rank, loop.send, config.inline_max)
-        loop.plane = self.plane
-
-    def handle(self, msg: tuple) -> None:
-        kind = msg[0]
-        session = _session
-        if kind == P.OBJECT:
-            if session is not None:
-                session.client.deliver(msg[1], msg[2])
-        elif kind == P.WELCOME:
-            self._welcome(*msg[1:])
-        elif kind == P.RESET:
-            self._reset()
-            self.loop.send(0, (P.RESET_ACK,))
-        elif kind == P.EXIT:
-            self._reset()
-            self.loop.send(0, (P.EXIT_ACK,))
-            self.loop.running = False
-        elif self.executor is not None:
-            self.executor.handle(msg)
-
-    def _welcome(self, job: int, gpu_ids: List[str], resources: Dict[str, float], namespace: str) -> None:
-        global _session
-        if gpu_ids:
-            os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
-        if self.executor is None:
-            self.executor = Executor(self.rank, resources, gpu_ids, self.loop.post)
-            self.executor.plane = self.plane
-            self.loop.local_hook = self.executor.on_local
-        loop = self.loop
-        loop.job = job
-        client = CoreClient(self.rank, job, loop.post)
-        client.plane = self.plane
-        session = Session("worker", self.rank, job, loop, client, self.config, namespace)
-        session.executor = self.executor
-        session.host = host_name(self.rank, self.config.ranks_per_host)
-        session.node_id = node_id_of(session.host)
-        loop.on_forget = client.forget
-        loop.on_failure = client.fail_all
-        loop.on_fetch_local = client.fetch_stubs
-        _session = session
-        object_ref.current.sink = loop.commands.append
-        object_ref.current.client = client
-
-    def _reset(self) -> None:
-        global _session
-        if self.executor is not None:
-            self.executor.reset()
-        self.plane.reset()
-        self.loop.counts.clear()
-        self.loop.held.clear()
-        self.loop.job = 0
-        _session = None
-        object_ref.current.client = None
-
-
-def serve_worker(comm: Any, config: Config) -> None:
-    """Serve tasks on this rank until the driver's process ends; then leave the process."""
-    rank = comm.Get_rank()
-    context.install_task_io()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides; it sends EXIT
-    terminate_at: List[float] = []
-    signal.signal(signal.SIGTERM, lambda s, f: terminate_at.append(time.monotonic() + 3.0))
-    transport = MPITransport(comm)
-    loop = CommLoop(rank, transport, config.spin_us, config.max_sleep_us)
-    agent = WorkerAgent(rank, loop, config)
-    loop.agent = agent.handle
-    loop.send(0, (P.HELLO, _local_rank_info(rank, config)))
-    loop.start()
-    code = 0
-    while loop.thread.is_alive():
-        loop.thread.join(0.25)
-        if terminate_at and time.monotonic() > terminate_at[0]:
-            code = 128 + signal.SIGTERM
-            loop.stop(2.0)
-            os._exit(code)
-    if loop.error is not None:
-        code = 1
-    _leave_process(code)
-
-
-def _leave_process(code: int) -> None:
-    """Finalize MPI and end this worker process without returning into the user's program.
-
-    ``os._exit`` right after ``MPI_Finalize`` races with MPICH's process manager (measured: 2 in
-    20 jobs reported as killed); the C library's ``exit`` runs the MPI library's own exit
-    handlers and does not (0 in 70), while still skipping the user's code below ``init()``.
-    """
-    try:
-        from mpi4py import MPI
-        if not MPI.Is_finalized():
-            MPI.Finalize()
-        import ctypes
-        ctypes.CDLL(None).exit(code)
-    finally:
-        os._exit(code)

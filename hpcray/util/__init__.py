@@ -1,6 +1,6 @@
 """Utilities (Ray's ``ray.util``): ActorPool, named actors, scheduling strategies, queue."""
 
-from typing import Any, Dict, List, Union
+from typing import Dict, List, Union
 
 from ..runtime_context import get_runtime_context  # noqa: F401
 from . import scheduling_strategies  # noqa: F401

@@ -9,7 +9,7 @@ import time
 import hpcray as ray
 from hpcray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .helpers import raises, wait_for_condition
+from .helpers import wait_for_condition
 
 ENV = {"HPCRAY_NUM_CPUS": "2", "HPCRAY_NUM_GPUS": "2", "HPCRAY_RESOURCES": '{"custom": 2}'}
 
