@@ -25,7 +25,9 @@ from .object_ref import DECREF, INCREF, job_of, object_id_of
 
 logger = logging.getLogger("hpcray")
 
-TAG = 7
+TAG = 7  # batches of control messages (pkl5)
+TAG_DATA = 8  # raw buffers of large values (object_plane.py), in posting order per pair of ranks
+CHUNK = 1 << 30  # MPI counts are 32-bit: buffers move in pieces of at most 1 GiB
 
 
 class MPITransport:
@@ -39,6 +41,8 @@ class MPITransport:
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self.sending: List[Any] = []
+        self.sending_raw: List[tuple] = []  # (request, buffer kept alive until sent)
+        self.receiving: List[tuple] = []  # (requests, buffers, callback)
         self._status = MPI.Status()
 
     def send(self, dest: int, batch: List[tuple]) -> None:
@@ -55,16 +59,54 @@ class MPITransport:
             got.append((source, message.recv()))
         return got
 
-    def progress_sends(self) -> bool:
-        if not self.sending:
+    def send_buffers(self, dest: int, buffers: List[Any]) -> None:
+        """Isend raw buffers (no pickling, no copy), in order, on the data tag."""
+        MPI = self.MPI
+        for buffer in buffers:
+            view = memoryview(buffer).cast("B")
+            for start in range(0, max(len(view), 1), CHUNK):
+                piece = view[start:start + CHUNK]
+                self.sending_raw.append((self.comm.Isend([piece, MPI.BYTE], dest, TAG_DATA), piece))
+
+    def receive_buffers(self, source: int, sizes: List[int], callback: Any, allocate: Any) -> None:
+        """Irecv raw buffers of these sizes from ``source`` into ``allocate(size)`` buffers;
+        ``callback(buffers)`` when all are in."""
+        MPI = self.MPI
+        buffers = [allocate(size) for size in sizes]
+        requests = []
+        for buffer in buffers:
+            view = memoryview(buffer)
+            for start in range(0, max(len(view), 1), CHUNK):
+                requests.append(self.comm.Irecv([view[start:start + CHUNK], MPI.BYTE], source, TAG_DATA))
+        self.receiving.append((requests, buffers, callback))
+
+    def progress_receives(self) -> bool:
+        if not self.receiving:
             return False
-        still = [r for r in self.sending if not r.test()[0]]
-        done = len(still) != len(self.sending)
-        self.sending = still
+        finished, waiting = [], []
+        for entry in self.receiving:
+            (finished if self.MPI.Request.Testall(entry[0]) else waiting).append(entry)
+        if not finished:
+            return False
+        self.receiving = waiting
+        for _, buffers, callback in finished:
+            callback(buffers)
+        return True
+
+    def progress_sends(self) -> bool:
+        done = False
+        if self.sending:
+            still = [r for r in self.sending if not r.test()[0]]
+            done = len(still) != len(self.sending)
+            self.sending = still
+        if self.sending_raw:
+            still_raw = [entry for entry in self.sending_raw if not entry[0].Test()]
+            done = done or len(still_raw) != len(self.sending_raw)
+            self.sending_raw = still_raw
         return done
 
     def busy(self) -> bool:
-        return bool(self.sending)
+        return bool(self.sending or self.sending_raw)
 
 
 class CommLoop:
@@ -191,8 +233,11 @@ class CommLoop:
             for dest, batch in self.outbox.items():
                 transport.send(dest, batch)
             self.outbox = {}
-        if transport is not None and transport.progress_sends():
-            progress = True
+        if transport is not None:
+            if transport.progress_sends():
+                progress = True
+            if transport.receiving and transport.progress_receives():
+                progress = True
         return progress
 
     def _local(self, item: tuple) -> None:
@@ -266,6 +311,8 @@ class CommLoop:
             plane.on_fetch(source, msg[1])
         elif msg[0] == P.OBJECT_DATA:
             plane.on_object_data(msg[1], msg[2])
+        elif msg[0] == P.OBJECT_DATA_RAW:
+            plane.on_object_data_raw(source, *msg[1:])
 
     def flush_until_sent(self, timeout: float) -> bool:
         """Push out what is queued and wait (polling, with sleeps) until MPI took it."""

@@ -60,6 +60,8 @@ class Config:
     prefetch: int = 2
     #: Values up to this many bytes travel inline; larger ones stay on the rank that made them.
     inline_max: int = 100 * 1024
+    #: Idle receive buffers a rank keeps for reuse, in bytes.
+    pool_bytes: int = 1 << 30
     #: Seconds the driver waits for the ranks to leave before aborting the job.
     exit_timeout_s: float = 5.0
     #: Python logging level name for hpcray's logger.
@@ -93,6 +95,7 @@ class Config:
             max_sleep_us=_env_float("HPCRAY_MAX_SLEEP_US", 1000.0, minimum=1.0),
             prefetch=_env_int("HPCRAY_PREFETCH", 2),
             inline_max=_env_int("HPCRAY_INLINE_MAX", 100 * 1024),
+            pool_bytes=_env_int("HPCRAY_POOL_BYTES", 1 << 30),
             exit_timeout_s=_env_float("HPCRAY_EXIT_TIMEOUT_S", 5.0),
             log_level=os.environ.get("HPCRAY_LOG_LEVEL", "WARNING").upper(),
         )

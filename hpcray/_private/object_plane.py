@@ -4,7 +4,8 @@
     TASK_DONE/PUT value > inline_max ──► keeps value, sends a *stub* ──► object table holds the stub
                                                 (location = producer)      │ OBJECT(stub) / EXECUTE
     on_fetch ◄──────────────────────────────── FETCH(object_id) ◄──────────┘ (never via rank 0)
-       └── OBJECT_DATA(object_id, value) ─────────────────────────────────► waiting callbacks
+       └── OBJECT_DATA_RAW(id, pickle, layout) + raw Isend of each big buffer ─► Irecv into new
+           buffers, then the waiting callbacks (small buffers ride in the header)
     FREE(object_id) from the scheduler when no reference is left ──► the producer drops it
 
 Runs on each rank's comm thread. Values at or below ``inline_max`` bytes keep travelling inline
@@ -13,19 +14,65 @@ with the control messages; values put on rank 0 stay in rank 0's table.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Callable, Dict, List
+
+import numpy as np
 
 from .. import exceptions
 from . import protocol as P
 from .serialization import SerializedValue, serialize
 
+#: buffers of at least this many bytes move as raw MPI messages, not inside the pickled header
+RAW_MIN = 64 * 1024
+
+
+class BufferPool:
+    """Receive buffers that are reused once every value built on them is gone.
+
+    Copying into warm pages is several times faster than into fresh ones (measured here:
+    13.5 GB/s vs 6.5 GB/s for a raw 100 MB receive). A buffer is handed out as a view of a
+    pooled base; when the view dies (the user dropped the value), the base returns to the pool.
+    At most ``keep_bytes`` of idle bases are kept (``HPCRAY_POOL_BYTES``); the rest are freed.
+    """
+
+    def __init__(self, keep_bytes: int):
+        self.keep_bytes = keep_bytes
+        self.idle: Dict[int, List[np.ndarray]] = {}
+        self.idle_bytes = 0
+        self.lock = threading.RLock()  # a view may die (and give back) while we hold it
+
+    def take(self, size: int) -> np.ndarray:
+        capacity = max(RAW_MIN, 1 << max(size - 1, 1).bit_length())
+        base = None
+        with self.lock:
+            bases = self.idle.get(capacity)
+            if bases:
+                base = bases.pop()
+                self.idle_bytes -= capacity
+        if base is None:
+            base = np.empty(capacity, dtype=np.uint8)
+        view = base[:size]
+        weakref.finalize(view, self._give_back, base)
+        return view
+
+    def _give_back(self, base: np.ndarray) -> None:
+        with self.lock:
+            if self.idle_bytes + base.nbytes <= self.keep_bytes:
+                self.idle.setdefault(base.nbytes, []).append(base)
+                self.idle_bytes += base.nbytes
+
 
 class ObjectPlane:
     """The primary copies this rank holds, and the fetches it is waiting for."""
 
-    def __init__(self, rank: int, send: Callable[[int, tuple], None], inline_max: int):
+    def __init__(self, rank: int, send: Callable[[int, tuple], None], inline_max: int, transport=None,
+                 pool_bytes: int = 1 << 30):
         self.rank = rank
         self.send = send
+        self.transport = transport  # MPITransport for raw buffers; None on a single rank
+        self.pool = BufferPool(pool_bytes)
         self.inline_max = inline_max
         self.owned: Dict[bytes, SerializedValue] = {}
         self.fetching: Dict[bytes, List[Callable[[SerializedValue], None]]] = {}
@@ -59,7 +106,30 @@ class ObjectPlane:
         value = self.owned.get(object_id)
         if value is None:
             value = self._lost(object_id, f"rank {self.rank} no longer holds it")
-        self.send(src, (P.OBJECT_DATA, object_id, value))
+        if self.transport is None or value.is_error:
+            self.send(src, (P.OBJECT_DATA, object_id, value))
+            return
+        layout: List[object] = []
+        raw = []
+        for buffer in value.buffers:
+            size = memoryview(buffer).nbytes
+            if size >= RAW_MIN:
+                layout.append(size)
+                raw.append(buffer)
+            else:
+                layout.append(bytes(buffer))
+        self.send(src, (P.OBJECT_DATA_RAW, object_id, value.data, value.contained, layout))
+        self.transport.send_buffers(src, raw)
+
+    def on_object_data_raw(self, src: int, object_id: bytes, data: bytes, contained: List[bytes],
+                           layout: List[object]) -> None:
+        sizes = [item for item in layout if isinstance(item, int)]
+
+        def arrived(buffers: List[object]) -> None:
+            received = iter(buffers)
+            parts = [memoryview(next(received)) if isinstance(item, int) else item for item in layout]
+            self.on_object_data(object_id, SerializedValue(data, parts, contained))
+        self.transport.receive_buffers(src, sizes, arrived, self.pool.take)
 
     def on_object_data(self, object_id: bytes, value: SerializedValue) -> None:
         for callback in self.fetching.pop(object_id, ()):

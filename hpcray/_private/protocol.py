@@ -21,7 +21,8 @@ MPI message per destination per loop turn.
     GET_ACTOR(name, namespace, reply_id)       (answered with OBJECT)
     PIN([object_id]): refs inside a task's return values, held until its TASK_DONE is in
                                                FREE(object_id): drop a value kept for others
-    peer to peer: FETCH(object_id) ─► OBJECT_DATA(object_id, value)  (large values, object_plane.py)
+    peer to peer: FETCH(object_id) ─► OBJECT_DATA(object_id, value), or OBJECT_DATA_RAW(object_id,
+    pickle, contained, layout) followed by its big buffers as raw messages (object_plane.py)
 
 An actor is created by a TaskSpec of kind ACTOR_CREATE (placed like a task; its one return id is
 the actor's *handle object*, whose reference count is the count of live handles) and called by
@@ -63,6 +64,7 @@ FREE = 110
 # peer to peer (any rank to any rank, object_plane.py)
 FETCH = 301
 OBJECT_DATA = 302
+OBJECT_DATA_RAW = 303
 
 # kinds of TaskSpec
 TASK = 0

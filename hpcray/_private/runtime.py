@@ -255,7 +255,8 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env) -> Se
 
 
 def _wire(loop: CommLoop, session: Session) -> None:
-    plane = ObjectPlane(session.rank, loop.send, session.config.inline_max)
+    plane = ObjectPlane(session.rank, loop.send, session.config.inline_max, loop.transport,
+                        session.config.pool_bytes)
     loop.plane = plane
     session.client.plane = plane
     if session.executor is not None:

@@ -31,7 +31,7 @@ class WorkerAgent:
         self.loop = loop
         self.config = config
         self.executor: Optional[Executor] = None
-        self.plane = ObjectPlane(rank, loop.send, config.inline_max)
+        self.plane = ObjectPlane(rank, loop.send, config.inline_max, loop.transport, config.pool_bytes)
         loop.plane = self.plane
 
     def handle(self, msg: tuple) -> None:
