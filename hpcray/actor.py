@@ -302,6 +302,7 @@ class ActorHandle:
         spec = P.TaskSpec(task_id, b"", None, f"{meta.class_name}.{name}", serialized, deps, return_ids,
                           num_returns, {}, max_retries, retry_blob, None, None, client.rank)
         spec.kind = P.ACTOR_METHOD
+        spec.parent = context.current_task_id()
         spec.actor_id = self._actor_id
         spec.method = name
         spec.extra = {"group": group} if group else None

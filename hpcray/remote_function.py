@@ -11,6 +11,7 @@ import inspect
 from typing import Any, Dict, Optional, Tuple
 
 from ._private import options as opt
+from ._private.context import current_task_id
 from ._private.executor import ArgRef
 from ._private.object_ref import ObjectRef, object_id_of
 from ._private.protocol import TaskSpec
@@ -178,6 +179,7 @@ class RemoteFunction:
             env = dict(session.job_env, **(env or {}))
         spec = TaskSpec(task_id, fn_id, None, plan.name, serialized, deps, return_ids, count,
                         plan.demand, plan.max_retries, plan.retry_blob, env, plan.strategy, client.rank)
+        spec.parent = current_task_id()
         refs = client.submit(spec, blob)
         if count == 1:
             return refs[0]

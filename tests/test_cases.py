@@ -3,10 +3,10 @@
 import pytest
 
 from conftest import check_mpi_case, case_names
-from cases import actors, errors, objects, options, resources, tasks, waiting
+from cases import actors, cancel, errors, objects, options, resources, tasks, waiting
 
 MODULES = {"tasks": tasks, "errors": errors, "options": options, "resources": resources,
-           "waiting": waiting, "actors": actors, "objects": objects}
+           "waiting": waiting, "actors": actors, "objects": objects, "cancel": cancel}
 PARAMS = [(m, c) for m, module in MODULES.items() for c in case_names(module)]
 
 

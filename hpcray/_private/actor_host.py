@@ -69,6 +69,7 @@ class ActorHost:
         self.actors: Dict[bytes, HostedActor] = {}
         self.creations: Dict[bytes, HostedActor] = {}  # creation task id -> actor
         self.calls: Dict[bytes, HostedActor] = {}  # running call's task id -> actor
+        self.futures: Dict[bytes, Any] = {}  # running async call -> its concurrent future
 
     # ---- comm thread ----------------------------------------------------------------------
     def register(self, spec: P.TaskSpec) -> None:
@@ -138,6 +139,7 @@ class ActorHost:
     def on_call_done(self, task_id: bytes) -> Optional[bool]:
         """A call of ours ended: None if the task id is not an actor call, else whether to report."""
         actor = self.calls.pop(task_id, None)
+        self.futures.pop(task_id, None)
         if actor is None:
             return None
         spec = actor.inflight.pop(task_id, None)
@@ -167,6 +169,22 @@ class ActorHost:
         was_alive = actor.state == "alive"
         actor.state = "dead"
         self._drop(actor, release=was_alive)
+
+    def on_cancel(self, task_id: bytes) -> None:
+        """A queued call is dropped; a running async call is cancelled; a running sync call is
+        left to finish (as in Ray: poll is_canceled() is not offered yet)."""
+        future = self.futures.get(task_id)
+        if future is not None:
+            future.cancel()
+            return
+        for actor in self.actors.values():
+            for box in actor.mailboxes.values():
+                for entry in box:
+                    if entry[0].task_id == task_id:
+                        box.remove(entry)
+                        from .executor import cancelled_value
+                        self._post_error(entry[0], cancelled_value(task_id))
+                        return
 
     def on_terminate(self, actor_id: bytes) -> None:
         actor = self.actors.get(actor_id)
@@ -205,7 +223,14 @@ class ActorHost:
     def _start(self, actor: HostedActor, spec: P.TaskSpec, values: List[SerializedValue]) -> None:
         if actor.is_async:
             loop = self._loop_of(actor)
-            asyncio.run_coroutine_threadsafe(self.run_async_call(actor, spec, values), loop)
+            future = asyncio.run_coroutine_threadsafe(self.run_async_call(actor, spec, values), loop)
+            self.futures[spec.task_id] = future
+
+            def cancelled_before_start(done, task_id=spec.task_id) -> None:
+                if done.cancelled():  # cancelled before the coroutine ran: report it here
+                    from .executor import cancelled_value
+                    self.executor.post((P.TASK_DONE, task_id, None, cancelled_value(task_id), False))
+            future.add_done_callback(cancelled_before_start)
         else:
             self.executor.spawn(lambda: self.run_call(actor, spec, values))
 

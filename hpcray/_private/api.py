@@ -179,6 +179,24 @@ def wait(object_refs: List[ObjectRef], *, num_returns: int = 1, timeout: Optiona
     return session.client.wait(object_refs, num_returns, timeout, fetch_local)
 
 
+def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that makes ``object_ref``. Not started: it never runs. Running: it gets a
+    KeyboardInterrupt in its thread (seen at its next Python instruction, or within 0.1 s while it
+    waits in ``get``). Its ``get`` raises TaskCancelledError; finished tasks are left alone.
+    ``recursive`` cancels the tasks it submitted too. Actor calls: a queued call is dropped, a
+    running async call is cancelled, a running sync call finishes.
+
+    hpcray differs from Ray for ``force=True``: a rank process is never killed, so it acts like
+    ``force=False``.
+    """
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError(f"cancel() only supports ObjectRefs of tasks, got {type(object_ref).__name__}")
+    if not isinstance(force, bool) or not isinstance(recursive, bool):
+        raise TypeError("cancel(): force and recursive must be bools")
+    session = ensure_session()
+    session.client.post((P.CANCEL, object_ref.task_id(), force, recursive))
+
+
 def remote(*args: Any, **kwargs: Any) -> Any:
     """``@remote``, ``@remote(**options)`` or ``remote(function_or_class)``."""
     from ..remote_function import RemoteFunction
@@ -246,5 +264,5 @@ def get_gpu_ids() -> List[Union[int, str]]:
     return [int(i) if str(i).isdigit() else i for i in ids]
 
 
-__all__ = ["init", "shutdown", "is_initialized", "get", "put", "wait", "remote", "cluster_resources",
+__all__ = ["init", "shutdown", "is_initialized", "get", "put", "wait", "remote", "cancel", "cluster_resources",
            "available_resources", "nodes", "get_gpu_ids", "exceptions"]

@@ -175,9 +175,12 @@ class CoreClient:
                         if remaining <= 0:
                             raise exceptions.GetTimeoutError(
                                 f"Get timed out: some object(s) not ready after {timeout} s.")
-                    if task is not None and not blocked:
-                        blocked = True  # give this task's CPU back while it waits
-                        self.post((P.BLOCKED, task.task_id))
+                    if task is not None:
+                        if not blocked:
+                            blocked = True  # give this task's CPU back while it waits
+                            self.post((P.BLOCKED, task.task_id))
+                        # wake now and then, so a cancel (KeyboardInterrupt) can land
+                        remaining = 0.1 if remaining is None else min(remaining, 0.1)
                     self.cond.wait(remaining)
         finally:
             with self.cond:

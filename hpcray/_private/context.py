@@ -44,6 +44,11 @@ def current() -> Optional[TaskContext]:
     return _current.get()
 
 
+def current_task_id() -> Optional[bytes]:
+    ctx = _current.get()
+    return ctx.task_id if ctx is not None else None
+
+
 def set_current(ctx: Optional[TaskContext]) -> None:
     _current.set(ctx)
 

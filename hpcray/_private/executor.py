@@ -13,6 +13,7 @@ only when every existing one is busy (or blocked in ``get``).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import inspect
 import os
 import queue
@@ -54,6 +55,10 @@ def rebuild_arguments(args: SerializedValue, values: List[SerializedValue]):
         call_args = [resolved[a.index] if type(a) is ArgRef else a for a in call_args]
         call_kwargs = {k: resolved[v.index] if type(v) is ArgRef else v for k, v in call_kwargs.items()}
     return call_args, call_kwargs
+
+
+def cancelled_value(task_id: bytes) -> SerializedValue:
+    return serialize(exceptions.TaskCancelledError(task_id.hex()), is_error=True)
 
 
 def host_address() -> str:
@@ -105,6 +110,8 @@ class Executor:
         self.plane = None  # the rank's ObjectPlane: fetches large arguments from their ranks
         self.fetching: set = set()  # tasks whose large arguments are still on their way
         self.launch_when_fetched: set = set()
+        self.threads: Dict[bytes, int] = {}  # running task -> the thread running it
+        self.cancelled: set = set()
         self.host = ActorHost(self)
         self._work: "queue.SimpleQueue" = queue.SimpleQueue()
         self._idle = 0
@@ -125,6 +132,8 @@ class Executor:
             self.host.on_kill(msg[1], msg[2])
         elif kind == P.ACTOR_TERMINATE:
             self.host.on_terminate(msg[1])
+        elif kind == P.CANCEL_TASK:
+            self.on_cancel(msg[1])
         elif kind == P.FREE:
             if self.plane is not None:
                 self.plane.on_free(msg[1])
@@ -152,6 +161,26 @@ class Executor:
         if task_id in self.launch_when_fetched:
             self.launch_when_fetched.discard(task_id)
             self.launch(task_id)
+
+    def on_cancel(self, task_id: bytes) -> None:
+        """Drop a task that has not started; interrupt one that runs (KeyboardInterrupt in its
+        thread, as Ray does, seen at its next Python instruction or get() poll)."""
+        if task_id in self.pending:
+            spec = self.pending.pop(task_id)[0]
+            self.fetching.discard(task_id)
+            self.launch_when_fetched.discard(task_id)
+            if task_id not in self.ledger.running:
+                self.ledger.finish(task_id)  # it was queued (a running one is released on TASK_DONE)
+            if spec.kind == P.ACTOR_CREATE:
+                self.host.forget_creation(task_id)
+            self.post((P.TASK_DONE, task_id, None, cancelled_value(task_id), False))
+            return
+        ident = self.threads.get(task_id)
+        if ident is not None:
+            self.cancelled.add(task_id)
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))
+            return
+        self.host.on_cancel(task_id)
 
     def on_steal(self, task_id: bytes) -> None:
         """The scheduler wants a queued task back; hand it over unless it already started."""
@@ -248,7 +277,10 @@ class Executor:
     def _thread_main(self) -> None:
         while True:
             work = self._work.get()
-            work()
+            try:
+                work()
+            except KeyboardInterrupt:
+                pass  # a cancel that arrived just after its task ended: nothing left to stop
             with self._lock:
                 self._idle += 1
 
@@ -262,6 +294,7 @@ class Executor:
         if actor is not None:
             ctx.resources = dict(actor.resources)
         context.set_current(ctx)
+        self.threads[spec.task_id] = threading.get_ident()
         try:
             function = self._function(spec.fn_id) if spec.fn_id in self.blobs or spec.fn_id in self.functions \
                 else None
@@ -271,6 +304,7 @@ class Executor:
             else:
                 results, error, retryable = self.call_and_pickle(spec, lambda: function, values)
         finally:
+            self.threads.pop(spec.task_id, None)
             context.set_current(None)
         if session == self.session:
             self.post((P.TASK_DONE, spec.task_id, results, error, retryable))
@@ -320,8 +354,10 @@ class Executor:
             return None, serialize(exceptions.WorkerCrashedError(
                 f"The task {spec.name} called exit({exc.code}) on rank {self.rank}; hpcray treats this "
                 "as a crashed worker (the rank itself keeps running)"), is_error=True), True
-        if isinstance(exc, asyncio.CancelledError):
-            return None, serialize(exceptions.TaskCancelledError(spec.task_id.hex()), is_error=True), False
+        if isinstance(exc, asyncio.CancelledError) or (
+                isinstance(exc, KeyboardInterrupt) and spec.task_id in self.cancelled):
+            self.cancelled.discard(spec.task_id)
+            return None, cancelled_value(spec.task_id), False
         retryable = RetryPolicy.matches(spec.retry_blob, exc) if isinstance(exc, Exception) else False
         return None, error_value(spec.name, exc, self.rank, self.ip), retryable
 

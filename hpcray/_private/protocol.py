@@ -20,6 +20,8 @@ MPI message per destination per loop turn.
     ACTOR_EXITED(actor_id, reason)             ACTOR_KILL(actor_id, error) / ACTOR_TERMINATE(id)
     GET_ACTOR(name, namespace, reply_id)       (answered with OBJECT)
     PIN([object_id]): refs inside a task's return values, held until its TASK_DONE is in
+    CANCEL(task_id, force, recursive)          CANCEL_TASK(task_id, force): drop it if queued,
+                                               interrupt it if running (answered by TASK_DONE)
                                                FREE(object_id): drop a value kept for others
     peer to peer: FETCH(object_id) ─► OBJECT_DATA(object_id, value), or OBJECT_DATA_RAW(object_id,
     pickle, contained, layout) followed by its big buffers as raw messages (object_plane.py)
@@ -50,6 +52,7 @@ KILL = 13
 ACTOR_EXITED = 14
 GET_ACTOR = 15
 PIN = 16
+CANCEL = 17
 # downstream
 EXECUTE = 101
 OBJECT = 102
@@ -61,6 +64,7 @@ ACTOR_CALL = 107
 ACTOR_KILL = 108
 ACTOR_TERMINATE = 109
 FREE = 110
+CANCEL_TASK = 111
 # peer to peer (any rank to any rank, object_plane.py)
 FETCH = 301
 OBJECT_DATA = 302
@@ -92,7 +96,7 @@ class TaskSpec:
 
     __slots__ = ("task_id", "fn_id", "fn_blob", "name", "args", "deps", "return_ids", "num_returns",
                  "demand", "max_retries", "retry_blob", "env_vars", "strategy", "owner", "attempt",
-                 "kind", "actor_id", "method", "extra")
+                 "kind", "actor_id", "method", "extra", "parent")
 
     def __init__(self, task_id: bytes, fn_id: bytes, fn_blob: Optional[bytes], name: str, args: Any,
                  deps: List[bytes], return_ids: List[bytes], num_returns: int, demand: Dict[str, float],
@@ -117,6 +121,7 @@ class TaskSpec:
         self.actor_id: Optional[bytes] = None
         self.method: Optional[str] = None
         self.extra: Optional[Dict[str, Any]] = None
+        self.parent: Optional[bytes] = None  # the task that submitted this one (for cancel)
 
     def __reduce__(self):
         state = tuple(getattr(self, s) for s in self.__slots__)

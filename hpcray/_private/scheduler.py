@@ -45,7 +45,7 @@ class ObjectEntry:
 
 
 class TaskRecord:
-    __slots__ = ("spec", "missing", "rank", "retries_left", "pins", "finished", "stealing")
+    __slots__ = ("spec", "missing", "rank", "retries_left", "pins", "finished", "stealing", "cancelled")
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec
@@ -55,6 +55,7 @@ class TaskRecord:
         self.pins: List[bytes] = []
         self.finished = False
         self.stealing = False
+        self.cancelled = False
 
 
 class RankState:
@@ -86,11 +87,12 @@ class Scheduler(ActorDirectory):
         self._next = 0
         self._warned_infeasible: set = set()
         self._init_actors()
+        self.children: Dict[bytes, set] = {}  # task -> tasks it submitted that are not done
         self._handlers = {
             P.SUBMIT: self.on_submit, P.TASK_DONE: self.on_task_done, P.BLOCKED: self.on_blocked,
             P.UNBLOCKED: self.on_unblocked, P.GET_REQ: self.on_get_request, P.PUT: self.on_put,
             P.HOLD: self.on_hold, P.QUERY: self.on_query, P.STOLEN: self.on_stolen,
-            P.PIN: self.on_pin, P.KILL: self.on_kill, P.ACTOR_EXITED: self.on_actor_exited, P.GET_ACTOR: self.on_get_actor,
+            P.PIN: self.on_pin, P.CANCEL: self.on_cancel, P.KILL: self.on_kill, P.ACTOR_EXITED: self.on_actor_exited, P.GET_ACTOR: self.on_get_actor,
         }
 
     # ---- messages -------------------------------------------------------------------------
@@ -111,6 +113,8 @@ class Scheduler(ActorDirectory):
                 self._set_value(return_id, serialize(None))
             return
         self.tasks[spec.task_id] = record
+        if spec.parent is not None and spec.parent in self.tasks:
+            self.children.setdefault(spec.parent, set()).add(spec.task_id)
         lost = None
         for object_id in list(spec.deps) + list(spec.args.contained):
             entry = self.objects.get(object_id)
@@ -178,7 +182,7 @@ class Scheduler(ActorDirectory):
             self.actor_call_done(record, error, retryable, values)
             return
         if error is not None:
-            if retryable and record.retries_left != 0:
+            if retryable and record.retries_left != 0 and not record.cancelled:
                 if record.retries_left > 0:
                     record.retries_left -= 1
                 record.spec.attempt += 1
@@ -188,6 +192,21 @@ class Scheduler(ActorDirectory):
             self._finish(record, error)
         else:
             self._finish(record, None, values)
+
+    def on_cancel(self, src: int, task_id: bytes, force: bool, recursive: bool) -> None:
+        """Cancel a task: one not yet sent to a rank fails at once; one on a rank is dropped from
+        its queue or interrupted there. Its dependents fail with it; finished tasks are left alone."""
+        record = self.tasks.get(task_id)
+        if record is None or record.finished or record.spec.kind == P.ACTOR_CREATE:
+            return
+        if recursive:
+            for child in list(self.children.get(task_id, ())):
+                self.on_cancel(src, child, force, True)
+        record.cancelled = True
+        if record.rank is None:
+            self._finish(record, serialize(exceptions.TaskCancelledError(task_id.hex()), is_error=True))
+        else:
+            self.send(record.rank, (P.CANCEL_TASK, task_id, force))
 
     def on_blocked(self, src: int, task_id: bytes) -> None:
         state = self.ranks.get(src)
@@ -354,6 +373,11 @@ class Scheduler(ActorDirectory):
         record.finished = True
         spec = record.spec
         self.tasks.pop(spec.task_id, None)
+        self.children.pop(spec.task_id, None)
+        if spec.parent is not None:
+            siblings = self.children.get(spec.parent)
+            if siblings is not None:
+                siblings.discard(spec.task_id)
         for i, return_id in enumerate(spec.return_ids):
             self._set_value(return_id, error if error is not None else values[i])
         for object_id in record.pins:

@@ -1,0 +1,163 @@
+"""cancel(): Ray's test_cancel / test_actor_cancel checklist (force=False and force=True), both modes."""
+
+import asyncio
+import time
+
+import hpcray as ray
+from hpcray import exceptions
+
+from .helpers import raises
+
+
+@ray.remote
+class SignalActor:
+    def __init__(self):
+        self.event = asyncio.Event()
+
+    async def send(self):
+        self.event.set()
+
+    async def wait(self):
+        await self.event.wait()
+
+
+@ray.remote
+def wait_for(signal, value=None):
+    ray.get(signal.wait.remote())
+    return value
+
+
+@ray.remote
+def combine(a, b):
+    return (a, b)
+
+
+CANCELLED = (exceptions.TaskCancelledError, exceptions.RayTaskError)
+
+
+def case_cancel_running_task_blocked_in_get():
+    for force in (False, True):
+        signal = SignalActor.remote()
+        ref = wait_for.remote(signal)
+        time.sleep(0.5)  # it is running, blocked in get()
+        started = time.monotonic()
+        ray.cancel(ref, force=force)
+        raises(exceptions.TaskCancelledError, ray.get, ref, timeout=20)
+        assert time.monotonic() - started < 10
+
+
+def case_cancel_pending_task_never_runs_and_others_finish():
+    signal = SignalActor.remote()
+    blockers = [wait_for.remote(signal, i) for i in range(4)]
+    queued = combine.remote(blockers[0], 1)  # waits for a dependency
+    ray.cancel(queued)
+    raises(exceptions.TaskCancelledError, ray.get, queued, timeout=20)
+    ray.get(signal.send.remote())
+    assert ray.get(blockers) == [0, 1, 2, 3]
+
+
+def case_cancel_chain_head_fails_all_and_middle_fails_rest():
+    for force in (False, True):
+        signal = SignalActor.remote()
+        head = wait_for.remote(signal, 1)
+        second = combine.remote(head, 2)
+        third = combine.remote(second, 3)
+        fourth = combine.remote(third, 4)
+        ray.cancel(third, force=force)
+        for ref in (third, fourth):
+            raises(CANCELLED, ray.get, ref, timeout=20)
+        assert ray.wait([head, second], timeout=0.3)[0] == []
+        ray.get(signal.send.remote())
+        assert ray.get(second, timeout=20) == (1, 2)
+
+        signal = SignalActor.remote()
+        head = wait_for.remote(signal, 1)
+        chain = [combine.remote(head, i) for i in range(3)]
+        ray.cancel(head, force=force)
+        for ref in [head] + chain:
+            raises(CANCELLED, ray.get, ref, timeout=20)
+
+
+def case_cancel_finished_task_is_a_no_op():
+    ref = combine.remote(1, 2)
+    assert ray.get(ref) == (1, 2)
+    ray.cancel(ref)
+    assert ray.get(ref) == (1, 2)
+    raises(TypeError, ray.cancel, "not a ref")
+
+
+def case_combine_with_cancelled_input_fails():
+    signal = SignalActor.remote()
+    a = wait_for.remote(signal, "a")
+    b = combine.remote(1, 2)
+    ray.get(b)
+    result = combine.remote(a, b)
+    ray.cancel(a)
+    raises(CANCELLED, ray.get, result, timeout=20)
+
+
+def case_recursive_cancel_reaches_children():
+    signal = SignalActor.remote()
+
+    @ray.remote
+    def parent():
+        return ray.get(wait_for.remote(signal, "child"))
+
+    ref = parent.remote()
+    time.sleep(0.5)
+    ray.cancel(ref, recursive=True)
+    raises(exceptions.TaskCancelledError, ray.get, ref, timeout=20)
+
+
+def case_cancel_actor_calls():
+    @ray.remote
+    class Worker:
+        def __init__(self, signal):
+            self.signal = signal
+
+        def block(self):
+            ray.get(self.signal.wait.remote())
+            return "finished"
+
+        def quick(self):
+            return "quick"
+
+    @ray.remote
+    class AsyncWorker:
+        async def nap(self):
+            await asyncio.sleep(30)
+            return "woke"
+
+    signal = SignalActor.remote()
+    worker = Worker.remote(signal)
+    running = worker.block.remote()
+    queued = worker.quick.remote()
+    time.sleep(0.3)
+    ray.cancel(queued)
+    raises(exceptions.TaskCancelledError, ray.get, queued, timeout=20)
+    ray.cancel(running, recursive=False)  # a running sync call is not interrupted
+    ray.get(signal.send.remote())
+    assert ray.get(running, timeout=20) == "finished"
+    assert ray.get(worker.quick.remote()) == "quick"
+
+    sleeper = AsyncWorker.remote()
+    nap = sleeper.nap.remote()
+    time.sleep(0.3)
+    ray.cancel(nap)
+    started = time.monotonic()
+    raises(exceptions.TaskCancelledError, ray.get, nap, timeout=20)
+    assert time.monotonic() - started < 10
+
+
+def case_many_cancels_nothing_hangs():
+    signal = SignalActor.remote()
+    refs = [wait_for.remote(signal, i) for i in range(100)]
+    cancelled = set(range(0, 100, 5))
+    for i in cancelled:
+        ray.cancel(refs[i])
+    ray.get(signal.send.remote())
+    for i, ref in enumerate(refs):
+        try:
+            assert ray.get(ref, timeout=30) == i
+        except exceptions.TaskCancelledError:
+            assert i in cancelled
