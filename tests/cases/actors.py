@@ -10,19 +10,7 @@ import hpcray as ray
 from hpcray import exceptions
 from hpcray._private.api import query
 
-from .helpers import append_line, count_lines, raises, scratch_file, wait_for_condition
-
-
-@ray.remote
-class SignalActor:
-    def __init__(self):
-        self.event = asyncio.Event()
-
-    async def send(self):
-        self.event.set()
-
-    async def wait(self):
-        await self.event.wait()
+from .helpers import SignalActor, append_line, count_lines, raises, scratch_file, wait_for_condition
 
 
 @ray.remote

@@ -6,19 +6,7 @@ import time
 import hpcray as ray
 from hpcray import exceptions
 
-from .helpers import raises
-
-
-@ray.remote
-class SignalActor:
-    def __init__(self):
-        self.event = asyncio.Event()
-
-    async def send(self):
-        self.event.set()
-
-    async def wait(self):
-        await self.event.wait()
+from .helpers import SignalActor, raises
 
 
 @ray.remote

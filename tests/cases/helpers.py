@@ -1,8 +1,11 @@
 """Helpers shared by the case modules (Ray's test utilities, rebuilt for hpcray)."""
 
+import asyncio
 import os
 import time
 import uuid
+
+import hpcray as ray
 
 
 def wait_for_condition(predicate, timeout=10.0, retry_interval_ms=20):
@@ -46,3 +49,17 @@ def raises(exc_type, function, *args, match=None, **kwargs):
             raise AssertionError(f"{exc_type.__name__} message {str(exc)!r} lacks {match!r}") from exc
         return exc
     raise AssertionError(f"{getattr(function, '__name__', function)} did not raise {exc_type.__name__}")
+
+
+@ray.remote
+class SignalActor:
+    """Ray's test helper: ``wait.remote()`` blocks until ``send.remote()`` is called."""
+
+    def __init__(self):
+        self.event = asyncio.Event()
+
+    async def send(self):
+        self.event.set()
+
+    async def wait(self):
+        await self.event.wait()
