@@ -88,3 +88,18 @@ def test_idle_ranks_do_not_busy_wait(mode):
     assert figures, proc.stdout
     # a busy-waiting rank burns ~100% of a core; an idle one a few %. The bound is loose on purpose.
     assert max(figures) < 35, proc.stdout
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("suppress", [False, True])
+def test_unhandled_errors_are_reported_once(mode, suppress):
+    path = os.path.join(SCENARIOS, "unhandled.py")
+    env = {"RAY_IGNORE_UNHANDLED_ERRORS": "1"} if suppress else {"RAY_IGNORE_UNHANDLED_ERRORS": "0"}
+    proc = run_single([path], env=env) if mode == "single" else run_mpi([path], env=env)
+    assert proc.returncode == 0 and "UNHANDLED_DONE" in proc.stdout, proc.stdout + proc.stderr
+    reports = [line for line in proc.stderr.splitlines() if line.startswith("Unhandled error")]
+    if suppress:
+        assert reports == [], proc.stderr
+    else:
+        assert len(reports) == 1 and "boom-dropped" in proc.stderr, proc.stderr
+    assert "boom-handled" not in proc.stderr

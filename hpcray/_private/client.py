@@ -76,8 +76,9 @@ class CoreClient:
         self._wait_for(ids, len(ids), timeout, fail_fast=True)
         store = self.store
         found = [store.get(object_id) for object_id in ids]
-        for value in found:
+        for object_id, value in zip(ids, found):
             if value is not None and value.is_error:
+                self.post((P.HANDLED, object_id))
                 raise deserialize(value)  # the first error in list order, as soon as it is known
         return [deserialize(value) for value in found]
 
@@ -108,6 +109,7 @@ class CoreClient:
                 future.set_exception(exc)
                 return
             if value.is_error:
+                self.post((P.HANDLED, object_id))
                 future.set_exception(result)
             else:
                 future.set_result(result)

@@ -20,6 +20,7 @@ MPI message per destination per loop turn.
     ACTOR_EXITED(actor_id, reason)             ACTOR_KILL(actor_id, error) / ACTOR_TERMINATE(id)
     GET_ACTOR(name, namespace, reply_id)       (answered with OBJECT)
     PIN([object_id]): refs inside a task's return values, held until its TASK_DONE is in
+    HANDLED(object_id): get() raised this error (it is not reported as unhandled)
     CANCEL(task_id, force, recursive)          CANCEL_TASK(task_id, force): drop it if queued,
                                                interrupt it if running (answered by TASK_DONE)
                                                FREE(object_id): drop a value kept for others
@@ -53,6 +54,7 @@ ACTOR_EXITED = 14
 GET_ACTOR = 15
 PIN = 16
 CANCEL = 17
+HANDLED = 18
 # downstream
 EXECUTE = 101
 OBJECT = 102

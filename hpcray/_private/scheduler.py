@@ -25,7 +25,8 @@ from . import protocol as P
 from .actor_directory import ActorDirectory
 from .protocol import RankInfo, TaskSpec
 from .resources import RankLedger
-from .serialization import SerializedValue, serialize
+from .config import ignore_unhandled_errors
+from .serialization import SerializedValue, deserialize, serialize
 
 logger = logging.getLogger("hpcray")
 
@@ -35,13 +36,14 @@ def node_id_of(host: str) -> str:
 
 
 class ObjectEntry:
-    __slots__ = ("value", "refs", "subscribers", "waiters")
+    __slots__ = ("value", "refs", "subscribers", "waiters", "seen")
 
     def __init__(self, refs: int = 0):
         self.value: Optional[SerializedValue] = None
         self.refs = refs
         self.subscribers: Optional[set] = None
         self.waiters: Optional[List["TaskRecord"]] = None
+        self.seen = False  # an error that get() raised, a dependent task met, or a container holds
 
 
 class TaskRecord:
@@ -88,11 +90,12 @@ class Scheduler(ActorDirectory):
         self._warned_infeasible: set = set()
         self._init_actors()
         self.children: Dict[bytes, set] = {}  # task -> tasks it submitted that are not done
+        self.report_unhandled = not ignore_unhandled_errors()
         self._handlers = {
             P.SUBMIT: self.on_submit, P.TASK_DONE: self.on_task_done, P.BLOCKED: self.on_blocked,
             P.UNBLOCKED: self.on_unblocked, P.GET_REQ: self.on_get_request, P.PUT: self.on_put,
             P.HOLD: self.on_hold, P.QUERY: self.on_query, P.STOLEN: self.on_stolen,
-            P.PIN: self.on_pin, P.CANCEL: self.on_cancel, P.KILL: self.on_kill, P.ACTOR_EXITED: self.on_actor_exited, P.GET_ACTOR: self.on_get_actor,
+            P.PIN: self.on_pin, P.HANDLED: self.on_handled, P.CANCEL: self.on_cancel, P.KILL: self.on_kill, P.ACTOR_EXITED: self.on_actor_exited, P.GET_ACTOR: self.on_get_actor,
         }
 
     # ---- messages -------------------------------------------------------------------------
@@ -141,12 +144,18 @@ class Scheduler(ActorDirectory):
                 entry.waiters.append(record)
                 record.missing += 1
             elif entry.value.is_error:
+                entry.seen = True
                 self._finish(record, entry.value)
                 return
         if spec.kind == P.ACTOR_METHOD:
             self.submit_actor_call(src, record)
         elif record.missing == 0:
             self._make_ready(record)
+
+    def on_handled(self, src: int, object_id: bytes) -> None:
+        entry = self.objects.get(object_id)
+        if entry is not None:
+            entry.seen = True
 
     def on_pin(self, src: int, object_ids: List[bytes]) -> None:
         """Refs found in a task's return values: held until that TASK_DONE is handled, so the
@@ -393,11 +402,13 @@ class Scheduler(ActorDirectory):
             inner = self.objects.get(contained)
             if inner is not None:
                 inner.refs += 1
+                inner.seen = True
         if entry.subscribers:
             for rank in entry.subscribers:
                 self.send(rank, (P.OBJECT, object_id, value))
         entry.subscribers = None
         if entry.waiters:
+            entry.seen = True
             for record in entry.waiters:
                 if record.finished:
                     continue
@@ -425,6 +436,8 @@ class Scheduler(ActorDirectory):
         if self.objects.get(object_id) is not entry:
             return  # already freed further down the same cascade
         del self.objects[object_id]
+        if entry.value.is_error and not entry.seen and self.report_unhandled:
+            self._report_unhandled(entry.value)
         if entry.value.location is not None:  # its rank keeps the value for consumers: drop it
             self.send(entry.value.location, (P.FREE, object_id))
         for contained in entry.value.contained:
@@ -432,6 +445,15 @@ class Scheduler(ActorDirectory):
         actor = self.actor_by_handle.get(object_id)
         if actor is not None:
             self.handle_released(actor)
+
+    @staticmethod
+    def _report_unhandled(value: SerializedValue) -> None:
+        """Like Ray: an error nobody ever looked at is logged once when its last ref goes."""
+        try:
+            error = deserialize(value)
+        except Exception as exc:  # the report must never break the scheduler
+            error = exc
+        logger.error("Unhandled error (suppress with 'RAY_IGNORE_UNHANDLED_ERRORS=1'): %s", error)
 
     @staticmethod
     def _error_value(error: BaseException) -> SerializedValue:
