@@ -17,7 +17,7 @@ from ._private import context
 from ._private import options as opt
 from ._private import protocol as P
 from ._private.object_ref import ObjectRef, object_id_of
-from ._private.serialization import deserialize, dumps_function, loads, try_serialize
+from ._private.serialization import dumps_function, loads, try_serialize
 from .remote_function import _Export, split_ref_arguments, strategy_key
 
 _SPECIAL_METHODS = ("__ray_terminate__", "__ray_ready__")
@@ -180,7 +180,7 @@ class ActorClass:
             "is_async": meta.is_async, "get_if_exists": options.get("get_if_exists", False),
         }
         if name is not None:
-            extra["reply"] = object_id_of(client.new_task_id(), 0)
+            extra["reply"] = client.new_reply_id()
         spec = P.TaskSpec(task_id, fn_id, None, f"{self.__name__}.__init__", serialized, deps, [handle_id],
                           1, placement, 0, False, None, strategy_key(options), client.rank)
         spec.kind = P.ACTOR_CREATE
@@ -189,26 +189,13 @@ class ActorClass:
         if name is None:
             ref = client.submit(spec, blob)[0]
             return ActorHandle(task_id, meta, ref)
-        reply = extra["reply"]
-        client.requested.add(reply)
         ref = client.submit(spec, blob)[0]
-        answer = _await_reply(client, reply)
+        answer = client.await_reply(extra["reply"])
         if answer[0] == "exists":
             del ref  # our creation was not needed: drop its handle object
             client.post((P.ADOPT, answer[2]))  # the scheduler counted this handle for us
             return ActorHandle(answer[1], meta, ObjectRef(answer[2]))
         return ActorHandle(task_id, meta, ref)
-
-
-def _await_reply(client: Any, reply: bytes) -> Any:
-    client._wait_for([reply], 1, 120.0, fail_fast=False)
-    with client.cond:
-        value = client.store.pop(reply)
-    client.requested.discard(reply)
-    result = deserialize(value)
-    if value.is_error:
-        raise result
-    return result
 
 
 class _ActorClassWithOptions:
@@ -381,10 +368,9 @@ def get_actor(name: str, namespace: Optional[str] = None) -> ActorHandle:
         raise TypeError(f"get_actor(): namespace must be a str, got {type(namespace).__name__}")
     session = api.ensure_session()
     client = session.client
-    reply = object_id_of(client.new_task_id(), 0)
-    client.requested.add(reply)
+    reply = client.new_reply_id()
     client.post((P.GET_ACTOR, name, namespace or session.namespace, reply))
-    actor_id, handle_id, meta_blob = _await_reply(client, reply)
+    actor_id, handle_id, meta_blob = client.await_reply(reply)
     client.post((P.ADOPT, handle_id))  # the scheduler counted this handle for us
     return ActorHandle(actor_id, loads(meta_blob), ObjectRef(handle_id))
 

@@ -10,8 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from .. import exceptions
 from . import context, runtime
 from . import protocol as P
-from .object_ref import ObjectRef, object_id_of
-from .serialization import deserialize
+from .object_ref import ObjectRef
 
 _INIT_KEYWORDS = {
     "address", "num_cpus", "num_gpus", "resources", "labels", "object_store_memory", "local_mode",
@@ -226,16 +225,10 @@ def _make_remote(target: Any, options: Dict[str, Any]) -> Any:
 
 def query(name: str) -> Any:
     """Ask the scheduler for a view of its state ("resources", "nodes", "stats")."""
-    session = ensure_session()
-    client = session.client
-    object_id = object_id_of(client.new_task_id(), 0)
-    client.requested.add(object_id)
-    client.post((P.QUERY, name, object_id))
-    client._wait_for([object_id], 1, 60.0, fail_fast=False)
-    with client.cond:
-        value = client.store.pop(object_id)
-    client.requested.discard(object_id)
-    return deserialize(value)
+    client = ensure_session().client
+    reply = client.new_reply_id()
+    client.post((P.QUERY, name, reply))
+    return client.await_reply(reply, timeout=60.0)
 
 
 def cluster_resources() -> Dict[str, float]:

@@ -60,6 +60,23 @@ class CoreClient:
     def new_task_id(self) -> bytes:
         return self.ids.next_task_id()
 
+    def new_reply_id(self) -> bytes:
+        """An id under which the scheduler answers a question (it arrives like an object)."""
+        reply = object_id_of(self.new_task_id(), 0)
+        self.requested.add(reply)
+        return reply
+
+    def await_reply(self, reply: bytes, timeout: float = 120.0) -> Any:
+        """The scheduler's answer under ``reply``; an error answer is raised."""
+        self._wait_for([reply], 1, timeout, fail_fast=False)
+        with self.cond:
+            value = self.store.pop(reply)
+        self.requested.discard(reply)
+        result = deserialize(value)
+        if value.is_error:
+            raise result
+        return result
+
     def put(self, value: Any) -> ObjectRef:
         if isinstance(value, ObjectRef):
             raise TypeError("Calling 'put' on an ObjectRef is not allowed. If you really want to do "
