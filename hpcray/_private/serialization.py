@@ -62,16 +62,15 @@ def serialize(value: Any, is_error: bool = False) -> SerializedValue:
         data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     finally:
         _tls.collector = outer
-    owned = [bytes(b.raw()) if _is_contiguous(b) else bytes(memoryview(b).tobytes()) for b in buffers]
-    return SerializedValue(data, owned, contained, is_error)
+    return SerializedValue(data, [_owned_copy(b) for b in buffers], contained, is_error)
 
 
-def _is_contiguous(buf: pickle.PickleBuffer) -> bool:
+def _owned_copy(buffer: pickle.PickleBuffer) -> bytes:
+    """One copy of an out-of-band buffer (a put is a snapshot of the value)."""
     try:
-        buf.raw()
-        return True
-    except BufferError:
-        return False
+        return bytes(buffer.raw())
+    except BufferError:  # not contiguous: tobytes() gathers it in C order
+        return memoryview(buffer).tobytes()
 
 
 def deserialize(sv: SerializedValue) -> Any:
