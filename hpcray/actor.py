@@ -274,8 +274,6 @@ class ActorHandle:
         client = session.client
         if meta.max_pending_calls > 0:
             store = client.store
-            while self._pending and self._pending[0] in store:
-                self._pending.popleft()
             self._pending = deque(i for i in self._pending if i not in store)
             if len(self._pending) >= meta.max_pending_calls:
                 raise exceptions.PendingCallsLimitExceeded(

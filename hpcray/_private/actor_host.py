@@ -24,6 +24,7 @@ from .. import exceptions
 from . import context
 from . import protocol as P
 from .actor_directory import actor_key
+from .executor import cancelled_value
 from .object_plane import resolve_all
 from .serialization import SerializedValue, serialize
 
@@ -182,7 +183,6 @@ class ActorHost:
                 for entry in box:
                     if entry[0].task_id == task_id:
                         box.remove(entry)
-                        from .executor import cancelled_value
                         self._post_error(entry[0], cancelled_value(task_id))
                         return
 
@@ -228,7 +228,6 @@ class ActorHost:
 
             def cancelled_before_start(done, task_id=spec.task_id) -> None:
                 if done.cancelled():  # cancelled before the coroutine ran: report it here
-                    from .executor import cancelled_value
                     self.executor.post((P.TASK_DONE, task_id, None, cancelled_value(task_id), False))
             future.add_done_callback(cancelled_before_start)
         else:

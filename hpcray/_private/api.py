@@ -198,7 +198,6 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
 
 def remote(*args: Any, **kwargs: Any) -> Any:
     """``@remote``, ``@remote(**options)`` or ``remote(function_or_class)``."""
-    from ..remote_function import RemoteFunction
     if len(args) == 1 and not kwargs and callable(args[0]):
         return _make_remote(args[0], {})
     if args or not kwargs:
@@ -209,7 +208,6 @@ def remote(*args: Any, **kwargs: Any) -> Any:
 
     def decorator(function_or_class: Any) -> Any:
         return _make_remote(function_or_class, kwargs)
-    _ = RemoteFunction
     return decorator
 
 

@@ -294,7 +294,7 @@ class CommLoop:
         scheduler = self.scheduler
         on_remote = self.on_remote
         for msg in batch:
-            if msg[0] >= 300:  # peer to peer: large values (object_plane.py)
+            if P.is_peer(msg[0]):  # rank to rank: large values (object_plane.py)
                 self._peer(source, msg)
             elif on_remote is not None:
                 on_remote(source, msg)

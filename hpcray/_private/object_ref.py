@@ -15,7 +15,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import struct
-from typing import Any, Optional
+from typing import Any
 
 from . import serialization
 
@@ -116,6 +116,3 @@ class ObjectRef:
     def as_future(self) -> "asyncio.Future":
         return asyncio.wrap_future(self.future())
 
-
-def session_sink() -> Optional[Any]:
-    return current.sink
