@@ -81,7 +81,7 @@ class CoreClient:
         if isinstance(value, ObjectRef):
             raise TypeError("Calling 'put' on an ObjectRef is not allowed. If you really want to do "
                             "this, you can wrap the ObjectRef in a list and call 'put' on it.")
-        serialized = try_serialize(value, "the value passed to put():")
+        serialized = try_serialize(value, "the value passed to put():", shared=True)
         object_id = object_id_of(self.new_task_id(), 0)
         with self.cond:
             self.store[object_id] = serialized
@@ -97,7 +97,7 @@ class CoreClient:
             if value is not None and value.is_error:
                 self.post((P.HANDLED, object_id))
                 raise deserialize(value)  # the first error in list order, as soon as it is known
-        return [deserialize(value) for value in found]
+        return [deserialize(value, object_id) for value, object_id in zip(found, ids)]
 
     def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: Optional[float],
              fetch_local: bool = True):
@@ -121,7 +121,7 @@ class CoreClient:
         def complete(value: SerializedValue) -> None:
             _ = keep
             try:
-                result = deserialize(value)
+                result = deserialize(value, object_id)
             except BaseException as exc:  # a value that cannot be unpickled fails the future
                 future.set_exception(exc)
                 return

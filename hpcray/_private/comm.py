@@ -80,6 +80,19 @@ class MPITransport:
                 requests.append(self.comm.Irecv([view[start:start + CHUNK], MPI.BYTE], source, TAG_DATA))
         self.receiving.append((requests, buffers, callback))
 
+    def read_remote(self, window: Any, target: int, spans: List[tuple], callback: Any, allocate: Any) -> None:
+        """Rget spans (offset, nbytes) of ``target``'s window memory into ``allocate(size)``
+        buffers, inside the job-long passive-target epoch; ``callback(buffers)`` when all are in."""
+        MPI = self.MPI
+        buffers = [allocate(size) for _, size in spans]
+        requests = []
+        for (offset, size), buffer in zip(spans, buffers):
+            view = memoryview(buffer)
+            for start in range(0, size, CHUNK):
+                piece = view[start:start + CHUNK]
+                requests.append(window.Rget([piece, MPI.BYTE], target, [offset + start, len(piece), MPI.BYTE]))
+        self.receiving.append((requests, buffers, callback))
+
     def progress_receives(self) -> bool:
         if not self.receiving:
             return False

@@ -62,6 +62,12 @@ class Config:
     inline_max: int = 100 * 1024
     #: Idle receive buffers a rank keeps for reuse, in bytes.
     pool_bytes: int = 1 << 30
+    #: Bytes of node-shared arena per rank (None: 2 GiB, or less to fit /dev/shm; 0: no arena).
+    arena_bytes: Optional[int] = None
+    #: How a rank reads a large object made on another host: "p2p" (messages) or "rma" (Rget).
+    remote_fetch: str = "p2p"
+    #: Seconds init() waits for every rank to reach init().
+    init_timeout_s: float = 120.0
     #: Seconds the driver waits for the ranks to leave before aborting the job.
     exit_timeout_s: float = 5.0
     #: Python logging level name for hpcray's logger.
@@ -85,6 +91,10 @@ class Config:
                 raise ValueError(f"HPCRAY_RESOURCES={raw_resources!r} must map names to amounts >= 0")
             if {"CPU", "GPU"} & set(resources):
                 raise ValueError("HPCRAY_RESOURCES must not contain CPU or GPU; use HPCRAY_NUM_CPUS/HPCRAY_NUM_GPUS")
+        remote_fetch = os.environ.get("HPCRAY_REMOTE_FETCH", "p2p").strip().lower() or "p2p"
+        if remote_fetch not in ("p2p", "rma"):
+            raise ValueError(f"HPCRAY_REMOTE_FETCH={remote_fetch!r} must be 'p2p' or 'rma'")
+        arena = os.environ.get("HPCRAY_ARENA_BYTES", "")
         return cls(
             mpi=mpi,
             cpus_per_rank=_env_optional_float("HPCRAY_NUM_CPUS"),
@@ -96,6 +106,9 @@ class Config:
             prefetch=_env_int("HPCRAY_PREFETCH", 2),
             inline_max=_env_int("HPCRAY_INLINE_MAX", 100 * 1024),
             pool_bytes=_env_int("HPCRAY_POOL_BYTES", 1 << 30),
+            arena_bytes=_env_int("HPCRAY_ARENA_BYTES", 0) if arena else None,
+            remote_fetch=remote_fetch,
+            init_timeout_s=_env_float("HPCRAY_INIT_TIMEOUT_S", 120.0),
             exit_timeout_s=_env_float("HPCRAY_EXIT_TIMEOUT_S", 5.0),
             log_level=os.environ.get("HPCRAY_LOG_LEVEL", "WARNING").upper(),
         )

@@ -45,13 +45,13 @@ class ArgRef:
         return (ArgRef, (self.index,))
 
 
-def rebuild_arguments(args: SerializedValue, values: List[SerializedValue]):
+def rebuild_arguments(args: SerializedValue, values: List[SerializedValue], ids: List[bytes]):
     call_args, call_kwargs = deserialize(args)
     for value in values:
         if value.is_error:  # an argument could not be fetched (ObjectLostError)
             raise deserialize(value)
     if values:
-        resolved = [deserialize(v) for v in values]
+        resolved = [deserialize(v, object_id) for v, object_id in zip(values, ids)]
         call_args = [resolved[a.index] if type(a) is ArgRef else a for a in call_args]
         call_kwargs = {k: resolved[v.index] if type(v) is ArgRef else v for k, v in call_kwargs.items()}
     return call_args, call_kwargs
@@ -323,7 +323,7 @@ class Executor:
         """Call the task or method; return (pickled returns, error, retryable)."""
         try:
             function = get_callable()
-            call_args, call_kwargs = rebuild_arguments(spec.args, values)
+            call_args, call_kwargs = rebuild_arguments(spec.args, values, spec.deps)
             return self._pickle_returns(spec, function(*call_args, **call_kwargs)), None, False
         except BaseException as exc:  # every failure becomes the task's error, never ours
             return self._failure(spec, exc)
@@ -335,7 +335,7 @@ class Executor:
                                     values: List[SerializedValue]):
         try:
             function = get_callable()
-            call_args, call_kwargs = rebuild_arguments(spec.args, values)
+            call_args, call_kwargs = rebuild_arguments(spec.args, values, spec.deps)
             result = function(*call_args, **call_kwargs)
             if inspect.isawaitable(result):
                 result = await result
@@ -378,7 +378,7 @@ class Executor:
     def _pickle_each(spec: TaskSpec, result: Any) -> List[SerializedValue]:
         count = spec.num_returns
         if count == 1:
-            return [serialize(result)]
+            return [serialize(result, shared=True)]
         if count == 0:
             return []
         try:
@@ -388,4 +388,4 @@ class Executor:
                              f"{type(result).__name__}, not a sequence of {count} values") from None
         if len(items) != count:
             raise ValueError(f"Task {spec.name} has num_returns={count} but returned {len(items)} values")
-        return [serialize(item) for item in items]
+        return [serialize(item, shared=True) for item in items]

@@ -1,15 +1,21 @@
-"""Large values stay on the rank that made them; consumers fetch them from that rank directly.
+"""Large values stay on the rank that made them; consumers read them from that rank directly.
 
     producer rank                         rank 0 (scheduler)                 consumer rank
     TASK_DONE/PUT value > inline_max ──► keeps value, sends a *stub* ──► object table holds the stub
-                                                (location = producer)      │ OBJECT(stub) / EXECUTE
-    on_fetch ◄──────────────────────────────── FETCH(object_id) ◄──────────┘ (never via rank 0)
-       └── OBJECT_DATA_RAW(id, pickle, layout) + raw Isend of each big buffer ─► Irecv into new
+      (in its arena segment if it fit:          (location = producer,      │ OBJECT(stub) / EXECUTE
+       the stub carries the placement)           placement)                ▼
+    same host, placement known ─────────────────────────────────────► map the producer's segment:
+                                                                        zero-copy views (arena.py)
+    other host, HPCRAY_REMOTE_FETCH=rma, placement known ───────────► Rget from the world window:
+                                                                        the producer takes no part
+    otherwise: on_fetch ◄───────────────────── FETCH(object_id) ◄──────┘ (never via rank 0)
+       └── OBJECT_DATA_RAW(id, pickle, layout) + raw Isend of each big buffer ─► Irecv into pooled
            buffers, then the waiting callbacks (small buffers ride in the header)
-    FREE(object_id) from the scheduler when no reference is left ──► the producer drops it
+    FREE(object_id) from the scheduler when no reference is left ──► the producer drops it (and
+    its arena block, once no pinned view of it is left anywhere: those hold ObjectRefs)
 
 Runs on each rank's comm thread. Values at or below ``inline_max`` bytes keep travelling inline
-with the control messages; values put on rank 0 stay in rank 0's table.
+with the control messages. Without MPI (one rank) every value stays in rank 0's table.
 """
 
 from __future__ import annotations
@@ -76,10 +82,13 @@ class ObjectPlane:
         self.inline_max = inline_max
         self.owned: Dict[bytes, SerializedValue] = {}
         self.fetching: Dict[bytes, List[Callable[[SerializedValue], None]]] = {}
+        self.arena = None  # the rank's SharedArena (arena.py), or None
 
     def keep_if_large(self, object_id: bytes, value: SerializedValue) -> SerializedValue:
         """Keep a large value here; return what goes to the scheduler (a stub, or the value)."""
-        if self.rank == 0 or value.is_error or value.location is not None or value.nbytes <= self.inline_max:
+        if value.is_error or value.location is not None or self.transport is None:
+            return value
+        if value.placement is None and (self.rank == 0 or value.nbytes <= self.inline_max):
             return value
         self.owned[object_id] = value
         return value.stub(self.rank)
@@ -93,13 +102,35 @@ class ObjectPlane:
         if location == self.rank:
             callback(self.owned.get(object_id) or self._lost(object_id, "it was freed on this rank"))
             return True
+        arena = self.arena
+        placement = value.placement
+        if placement is not None and arena is not None and arena.can_map(location):
+            mapped = arena.map(placement)
+            if mapped is None:
+                callback(self._lost(object_id, f"rank {location} no longer holds it"))
+            else:
+                callback(SerializedValue(mapped[0], mapped[1], value.contained, False, None, placement))
+            return True
         waiting = self.fetching.get(object_id)
-        if waiting is None:
-            self.fetching[object_id] = [callback]
-            self.send(location, (P.FETCH, object_id))
-        else:
+        if waiting is not None:
             waiting.append(callback)
+            return False
+        self.fetching[object_id] = [callback]
+        if placement is not None and arena is not None and arena.world_window is not None:
+            self._read_remote(object_id, value)
+        else:
+            self.send(location, (P.FETCH, object_id))
         return False
+
+    def _read_remote(self, object_id: bytes, stub: SerializedValue) -> None:
+        """One-sided: Rget the pickle stream and buffers from the producer's arena segment."""
+        rank, spans, _ = stub.placement
+
+        def arrived(buffers: List[object]) -> None:
+            data = bytes(buffers[0])
+            self.on_object_data(object_id, SerializedValue(data, [memoryview(b) for b in buffers[1:]],
+                                                           stub.contained))
+        self.transport.read_remote(self.arena.world_window, rank, spans, arrived, self.pool.take)
 
     # ---- messages --------------------------------------------------------------------------
     def on_fetch(self, src: int, object_id: bytes) -> None:
@@ -137,6 +168,9 @@ class ObjectPlane:
 
     def on_free(self, object_id: bytes) -> None:
         self.owned.pop(object_id, None)
+
+    def used_arena_bytes(self) -> int:
+        return self.arena.used_bytes() if self.arena is not None else 0
 
     def reset(self) -> None:
         self.owned.clear()

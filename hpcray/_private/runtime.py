@@ -25,7 +25,8 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-from . import context, object_ref
+from . import context, object_ref, serialization
+from .arena import create_arena
 from . import protocol as P
 from .client import CoreClient
 from .comm import CommLoop, MPITransport
@@ -77,11 +78,13 @@ def current() -> Optional[Session]:
 # The MPI world of this process (persists across sessions)
 # ---------------------------------------------------------------------------------------------
 class World:
-    def __init__(self, comm: Any, transport: MPITransport, workers: List[RankInfo], config: Config):
+    def __init__(self, comm: Any, transport: MPITransport, workers: List[RankInfo], config: Config,
+                 arena: Any = None):
         self.comm = comm
         self.transport = transport
         self.workers = workers
         self.config = config
+        self.arena = arena  # this rank's node-shared SharedArena, or None
         self.job = 0
         self.exited = False
 
@@ -233,8 +236,9 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env) -> Se
     global _world
     if _world is None:
         transport = MPITransport(comm)
+        arena = start_arena(comm, config)
         workers = _gather_workers(transport, config)
-        _world = World(comm, transport, workers, config)
+        _world = World(comm, transport, workers, config, arena)
         atexit.register(_at_exit)
         _install_driver_signals()
         _install_interrupt_exit()
@@ -254,9 +258,18 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env) -> Se
     return session
 
 
+def start_arena(comm: Any, config: Config):
+    """Every rank, once per job, collectively: the node-shared object arena (arena.py)."""
+    arena = create_arena(comm, config.ranks_per_host, config.arena_bytes, config.remote_fetch,
+                         config.init_timeout_s)
+    serialization.use_arena(arena, config.inline_max)
+    return arena
+
+
 def _wire(loop: CommLoop, session: Session) -> None:
     plane = ObjectPlane(session.rank, loop.send, session.config.inline_max, loop.transport,
                         session.config.pool_bytes)
+    plane.arena = _world.arena if _world is not None else None
     loop.plane = plane
     session.client.plane = plane
     if session.executor is not None:
@@ -272,6 +285,8 @@ def _wire(loop: CommLoop, session: Session) -> None:
             session.client.deliver(msg[1], msg[2])
         elif executor is not None:
             executor.handle(msg)
+        elif msg[0] == P.FREE:  # a large value the driver put, kept here for other ranks
+            plane.on_free(msg[1])
 
     loop.agent = agent
     if executor is not None:
@@ -282,7 +297,7 @@ def _gather_workers(transport: MPITransport, config: Config) -> List[RankInfo]:
     """Wait (polling, never blocking in MPI) for every worker's HELLO; assign GPUs and memory."""
     expected = transport.size - 1
     infos: Dict[int, RankInfo] = {}
-    deadline = time.monotonic() + float(os.environ.get("HPCRAY_INIT_TIMEOUT_S", "120"))
+    deadline = time.monotonic() + config.init_timeout_s
     sleep_s = 1e-4
     while len(infos) < expected:
         got = transport.receive()

@@ -3,6 +3,10 @@
 ``serialize`` turns any value into a ``SerializedValue``: the pickle stream, the raw buffers
 (numpy arrays, bytes-likes) kept out of the stream, and the ids of the ObjectRefs found inside.
 The contained ids let the scheduler keep nested objects alive while the container exists.
+
+A value that becomes an object (``put``, a task's return) and is larger than the inline limit
+is copied once into this rank's node-shared arena (arena.py) when there is one; its
+``placement`` says where, and ``deserialize`` hands out pinned, read-only views of it.
 """
 
 from __future__ import annotations
@@ -19,18 +23,20 @@ _tls = threading.local()
 class SerializedValue:
     """One value as it travels: pickle bytes, out-of-band buffers, contained ObjectRef ids."""
 
-    __slots__ = ("data", "buffers", "contained", "is_error", "location")
+    __slots__ = ("data", "buffers", "contained", "is_error", "location", "placement", "lease")
 
     def __init__(self, data: bytes, buffers: List[Any], contained: List[bytes], is_error: bool = False,
-                 location: "int | None" = None):
+                 location: "int | None" = None, placement: Any = None, lease: Any = None):
         self.data = data
         self.buffers = buffers
         self.contained = contained
         self.is_error = is_error
         self.location = location  # a stub: the value itself lives on this rank (object_plane.py)
+        self.placement = placement  # where its bytes lie in a node-shared arena (arena.py), or None
+        self.lease = lease  # on the producer: keeps that arena block allocated
 
     def stub(self, location: int) -> "SerializedValue":
-        return SerializedValue(b"", [], self.contained, False, location)
+        return SerializedValue(b"", [], self.contained, False, location, self.placement)
 
     @property
     def nbytes(self) -> int:
@@ -39,11 +45,26 @@ class SerializedValue:
     def __reduce__(self):
         # Protocol 5 keeps the buffers out of band when the transport supports it (pkl5).
         bufs = [pickle.PickleBuffer(b) for b in self.buffers]
-        return (_rebuild_value, (self.data, bufs, self.contained, self.is_error, self.location))
+        return (_rebuild_value, (self.data, bufs, self.contained, self.is_error, self.location,
+                                 self.placement))
 
 
-def _rebuild_value(data, buffers, contained, is_error, location=None):
-    return SerializedValue(data, [memoryview(b) for b in buffers], contained, is_error, location)
+def _rebuild_value(data, buffers, contained, is_error, location=None, placement=None):
+    # the buffers were copied in transit: this copy is not in an arena, even if the original is
+    return SerializedValue(data, [memoryview(b) for b in buffers], contained, is_error, location,
+                           placement if location is not None else None)
+
+
+class _Arena:
+    """This rank's node-shared arena, set by the runtime when the job has one."""
+
+    arena = None
+    min_bytes = 0
+
+
+def use_arena(arena: Any, min_bytes: int) -> None:
+    _Arena.arena = arena
+    _Arena.min_bytes = min_bytes
 
 
 def note_contained_ref(object_id: bytes) -> None:
@@ -53,8 +74,11 @@ def note_contained_ref(object_id: bytes) -> None:
         collector.append(object_id)
 
 
-def serialize(value: Any, is_error: bool = False) -> SerializedValue:
-    """Pickle ``value`` (protocol 5); buffers are copied once so later mutation cannot change it."""
+def serialize(value: Any, is_error: bool = False, shared: bool = False) -> SerializedValue:
+    """Pickle ``value`` (protocol 5); buffers are copied once so later mutation cannot change it.
+
+    ``shared``: the value becomes an object; a large one is copied into the arena if it fits.
+    """
     buffers: List[pickle.PickleBuffer] = []
     outer = getattr(_tls, "collector", None)
     _tls.collector = contained = []
@@ -62,7 +86,22 @@ def serialize(value: Any, is_error: bool = False) -> SerializedValue:
         data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     finally:
         _tls.collector = outer
+    arena = _Arena.arena
+    if shared and arena is not None:
+        views = [_contiguous(b) for b in buffers]
+        if len(data) + sum(v.nbytes for v in views) > _Arena.min_bytes:
+            stored = arena.store(data, views)
+            if stored is not None:
+                arena_views, placement, lease = stored
+                return SerializedValue(data, arena_views, contained, is_error, None, placement, lease)
     return SerializedValue(data, [_owned_copy(b) for b in buffers], contained, is_error)
+
+
+def _contiguous(buffer: pickle.PickleBuffer) -> memoryview:
+    try:
+        return buffer.raw()
+    except BufferError:  # not contiguous: gathered in C order
+        return memoryview(memoryview(buffer).tobytes())
 
 
 def _owned_copy(buffer: pickle.PickleBuffer) -> bytes:
@@ -73,8 +112,17 @@ def _owned_copy(buffer: pickle.PickleBuffer) -> bytes:
         return memoryview(buffer).tobytes()
 
 
-def deserialize(sv: SerializedValue) -> Any:
-    return pickle.loads(sv.data, buffers=sv.buffers)
+def deserialize(sv: SerializedValue, object_id: "bytes | None" = None) -> Any:
+    """The value. Arena-backed buffers become read-only views, each holding an ObjectRef to
+    ``object_id`` so the arena block stays allocated while they live; with no id they are copied."""
+    if sv.placement is None or not sv.buffers:
+        return pickle.loads(sv.data, buffers=sv.buffers)
+    if object_id is None:
+        return pickle.loads(sv.data, buffers=[bytes(b) for b in sv.buffers])
+    from .arena import pinned_view
+    from .object_ref import ObjectRef
+    pin = ObjectRef(object_id)
+    return pickle.loads(sv.data, buffers=[pinned_view(b, pin) for b in sv.buffers])
 
 
 def dumps_function(obj: Any) -> bytes:
@@ -94,9 +142,9 @@ def describe_unpicklable(value: Any, exc: BaseException, what: str) -> TypeError
     return TypeError(f"Could not serialize {what} {text}: {type(exc).__name__}: {exc}")
 
 
-def try_serialize(value: Any, what: str, is_error: bool = False) -> SerializedValue:
+def try_serialize(value: Any, what: str, is_error: bool = False, shared: bool = False) -> SerializedValue:
     try:
-        return serialize(value, is_error)
+        return serialize(value, is_error, shared)
     except Exception as exc:  # pickling raises many types: normalise to one clear TypeError
         raise describe_unpicklable(value, exc, what) from exc
 

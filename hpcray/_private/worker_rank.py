@@ -26,12 +26,13 @@ from .scheduler import node_id_of
 class WorkerAgent:
     """Downstream handler of a worker rank: sessions, tasks, objects, the end of the job."""
 
-    def __init__(self, rank: int, loop: CommLoop, config: Config):
+    def __init__(self, rank: int, loop: CommLoop, config: Config, arena: Any = None):
         self.rank = rank
         self.loop = loop
         self.config = config
         self.executor: Optional[Executor] = None
         self.plane = ObjectPlane(rank, loop.send, config.inline_max, loop.transport, config.pool_bytes)
+        self.plane.arena = arena
         loop.plane = self.plane
 
     def handle(self, msg: tuple) -> None:
@@ -94,8 +95,9 @@ def serve_worker(comm: Any, config: Config) -> None:
     terminate_at: List[float] = []
     signal.signal(signal.SIGTERM, lambda s, f: terminate_at.append(time.monotonic() + 3.0))
     transport = MPITransport(comm)
+    arena = runtime.start_arena(comm, config)
     loop = CommLoop(rank, transport, config.spin_us, config.max_sleep_us)
-    agent = WorkerAgent(rank, loop, config)
+    agent = WorkerAgent(rank, loop, config, arena)
     loop.agent = agent.handle
     loop.send(0, (P.HELLO, runtime.local_rank_info(rank, config)))
     loop.start()

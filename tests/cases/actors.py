@@ -281,15 +281,24 @@ def case_named_actors_and_namespaces():
 def case_get_if_exists_races_to_one_actor():
     name = f"shared-{time.time_ns()}"
 
-    @ray.remote
-    def create_and_bump():
-        handle = Counter.options(name=name, get_if_exists=True).remote()
-        return ray.get(handle.increment.remote())
+    signal = SignalActor.remote()
 
-    values = ray.get([create_and_bump.remote() for _ in range(8)])
+    @ray.remote
+    def create_and_bump(hold):
+        handle = Counter.options(name=name, get_if_exists=True).remote()
+        value = ray.get(handle.increment.remote())
+        if hold:  # keep this handle until every task has one: a named actor dies with its handles
+            ray.get(signal.wait.remote())
+        return value
+
+    refs = [create_and_bump.remote(True) for _ in range(8)]
+    wait_for_condition(lambda: name in ray.util.list_named_actors()
+                       and ray.get(ray.get_actor(name).read.remote()) == 8, timeout=20)
+    ray.get(signal.send.remote())
+    values = ray.get(refs)
     assert sorted(values) == list(range(1, 9))  # one actor, however the race went
     keeper = Counter.options(name=name, get_if_exists=True).remote()
-    values = ray.get([create_and_bump.remote() for _ in range(4)])
+    values = ray.get([create_and_bump.remote(False) for _ in range(4)])
     final = ray.get(keeper.read.remote())
     assert final == max(values) and sorted(values) == list(range(final - 3, final + 1))
     ray.kill(keeper)

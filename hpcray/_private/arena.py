@@ -1,0 +1,257 @@
+"""The node-shared object arena: ranks of one host share large values without copying them.
+
+    start-up (every rank, once per job): host communicator = Split_type(COMM_TYPE_SHARED)
+        [split further into pretend hosts with HPCRAY_RANKS_PER_HOST] ─► Win.Allocate_shared:
+        one segment per rank, all mapped by every rank of the host; optionally a COMM_WORLD
+        window over the same segments for one-sided reads from other hosts (HPCRAY_REMOTE_FETCH=rma)
+
+    producer: put()/task return > inline_max ─► SegmentAllocator.allocate(total) ─► one copy of
+        the pickle stream and each out-of-band buffer into its own segment ─► Placement
+        (rank, spans) travels in the object's stub; a Lease frees the block when the value goes
+    consumer on the same host: Shared_query(rank) segment + spans ─► memoryviews, no copy;
+        deserialize() wraps them read-only and *pinned*: each view holds an ObjectRef, so the
+        object (and its block) stays alive while any array built on it lives
+    consumer on another host: object_plane.py fetches by point-to-point messages, or Rget
+
+A value that does not fit in the free part of the segment stays in private memory and moves by
+point-to-point messages (never an error). With too little free space in /dev/shm the arena is
+off, and the host's first rank says so once in the log.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+logger = logging.getLogger("hpcray")
+
+ALIGN = 64
+#: below this many bytes per rank an arena is not worth having
+MIN_SEGMENT = 64 << 20
+#: the arena takes at most this share of the free space in /dev/shm (split among the host's ranks)
+SHM_SHARE = 0.5
+
+#: (producer rank, ((offset, nbytes), ...), tag): the pickle stream's span first, then each
+#: buffer's; the block starts with ``tag`` while it holds this value (checked before mapping)
+Placement = Tuple[int, Tuple[Tuple[int, int], ...], int]
+TAG_BYTES = ALIGN
+
+
+class SegmentAllocator:
+    """First-fit allocation of blocks in one rank's segment, with coalescing free space.
+
+    ``release`` may run in any thread, also inside the garbage collector while ``allocate`` holds
+    the lock, so it only appends to a deque; the next ``allocate`` (or ``used_bytes``) merges.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.free: List[Tuple[int, int]] = [(0, size)] if size else []  # (offset, size), sorted
+        self.blocks: Dict[int, int] = {}
+        self.released: deque = deque()
+        self.lock = threading.Lock()
+
+    def allocate(self, nbytes: int) -> Optional[int]:
+        need = max(ALIGN, -(-nbytes // ALIGN) * ALIGN)
+        with self.lock:
+            self._merge_released()
+            for index, (offset, size) in enumerate(self.free):
+                if size >= need:
+                    if size == need:
+                        del self.free[index]
+                    else:
+                        self.free[index] = (offset + need, size - need)
+                    self.blocks[offset] = need
+                    return offset
+        return None
+
+    def release(self, offset: int) -> None:
+        self.released.append(offset)
+
+    def used_bytes(self) -> int:
+        with self.lock:
+            self._merge_released()
+            return sum(self.blocks.values())
+
+    def _merge_released(self) -> None:
+        free = self.free
+        while self.released:
+            offset = self.released.popleft()
+            size = self.blocks.pop(offset)
+            index = bisect.bisect_left(free, (offset, 0))
+            if index < len(free) and offset + size == free[index][0]:  # joins the next free run
+                size += free[index][1]
+                del free[index]
+            if index > 0 and free[index - 1][0] + free[index - 1][1] == offset:  # and the previous
+                offset, size = free[index - 1][0], free[index - 1][1] + size
+                del free[index - 1]
+                index -= 1
+            free.insert(index, (offset, size))
+
+
+class Lease:
+    """Owns one block of this rank's segment; the block is released when the lease is dropped.
+    Its tag word is cleared first, so a reader that still has the placement sees it is gone."""
+
+    __slots__ = ("allocator", "offset", "tag_word")
+
+    def __init__(self, allocator: SegmentAllocator, offset: int, tag_word: np.ndarray):
+        self.allocator = allocator
+        self.offset = offset
+        self.tag_word = tag_word
+
+    def __del__(self):
+        self.tag_word[0] = 0
+        self.allocator.release(self.offset)
+
+
+class _PinnedBytes(np.ndarray):
+    """A read-only byte view of arena memory that keeps ``pin`` (an ObjectRef) alive."""
+
+
+def pinned_view(view: memoryview, pin: Any) -> memoryview:
+    """A read-only memoryview of ``view`` whose lifetime holds ``pin`` (no copy)."""
+    array = np.frombuffer(view, dtype=np.uint8).view(_PinnedBytes)
+    array.pin = pin
+    array.flags.writeable = False
+    return memoryview(array)
+
+
+class SharedArena:
+    """This rank's segment of the host's shared window, and views of its neighbours' segments."""
+
+    def __init__(self, rank: int, window: Any, host_ranks: Sequence[int], segment: np.ndarray,
+                 world_window: Any = None):
+        self.rank = rank
+        self.window = window
+        self.host_ranks = {world: local for local, world in enumerate(host_ranks)}
+        self.segment = segment
+        self.allocator = SegmentAllocator(len(segment))
+        self.world_window = world_window  # for Rget from other hosts, or None
+        self.peers: Dict[int, np.ndarray] = {rank: segment}
+        self.full_count = 0
+        self.tags = itertools.count((rank << 40) + 1)
+
+    # ---- producer ----------------------------------------------------------------------
+    def store(self, data: bytes, buffers: List[memoryview]) -> Optional[Tuple[List[memoryview], Placement, Lease]]:
+        """Copy a pickle stream and its buffers into one block; None when the segment is full."""
+        if not len(self.segment):
+            return None
+        sizes = [len(data)] + [b.nbytes for b in buffers]
+        starts, total = [], TAG_BYTES
+        for size in sizes:
+            starts.append(total)
+            total += -(-size // ALIGN) * ALIGN
+        offset = self.allocator.allocate(total)
+        if offset is None:
+            self.full_count += 1
+            if self.full_count == 1:
+                logger.info("hpcray: rank %d's arena segment (%d bytes) has no room for %d bytes; such "
+                            "values stay in private memory", self.rank, len(self.segment), total)
+            return None
+        segment = self.segment
+        tag = next(self.tags)
+        tag_word = segment[offset:offset + 8].view(np.uint64)
+        lease = Lease(self.allocator, offset, tag_word)
+        views = []
+        for start, size, source in zip(starts, sizes, [data] + buffers):
+            target = segment[offset + start:offset + start + size]
+            np.copyto(target, np.frombuffer(source, dtype=np.uint8))
+            views.append(memoryview(target))
+        tag_word[0] = tag  # last: the block holds the whole value before it is announced
+        spans = tuple((offset + start, size) for start, size in zip(starts, sizes))
+        return views[1:], (self.rank, spans, tag), lease
+
+    # ---- consumer ----------------------------------------------------------------------
+    def can_map(self, rank: int) -> bool:
+        return rank in self.host_ranks
+
+    def map(self, placement: Placement) -> Optional[Tuple[bytes, List[memoryview]]]:
+        """The pickle stream (copied, it is small) and zero-copy views of the buffers; None when
+        the block no longer holds this value (it was freed)."""
+        rank, spans, tag = placement
+        segment = self.peers.get(rank)
+        if segment is None:
+            buffer, _ = self.window.Shared_query(self.host_ranks[rank])
+            segment = self.peers[rank] = np.frombuffer(buffer, dtype=np.uint8)
+        (start, size), rest = spans[0], spans[1:]
+        block = start - TAG_BYTES
+        if int(segment[block:block + 8].view(np.uint64)[0]) != tag:
+            return None
+        data = segment[start:start + size].tobytes()
+        return data, [memoryview(segment[o:o + n]) for o, n in rest]
+
+    def used_bytes(self) -> int:
+        return self.allocator.used_bytes()
+
+
+def segment_bytes(requested: Optional[int], host_size: int, shm_dir: str = "/dev/shm") -> Tuple[int, str]:
+    """Bytes of arena per rank, and why it is smaller than asked (empty when it is not)."""
+    try:
+        stat = os.statvfs(shm_dir)
+        free = stat.f_bavail * stat.f_frsize
+    except OSError as exc:
+        return 0, f"{shm_dir} is not usable ({exc})"
+    fits = int(free * SHM_SHARE / max(host_size, 1))
+    wanted = requested if requested is not None else 2 << 30
+    if wanted == 0:
+        return 0, "HPCRAY_ARENA_BYTES=0"
+    if fits < min(wanted, MIN_SEGMENT):
+        return 0, (f"{shm_dir} has {free / 2**20:.0f} MiB free, too little for {host_size} ranks "
+                   f"(at least {MIN_SEGMENT >> 20} MiB each)")
+    if fits < wanted:
+        return fits, ""
+    return wanted, ""
+
+
+def create_arena(comm: Any, ranks_per_host: int, requested: Optional[int], remote_fetch: str,
+                 timeout_s: float) -> Optional[SharedArena]:
+    """Collective over ``comm`` (every rank, once per job): make the host arenas, or None."""
+    from mpi4py import MPI
+    _barrier_with_timeout(comm, timeout_s)
+    rank = comm.Get_rank()
+    host_comm = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
+    if ranks_per_host > 0:  # pretend hosts (tests): never share across them
+        host_comm = host_comm.Split(rank // ranks_per_host, rank)
+    host_ranks = host_comm.allgather(rank)
+    size, why = segment_bytes(requested, host_comm.Get_size())
+    sizes = host_comm.allgather(size)
+    shared = min(sizes) > 0  # every rank of the host agrees: the window is collective on it
+    if not shared and host_comm.Get_rank() == 0 and why and why != "HPCRAY_ARENA_BYTES=0":
+        logger.warning("hpcray: no node-shared object arena on this host: %s; large objects move "
+                       "by point-to-point messages instead (slower, copies)", why)
+    window = segment = None
+    if shared:
+        window = MPI.Win.Allocate_shared(size, 1, comm=host_comm)
+        buffer, _ = window.Shared_query(host_comm.Get_rank())
+        segment = np.frombuffer(buffer, dtype=np.uint8)
+    world_window = None
+    if comm.allreduce(remote_fetch == "rma", op=MPI.LAND):  # collective on COMM_WORLD
+        world_window = MPI.Win.Create(buffer if shared else MPI.BOTTOM, 1, comm=comm)
+        world_window.Lock_all()  # one passive-target epoch for the job: every Rget happens inside it
+    if not shared:  # no arena here; the world window still lets this rank read other hosts' arenas
+        if world_window is None:
+            return None
+        return SharedArena(rank, None, [rank], np.empty(0, dtype=np.uint8), world_window)
+    return SharedArena(rank, window, host_ranks, segment, world_window)
+
+
+def _barrier_with_timeout(comm: Any, timeout_s: float) -> None:
+    """Wait until every rank reached init(), polling: a missing rank is an error, not a hang."""
+    request = comm.Ibarrier()
+    deadline = time.monotonic() + timeout_s
+    sleep_s = 1e-4
+    while not request.Test():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"hpcray.init(): not every rank called hpcray.init() within {timeout_s:.0f} s; "
+                               "every rank must reach init() (call it near the top of the program)")
+        time.sleep(sleep_s)
+        sleep_s = min(sleep_s * 2, 0.01)
