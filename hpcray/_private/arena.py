@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -128,14 +128,15 @@ def pinned_view(view: memoryview, pin: Any) -> memoryview:
 class SharedArena:
     """This rank's segment of the host's shared window, and views of its neighbours' segments."""
 
-    def __init__(self, rank: int, window: Any, host_ranks: Sequence[int], segment: np.ndarray,
+    def __init__(self, rank: int, window: Any, host_ranks: Dict[int, int], segment: np.ndarray,
                  world_window: Any = None):
         self.rank = rank
-        self.window = window
-        self.host_ranks = {world: local for local, world in enumerate(host_ranks)}
+        self.window = window  # the window whose Shared_query maps the host's segments
+        self.host_ranks = host_ranks  # world rank -> the rank to pass to window.Shared_query
         self.segment = segment
         self.allocator = SegmentAllocator(len(segment))
         self.world_window = world_window  # for Rget from other hosts, or None
+        self.locked = world_window is not None  # create_arena opened the job-long Lock_all epoch
         self.peers: Dict[int, np.ndarray] = {rank: segment}
         self.full_count = 0
         self.tags = itertools.count((rank << 40) + 1)
@@ -174,6 +175,15 @@ class SharedArena:
     def can_map(self, rank: int) -> bool:
         return rank in self.host_ranks
 
+    @property
+    def kind(self) -> str:
+        """How this rank's arena is made, for logs and the benchmark."""
+        if self.window is not None and self.window is self.world_window:
+            return "world window (Win.Allocate + Shared_query), Rget across hosts"
+        if self.world_window is not None:
+            return "node window (Win.Allocate_shared), Rget across hosts via Win.Create"
+        return "node window (Win.Allocate_shared), point-to-point across hosts"
+
     def map(self, placement: Placement) -> Optional[Tuple[bytes, List[memoryview]]]:
         """The pickle stream (copied, it is small) and zero-copy views of the buffers; None when
         the block no longer holds this value (it was freed)."""
@@ -191,6 +201,22 @@ class SharedArena:
 
     def used_bytes(self) -> int:
         return self.allocator.used_bytes()
+
+    def end_reads(self) -> None:
+        """End the job-long passive-target epoch. Call it while the other ranks still make MPI
+        progress (the driver: before it tells them to leave), or Unlock_all may wait forever."""
+        if self.world_window is not None and self.locked:
+            self.locked = False
+            self.world_window.Unlock_all()
+
+    def close(self) -> None:
+        """At the end of the job, on every rank (collective): free the world window (UCX warns at
+        exit about one left registered). The Allocate_shared window is left to MPI_Finalize."""
+        world_window = self.world_window
+        if world_window is not None:
+            self.end_reads()
+            self.world_window = None
+            world_window.Free()
 
 
 def segment_bytes(requested: Optional[int], host_size: int, shm_dir: str = "/dev/shm") -> Tuple[int, str]:
@@ -214,7 +240,15 @@ def segment_bytes(requested: Optional[int], host_size: int, shm_dir: str = "/dev
 
 def create_arena(comm: Any, ranks_per_host: int, requested: Optional[int], remote_fetch: str,
                  timeout_s: float) -> Optional[SharedArena]:
-    """Collective over ``comm`` (every rank, once per job): make the host arenas, or None."""
+    """Collective over ``comm`` (every rank, once per job): make the host arenas, or None.
+
+    ``remote_fetch`` "auto" or "rma" first try one ``Win.Allocate`` window on COMM_WORLD whose
+    same-host segments ``Shared_query`` can map (MPI 4.1; MPICH here): one memory serves zero-copy
+    views on the host and ``Rget`` from other hosts. Where the MPI cannot map it, or with "p2p",
+    the arena is ``Win.Allocate_shared`` on the host communicator; "rma" then adds a
+    ``Win.Create`` window over it (software RMA on some MPIs: slow), "auto"/"p2p" fetch from
+    other hosts by point-to-point messages. Every decision is agreed by all ranks (collective).
+    """
     from mpi4py import MPI
     _barrier_with_timeout(comm, timeout_s)
     rank = comm.Get_rank()
@@ -224,24 +258,41 @@ def create_arena(comm: Any, ranks_per_host: int, requested: Optional[int], remot
     host_ranks = host_comm.allgather(rank)
     size, why = segment_bytes(requested, host_comm.Get_size())
     sizes = host_comm.allgather(size)
-    shared = min(sizes) > 0  # every rank of the host agrees: the window is collective on it
+    shared = min(sizes) > 0  # every rank of the host agrees: the windows are collective
     if not shared and host_comm.Get_rank() == 0 and why and why != "HPCRAY_ARENA_BYTES=0":
         logger.warning("hpcray: no node-shared object arena on this host: %s; large objects move "
                        "by point-to-point messages instead (slower, copies)", why)
-    window = segment = None
+    if comm.allreduce(shared and remote_fetch != "p2p", op=MPI.LAND):
+        window = MPI.Win.Allocate(size, 1, comm=comm)
+        mappable = all(_query_size(window, r) == n for r, n in zip(host_ranks, sizes))
+        if comm.allreduce(mappable, op=MPI.LAND):
+            window.Lock_all()  # one passive-target epoch for the job: every Rget happens inside it
+            segment = np.frombuffer(window.tomemory(), dtype=np.uint8)
+            return SharedArena(rank, window, {r: r for r in host_ranks}, segment, window)
+        window.Free()
+    window = segment = buffer = None
     if shared:
         window = MPI.Win.Allocate_shared(size, 1, comm=host_comm)
         buffer, _ = window.Shared_query(host_comm.Get_rank())
         segment = np.frombuffer(buffer, dtype=np.uint8)
     world_window = None
-    if comm.allreduce(remote_fetch == "rma", op=MPI.LAND):  # collective on COMM_WORLD
+    if comm.allreduce(remote_fetch == "rma", op=MPI.LAND):
         world_window = MPI.Win.Create(buffer if shared else MPI.BOTTOM, 1, comm=comm)
-        world_window.Lock_all()  # one passive-target epoch for the job: every Rget happens inside it
-    if not shared:  # no arena here; the world window still lets this rank read other hosts' arenas
+        world_window.Lock_all()
+    if not shared:  # no arena here; a world window still lets this rank read other hosts' arenas
         if world_window is None:
             return None
-        return SharedArena(rank, None, [rank], np.empty(0, dtype=np.uint8), world_window)
-    return SharedArena(rank, window, host_ranks, segment, world_window)
+        return SharedArena(rank, None, {}, np.empty(0, dtype=np.uint8), world_window)
+    local = {r: i for i, r in enumerate(host_ranks)}
+    return SharedArena(rank, window, local, segment, world_window)
+
+
+def _query_size(window: Any, rank: int) -> int:
+    try:
+        buffer, _ = window.Shared_query(rank)
+        return len(buffer) if buffer is not None else 0
+    except Exception:  # this MPI cannot map that rank's part of a window from Win.Allocate
+        return -1
 
 
 def _barrier_with_timeout(comm: Any, timeout_s: float) -> None:

@@ -64,8 +64,9 @@ class Config:
     pool_bytes: int = 1 << 30
     #: Bytes of node-shared arena per rank (None: 2 GiB, or less to fit /dev/shm; 0: no arena).
     arena_bytes: Optional[int] = None
-    #: How a rank reads a large object made on another host: "p2p" (messages) or "rma" (Rget).
-    remote_fetch: str = "p2p"
+    #: How a rank reads a large object made on another host: "auto", "p2p" (messages) or "rma"
+    #: (Rget); see arena.create_arena.
+    remote_fetch: str = "auto"
     #: Seconds init() waits for every rank to reach init().
     init_timeout_s: float = 120.0
     #: Seconds the driver waits for the ranks to leave before aborting the job.
@@ -91,9 +92,9 @@ class Config:
                 raise ValueError(f"HPCRAY_RESOURCES={raw_resources!r} must map names to amounts >= 0")
             if {"CPU", "GPU"} & set(resources):
                 raise ValueError("HPCRAY_RESOURCES must not contain CPU or GPU; use HPCRAY_NUM_CPUS/HPCRAY_NUM_GPUS")
-        remote_fetch = os.environ.get("HPCRAY_REMOTE_FETCH", "p2p").strip().lower() or "p2p"
-        if remote_fetch not in ("p2p", "rma"):
-            raise ValueError(f"HPCRAY_REMOTE_FETCH={remote_fetch!r} must be 'p2p' or 'rma'")
+        remote_fetch = os.environ.get("HPCRAY_REMOTE_FETCH", "auto").strip().lower() or "auto"
+        if remote_fetch not in ("auto", "p2p", "rma"):
+            raise ValueError(f"HPCRAY_REMOTE_FETCH={remote_fetch!r} must be 'auto', 'p2p' or 'rma'")
         arena = os.environ.get("HPCRAY_ARENA_BYTES", "")
         return cls(
             mpi=mpi,

@@ -377,6 +377,8 @@ def _at_exit() -> None:
         return
     shutdown_session()
     world.exited = True
+    if world.arena is not None:
+        world.arena.end_reads()
     transport = world.transport
     for info in world.workers:
         transport.send(info.rank, [(P.EXIT,)])
@@ -396,6 +398,8 @@ def _at_exit() -> None:
     if len(acks) == len(world.workers):
         # MPI_Finalize waits for every rank's (MPICH); after it the ranks only have to exit
         from mpi4py import MPI
+        if world.arena is not None:
+            world.arena.close()
         if not MPI.Is_finalized():
             MPI.Finalize()
         _wait_until_gone(world.workers, time.monotonic() + world.config.exit_timeout_s)

@@ -110,10 +110,10 @@ def serve_worker(comm: Any, config: Config) -> None:
             os._exit(code)
     if loop.error is not None:
         code = 1
-    _leave_process(code)
+    _leave_process(code, arena)
 
 
-def _leave_process(code: int) -> None:
+def _leave_process(code: int, arena: Any = None) -> None:
     """Finalize MPI and end this worker process without returning into the user's program.
 
     ``os._exit`` right after ``MPI_Finalize`` races with MPICH's process manager (measured: 2 in
@@ -122,6 +122,8 @@ def _leave_process(code: int) -> None:
     """
     try:
         from mpi4py import MPI
+        if arena is not None:
+            arena.close()
         if not MPI.Is_finalized():
             MPI.Finalize()
         import ctypes
