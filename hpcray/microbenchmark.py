@@ -114,11 +114,26 @@ class Fixtures:
         def client(actor, calls):
             return len(rt.get([actor.small_value.remote() for _ in range(calls)]))
 
+        def put_here(nbytes):
+            array = np.ones(nbytes // 8)
+            started = time.perf_counter()
+            ref = rt.put(array)
+            return [ref], time.perf_counter() - started  # the ref travels nested, not resolved
+
+        def get_here(box):
+            started = time.perf_counter()
+            value = rt.get(box[0])
+            seconds = time.perf_counter() - started
+            assert value.nbytes == value.size * 8
+            return seconds
+
         self.noop = rt.remote(noop)
         self.small_value = rt.remote(small_value)
         self.make_array = rt.remote(make_array)
         self.consume = rt.remote(consume)
         self.client = rt.remote(client)
+        self.put_here = rt.remote(put_here).options(scheduling_strategy="SPREAD")
+        self.get_here = rt.remote(get_here).options(scheduling_strategy="SPREAD")
         self.actor = rt.remote(Actor).remote()
         self.concurrent_actor = rt.remote(Actor).options(max_concurrency=16).remote()
         self.async_actor = rt.remote(AsyncActor).remote()
@@ -224,12 +239,52 @@ def case_get_100mb_from_other_rank(f: Fixtures) -> Tuple[float, float]:
 
 
 def case_100mb_argument_by_ref(f: Fixtures) -> Tuple[float, float]:
+    """Made by a task on one worker, passed by ref to a task on the next (SPREAD takes turns)."""
     rt = f.rt
-    produced = f.make_array.remote(100 * MB)
+    produced = f.make_array.options(scheduling_strategy="SPREAD").remote(100 * MB)
     rt.wait([produced], fetch_local=False)
     started = time.perf_counter()
-    rt.get(f.consume.remote(produced))
+    rt.get(f.consume.options(scheduling_strategy="SPREAD").remote(produced))
     return 100 * MB / 1e9, time.perf_counter() - started
+
+
+def _driver_put_get(f: Fixtures, nbytes: int) -> Tuple[float, float]:
+    rt = f.rt
+    array = np.ones(nbytes // 8)
+    rounds = max(2, min(100, (200 * MB) // nbytes))
+    started = time.perf_counter()
+    for _ in range(rounds):
+        value = rt.get(rt.put(array))
+        del value
+    return rounds * nbytes / 1e9, time.perf_counter() - started
+
+
+def case_driver_put_get_1mb(f: Fixtures) -> Tuple[float, float]:
+    return _driver_put_get(f, MB)
+
+
+def case_driver_put_get_100mb(f: Fixtures) -> Tuple[float, float]:
+    return _driver_put_get(f, 100 * MB)
+
+
+def _worker_put_get(f: Fixtures, nbytes: int) -> Tuple[float, float]:
+    """``put`` in a task on one worker, ``get`` in a task on another; each side times itself."""
+    rt = f.rt
+    rounds = max(2, min(20, (200 * MB) // nbytes))
+    seconds = 0.0
+    for _ in range(rounds):
+        box, put_seconds = rt.get(f.put_here.remote(nbytes))
+        seconds += put_seconds + rt.get(f.get_here.remote(box))
+        del box
+    return rounds * nbytes / 1e9, seconds
+
+
+def case_worker_put_get_1mb(f: Fixtures) -> Tuple[float, float]:
+    return _worker_put_get(f, MB)
+
+
+def case_worker_put_get_100mb(f: Fixtures) -> Tuple[float, float]:
+    return _worker_put_get(f, 100 * MB)
 
 
 def case_wait_1k_refs(f: Fixtures, n: int = 1000) -> Tuple[int, float]:
@@ -269,6 +324,10 @@ CASES: List[Tuple[str, Callable, str]] = [
     ("single client put gigabytes", case_put_gigabytes, "GB/s"),
     ("get 100 MB array from another rank", case_get_100mb_from_other_rank, "GB/s"),
     ("100 MB argument passed by ref", case_100mb_argument_by_ref, "GB/s"),
+    ("driver put+get 1 MB", case_driver_put_get_1mb, "GB/s"),
+    ("driver put+get 100 MB", case_driver_put_get_100mb, "GB/s"),
+    ("worker put, other worker get 1 MB", case_worker_put_get_1mb, "GB/s"),
+    ("worker put, other worker get 100 MB", case_worker_put_get_100mb, "GB/s"),
     ("wait on 1k refs", case_wait_1k_refs, "waits/s"),
     ("placement group create/removal", case_placement_group_create_removal, "groups/s"),
 ]

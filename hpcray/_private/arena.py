@@ -1,9 +1,10 @@
 """The node-shared object arena: ranks of one host share large values without copying them.
 
     start-up (every rank, once per job): host communicator = Split_type(COMM_TYPE_SHARED)
-        [split further into pretend hosts with HPCRAY_RANKS_PER_HOST] ─► Win.Allocate_shared:
-        one segment per rank, all mapped by every rank of the host; optionally a COMM_WORLD
-        window over the same segments for one-sided reads from other hosts (HPCRAY_REMOTE_FETCH=rma)
+        [split further into pretend hosts with HPCRAY_RANKS_PER_HOST]; one segment per rank,
+        every segment of a host mapped by every rank of that host: either one Win.Allocate
+        window on COMM_WORLD (when Shared_query maps it; other hosts Rget from it) or
+        Win.Allocate_shared on the host communicator (see create_arena)
 
     producer: put()/task return > inline_max ─► SegmentAllocator.allocate(total) ─► one copy of
         the pickle stream and each out-of-band buffer into its own segment ─► Placement
@@ -11,7 +12,7 @@
     consumer on the same host: Shared_query(rank) segment + spans ─► memoryviews, no copy;
         deserialize() wraps them read-only and *pinned*: each view holds an ObjectRef, so the
         object (and its block) stays alive while any array built on it lives
-    consumer on another host: object_plane.py fetches by point-to-point messages, or Rget
+    consumer on another host: Rget from the world window, or point-to-point (object_plane.py)
 
 A value that does not fit in the free part of the segment stays in private memory and moves by
 point-to-point messages (never an error). With too little free space in /dev/shm the arena is
@@ -178,20 +179,23 @@ class SharedArena:
     @property
     def kind(self) -> str:
         """How this rank's arena is made, for logs and the benchmark."""
-        if self.window is not None and self.window is self.world_window:
-            return "world window (Win.Allocate + Shared_query), Rget across hosts"
         if self.world_window is not None:
-            return "node window (Win.Allocate_shared), Rget across hosts via Win.Create"
-        return "node window (Win.Allocate_shared), point-to-point across hosts"
+            return "world window (Win.Allocate + Shared_query), Rget across hosts"
+        return "host window (Win.Allocate_shared), point-to-point across hosts"
+
+    def segment_of(self, rank: int) -> np.ndarray:
+        """The whole segment of a rank on this host, mapped here (no copy)."""
+        segment = self.peers.get(rank)
+        if segment is None:
+            buffer, _ = self.window.Shared_query(self.host_ranks[rank])
+            segment = self.peers[rank] = np.frombuffer(buffer, dtype=np.uint8)
+        return segment
 
     def map(self, placement: Placement) -> Optional[Tuple[bytes, List[memoryview]]]:
         """The pickle stream (copied, it is small) and zero-copy views of the buffers; None when
         the block no longer holds this value (it was freed)."""
         rank, spans, tag = placement
-        segment = self.peers.get(rank)
-        if segment is None:
-            buffer, _ = self.window.Shared_query(self.host_ranks[rank])
-            segment = self.peers[rank] = np.frombuffer(buffer, dtype=np.uint8)
+        segment = self.segment_of(rank)
         (start, size), rest = spans[0], spans[1:]
         block = start - TAG_BYTES
         if int(segment[block:block + 8].view(np.uint64)[0]) != tag:
@@ -211,7 +215,8 @@ class SharedArena:
 
     def close(self) -> None:
         """At the end of the job, on every rank (collective): free the world window (UCX warns at
-        exit about one left registered). The Allocate_shared window is left to MPI_Finalize."""
+        exit about one left registered; arrays still viewing it must not be read after this).
+        The Allocate_shared window is left to MPI_Finalize."""
         world_window = self.world_window
         if world_window is not None:
             self.end_reads()
@@ -242,12 +247,13 @@ def create_arena(comm: Any, ranks_per_host: int, requested: Optional[int], remot
                  timeout_s: float) -> Optional[SharedArena]:
     """Collective over ``comm`` (every rank, once per job): make the host arenas, or None.
 
-    ``remote_fetch`` "auto" or "rma" first try one ``Win.Allocate`` window on COMM_WORLD whose
-    same-host segments ``Shared_query`` can map (MPI 4.1; MPICH here): one memory serves zero-copy
-    views on the host and ``Rget`` from other hosts. Where the MPI cannot map it, or with "p2p",
-    the arena is ``Win.Allocate_shared`` on the host communicator; "rma" then adds a
-    ``Win.Create`` window over it (software RMA on some MPIs: slow), "auto"/"p2p" fetch from
-    other hosts by point-to-point messages. Every decision is agreed by all ranks (collective).
+    With ``remote_fetch`` "auto" it first tries one ``Win.Allocate`` window on COMM_WORLD whose
+    same-host segments ``Shared_query`` can map (MPI 4.1; MPICH here): the same memory gives
+    zero-copy views on the host and ``Rget`` from other hosts, without the producer taking part.
+    Where the MPI cannot map it, or with "p2p", the arena is ``Win.Allocate_shared`` on the host
+    communicator and other hosts fetch by point-to-point messages. (A ``Win.Create`` window over
+    that memory was measured too: software RMA here, 7 MB/s, so it is not offered.)
+    Every decision is agreed by all ranks, as the windows are collective.
     """
     from mpi4py import MPI
     _barrier_with_timeout(comm, timeout_s)
@@ -262,7 +268,7 @@ def create_arena(comm: Any, ranks_per_host: int, requested: Optional[int], remot
     if not shared and host_comm.Get_rank() == 0 and why and why != "HPCRAY_ARENA_BYTES=0":
         logger.warning("hpcray: no node-shared object arena on this host: %s; large objects move "
                        "by point-to-point messages instead (slower, copies)", why)
-    if comm.allreduce(shared and remote_fetch != "p2p", op=MPI.LAND):
+    if comm.allreduce(shared and remote_fetch == "auto", op=MPI.LAND):
         window = MPI.Win.Allocate(size, 1, comm=comm)
         mappable = all(_query_size(window, r) == n for r, n in zip(host_ranks, sizes))
         if comm.allreduce(mappable, op=MPI.LAND):
@@ -270,21 +276,15 @@ def create_arena(comm: Any, ranks_per_host: int, requested: Optional[int], remot
             segment = np.frombuffer(window.tomemory(), dtype=np.uint8)
             return SharedArena(rank, window, {r: r for r in host_ranks}, segment, window)
         window.Free()
-    window = segment = buffer = None
-    if shared:
-        window = MPI.Win.Allocate_shared(size, 1, comm=host_comm)
-        buffer, _ = window.Shared_query(host_comm.Get_rank())
-        segment = np.frombuffer(buffer, dtype=np.uint8)
-    world_window = None
-    if comm.allreduce(remote_fetch == "rma", op=MPI.LAND):
-        world_window = MPI.Win.Create(buffer if shared else MPI.BOTTOM, 1, comm=comm)
-        world_window.Lock_all()
-    if not shared:  # no arena here; a world window still lets this rank read other hosts' arenas
-        if world_window is None:
-            return None
-        return SharedArena(rank, None, {}, np.empty(0, dtype=np.uint8), world_window)
+        if rank == 0:
+            logger.info("hpcray: this MPI cannot map a Win.Allocate window's same-host parts; using "
+                        "Win.Allocate_shared per host and point-to-point messages across hosts")
+    if not shared:
+        return None
+    window = MPI.Win.Allocate_shared(size, 1, comm=host_comm)
+    buffer, _ = window.Shared_query(host_comm.Get_rank())
     local = {r: i for i, r in enumerate(host_ranks)}
-    return SharedArena(rank, window, local, segment, world_window)
+    return SharedArena(rank, window, local, np.frombuffer(buffer, dtype=np.uint8))
 
 
 def _query_size(window: Any, rank: int) -> int:

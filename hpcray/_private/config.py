@@ -64,8 +64,8 @@ class Config:
     pool_bytes: int = 1 << 30
     #: Bytes of node-shared arena per rank (None: 2 GiB, or less to fit /dev/shm; 0: no arena).
     arena_bytes: Optional[int] = None
-    #: How a rank reads a large object made on another host: "auto", "p2p" (messages) or "rma"
-    #: (Rget); see arena.create_arena.
+    #: How a rank reads a large object made on another host: "auto" (Rget from a world window
+    #: where the MPI allows it, else messages) or "p2p" (messages); see arena.create_arena.
     remote_fetch: str = "auto"
     #: Seconds init() waits for every rank to reach init().
     init_timeout_s: float = 120.0
@@ -93,8 +93,8 @@ class Config:
             if {"CPU", "GPU"} & set(resources):
                 raise ValueError("HPCRAY_RESOURCES must not contain CPU or GPU; use HPCRAY_NUM_CPUS/HPCRAY_NUM_GPUS")
         remote_fetch = os.environ.get("HPCRAY_REMOTE_FETCH", "auto").strip().lower() or "auto"
-        if remote_fetch not in ("auto", "p2p", "rma"):
-            raise ValueError(f"HPCRAY_REMOTE_FETCH={remote_fetch!r} must be 'auto', 'p2p' or 'rma'")
+        if remote_fetch not in ("auto", "p2p"):
+            raise ValueError(f"HPCRAY_REMOTE_FETCH={remote_fetch!r} must be 'auto' or 'p2p'")
         arena = os.environ.get("HPCRAY_ARENA_BYTES", "")
         return cls(
             mpi=mpi,

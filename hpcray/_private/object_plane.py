@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import exceptions
 from . import protocol as P
+from .arena import TAG_BYTES
 from .serialization import SerializedValue, serialize
 
 #: buffers of at least this many bytes move as raw MPI messages, not inside the pickled header
@@ -123,14 +124,20 @@ class ObjectPlane:
         return False
 
     def _read_remote(self, object_id: bytes, stub: SerializedValue) -> None:
-        """One-sided: Rget the pickle stream and buffers from the producer's arena segment."""
-        rank, spans, _ = stub.placement
+        """One-sided: Rget the block's tag word, the pickle stream and the buffers from the
+        producer's arena segment; the producer takes no part. A changed tag: it was freed."""
+        rank, spans, tag = stub.placement
+        tag_span = (spans[0][0] - TAG_BYTES, 8)
 
         def arrived(buffers: List[object]) -> None:
-            data = bytes(buffers[0])
-            self.on_object_data(object_id, SerializedValue(data, [memoryview(b) for b in buffers[1:]],
+            if int(np.frombuffer(buffers[0], dtype=np.uint64)[0]) != tag:
+                self.on_object_data(object_id, self._lost(object_id, f"rank {rank} no longer holds it"))
+                return
+            data = bytes(buffers[1])
+            self.on_object_data(object_id, SerializedValue(data, [memoryview(b) for b in buffers[2:]],
                                                            stub.contained))
-        self.transport.read_remote(self.arena.world_window, rank, spans, arrived, self.pool.take)
+        self.transport.read_remote(self.arena.world_window, rank, [tag_span] + list(spans), arrived,
+                                   self.pool.take)
 
     # ---- messages --------------------------------------------------------------------------
     def on_fetch(self, src: int, object_id: bytes) -> None:
