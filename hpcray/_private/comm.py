@@ -2,7 +2,7 @@
 
     user / executor threads ──append──► commands (deque) ──► CommLoop.turn()
                                                                 │  ref events → held counts
-           MPI (pkl5 isend / improbe, batched per destination) ◄┤  upstream → scheduler (rank 0)
+           MPI (Isend / Improbe, one frame per destination)   ◄┤  upstream → scheduler (rank 0)
                                                                 │              or rank 0 (others)
                             incoming batches ──────────────────►┘  downstream → agent (store,
                                                                                executor)
@@ -15,49 +15,128 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import threading
 import time
 from collections import deque
 from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
 
 from . import protocol as P
 from .object_ref import DECREF, INCREF, job_of, object_id_of
 
 logger = logging.getLogger("hpcray")
 
-TAG = 7  # batches of control messages (pkl5)
+TAG = 7  # control batches: one pickled frame each (see MPITransport)
 TAG_DATA = 8  # raw buffers of large values (object_plane.py), in posting order per pair of ranks
+TAG_BIG = 9  # the pickle stream and out-of-band buffers of a large control batch, in order
 CHUNK = 1 << 30  # MPI counts are 32-bit: buffers move in pieces of at most 1 GiB
+SMALL_FRAME = 64 * 1024  # a batch up to this size travels as one message
+OOB_MIN = 16 * 1024  # buffers from this size leave the pickle stream (no copy into it)
+FRAME_SMALL = b"s"
+FRAME_LARGE = b"L"
+_ARRIVING = object()  # the place of a large batch whose parts are still on their way
 
 
 class MPITransport:
-    """Batched, non-blocking messages between ranks over mpi4py's pkl5 (out-of-band buffers)."""
+    """Batched, non-blocking messages between ranks.
+
+    A batch is pickled (protocol 5) once. Up to ``SMALL_FRAME`` bytes with no large buffers it
+    travels as one raw message on ``TAG``: ``"s" + pickle`` (measured here: 5 µs one way, against
+    33-48 µs through mpi4py's pkl5, which sends each object as two messages). A larger batch sends
+    ``"L" + pickle((stream size, buffer sizes))`` on ``TAG``, then the stream and each buffer as
+    raw messages on ``TAG_BIG``, in pieces of at most 1 GiB (objects over 2 GiB work). The
+    receiver posts Irecvs for those and holds any later batch from the same source until the
+    large one is complete, so batches from one rank are handled in the order they were sent.
+    """
 
     def __init__(self, comm: Any):
         from mpi4py import MPI
-        from mpi4py.util import pkl5
         self.MPI = MPI
-        self.comm = pkl5.Intracomm(comm)
+        self.comm = comm
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
-        self.sending: List[Any] = []
+        self.sending: List[tuple] = []  # (request, buffer kept alive until sent)
         self.sending_raw: List[tuple] = []  # (request, buffer kept alive until sent)
         self.receiving: List[tuple] = []  # (requests, buffers, callback)
+        self.held: Dict[int, deque] = {}  # source -> [batch] slots, while a large one arrives
+        self.ready: List[tuple] = []  # (source, batch) completed large batches, in order
         self._status = MPI.Status()
 
     def send(self, dest: int, batch: List[tuple]) -> None:
-        self.sending.append(self.comm.isend(batch, dest, TAG))
+        MPI = self.MPI
+        buffers: List[pickle.PickleBuffer] = []
+
+        def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+            if memoryview(buffer).nbytes < OOB_MIN:
+                return True  # small: stays in the stream
+            buffers.append(buffer)
+            return False
+
+        stream = pickle.dumps(batch, protocol=5, buffer_callback=out_of_band)
+        if not buffers and len(stream) < SMALL_FRAME:
+            frame = FRAME_SMALL + stream
+            self.sending.append((self.comm.Isend([frame, MPI.BYTE], dest, TAG), frame))
+            return
+        views = [memoryview(stream)] + [_raw(b) for b in buffers]
+        header = FRAME_LARGE + pickle.dumps([v.nbytes for v in views], protocol=5)
+        self.sending.append((self.comm.Isend([header, MPI.BYTE], dest, TAG), header))
+        for view in views:
+            for start in range(0, max(len(view), 1), CHUNK):
+                piece = view[start:start + CHUNK]
+                self.sending.append((self.comm.Isend([piece, MPI.BYTE], dest, TAG_BIG), piece))
 
     def receive(self, limit: int = 64) -> List[tuple]:
-        """Up to ``limit`` waiting batches, as (source, batch); never blocks when none waits."""
-        got = []
+        """Up to ``limit`` batches that arrived, as (source, batch); never blocks in MPI."""
+        MPI = self.MPI
+        got = self.ready
+        self.ready = []
+        status = self._status
         for _ in range(limit):
-            message = self.comm.improbe(self.MPI.ANY_SOURCE, TAG, self._status)
+            message = self.comm.Improbe(MPI.ANY_SOURCE, TAG, status)
             if message is None:
                 break
-            source = self._status.Get_source()
-            got.append((source, message.recv()))
+            source = status.Get_source()
+            frame = bytearray(status.Get_count(MPI.BYTE))
+            message.Recv([frame, MPI.BYTE])  # a probed small message: already here
+            if frame[:1] == FRAME_SMALL:
+                batch = pickle.loads(memoryview(frame)[1:])
+                queue = self.held.get(source)
+                if queue is None:
+                    got.append((source, batch))
+                else:
+                    queue.append([batch])  # behind a large batch still arriving
+            else:
+                self._receive_large(source, pickle.loads(memoryview(frame)[1:]))
         return got
+
+    def _receive_large(self, source: int, sizes: List[int]) -> None:
+        MPI = self.MPI
+        queue = self.held.get(source)
+        if queue is None:
+            queue = self.held[source] = deque()
+        slot = [_ARRIVING]
+        queue.append(slot)  # the batch takes its place in the source's order once complete
+        buffers = [np.empty(size, dtype=np.uint8) for size in sizes]  # not zero-filled
+        requests = []
+        for buffer in buffers:
+            view = memoryview(buffer)
+            for start in range(0, max(len(view), 1), CHUNK):
+                requests.append(self.comm.Irecv([view[start:start + CHUNK], MPI.BYTE], source, TAG_BIG))
+
+        def complete(parts: List[np.ndarray]) -> None:
+            slot[0] = pickle.loads(parts[0], buffers=parts[1:])
+            self._release(source)
+        self.receiving.append((requests, buffers, complete))
+
+    def _release(self, source: int) -> None:
+        """Hand on the batches of ``source`` that are complete, up to the first that is not."""
+        queue = self.held[source]
+        while queue and queue[0][0] is not _ARRIVING:
+            self.ready.append((source, queue.popleft()[0]))
+        if not queue:
+            del self.held[source]
 
     def send_buffers(self, dest: int, buffers: List[Any]) -> None:
         """Isend raw buffers (no pickling, no copy), in order, on the data tag."""
@@ -109,7 +188,7 @@ class MPITransport:
     def progress_sends(self) -> bool:
         done = False
         if self.sending:
-            still = [r for r in self.sending if not r.test()[0]]
+            still = [entry for entry in self.sending if not entry[0].Test()]
             done = len(still) != len(self.sending)
             self.sending = still
         if self.sending_raw:
@@ -120,6 +199,13 @@ class MPITransport:
 
     def busy(self) -> bool:
         return bool(self.sending or self.sending_raw)
+
+
+def _raw(buffer: pickle.PickleBuffer) -> memoryview:
+    try:
+        return buffer.raw()
+    except BufferError:  # not contiguous: gathered in C order
+        return memoryview(memoryview(buffer).tobytes())
 
 
 class CommLoop:

@@ -43,7 +43,7 @@ class SerializedValue:
         return len(self.data) + sum(memoryview(b).nbytes for b in self.buffers)
 
     def __reduce__(self):
-        # Protocol 5 keeps the buffers out of band when the transport supports it (pkl5).
+        # Protocol 5 keeps large buffers out of band in the transport (comm.MPITransport).
         bufs = [pickle.PickleBuffer(b) for b in self.buffers]
         return (_rebuild_value, (self.data, bufs, self.contained, self.is_error, self.location,
                                  self.placement))
