@@ -46,9 +46,10 @@ def exit_actor() -> None:
 
 
 class _MethodMeta:
-    __slots__ = ("options", "signature", "is_async")
+    __slots__ = ("options", "signature", "is_async", "arity")
 
     def __init__(self, options: Dict[str, Any], signature: Optional[inspect.Signature], is_async: bool):
+        self.arity = opt.positional_arity(signature)
         self.options = options
         self.signature = signature
         self.is_async = is_async
@@ -252,7 +253,8 @@ class ActorHandle:
         from ._private import api
         session = api.ensure_session()
         meta = self._meta
-        if method_meta is not None and method_meta.signature is not None:
+        if method_meta is not None and method_meta.signature is not None and \
+                (kwargs or len(args) != method_meta.arity):
             try:
                 method_meta.signature.bind(*args, **kwargs)
             except TypeError as exc:

@@ -126,6 +126,8 @@ class RemoteFunction:
             self._signature: Optional[inspect.Signature] = inspect.signature(function)
         except (TypeError, ValueError):
             self._signature = None
+        self._arity = opt.positional_arity(self._signature)
+        self._is_generator = inspect.isgeneratorfunction(function)
         self._export = _Export(function)
         self.__name__ = getattr(function, "__name__", self._name)
         self.__qualname__ = self._name
@@ -159,12 +161,12 @@ class RemoteFunction:
     def _submit(self, args: Tuple[Any, ...], kwargs: Dict[str, Any], plan: _Plan):
         from ._private import api
         session = api.ensure_session()
-        if self._signature is not None:
+        if self._signature is not None and (kwargs or len(args) != self._arity):
             try:
                 self._signature.bind(*args, **kwargs)
             except TypeError as exc:
                 raise TypeError(f"{self._name}.remote(): {exc}") from None
-        if inspect.isgeneratorfunction(self._function):
+        if self._is_generator:
             raise NotImplementedError(f"{self._name} is a generator function: streaming generator "
                                       "tasks are not supported by hpcray yet")
         call_args, call_kwargs, deps = split_ref_arguments(args, kwargs)

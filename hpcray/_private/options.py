@@ -293,3 +293,17 @@ def warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
         warnings.warn(message, stacklevel=3)
+
+
+def positional_arity(signature: Any) -> int:
+    """How many arguments a call passes when it passes exactly the signature's plain
+    positional parameters (no defaults, no *args/**kwargs/keyword-only); -1 when there is no such
+    simple shape. A call of that shape needs no ``Signature.bind`` (about 5 µs) to be checked."""
+    if signature is None:
+        return -1
+    import inspect
+    plain = inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.POSITIONAL_ONLY
+    params = list(signature.parameters.values())
+    if all(p.kind in plain and p.default is inspect.Parameter.empty for p in params):
+        return len(params)
+    return -1

@@ -79,6 +79,8 @@ def serialize(value: Any, is_error: bool = False, shared: bool = False) -> Seria
 
     ``shared``: the value becomes an object; a large one is copied into the arena if it fits.
     """
+    if _is_plain(value, 0):  # None, numbers, strings and small containers of them: C pickle
+        return SerializedValue(pickle.dumps(value, protocol=5), [], [], is_error)
     buffers: List[pickle.PickleBuffer] = []
     outer = getattr(_tls, "collector", None)
     _tls.collector = contained = []
@@ -95,6 +97,23 @@ def serialize(value: Any, is_error: bool = False, shared: bool = False) -> Seria
                 arena_views, placement, lease = stored
                 return SerializedValue(data, arena_views, contained, is_error, None, placement, lease)
     return SerializedValue(data, [_owned_copy(b) for b in buffers], contained, is_error)
+
+
+_PLAIN = frozenset((type(None), bool, int, float, complex, str, bytes))
+
+
+def _is_plain(value: Any, depth: int) -> bool:
+    """True for values plain pickle handles exactly like cloudpickle, cheap to check."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return True
+    if depth >= 2:
+        return False
+    if kind is tuple or kind is list:
+        return len(value) <= 16 and all(_is_plain(item, depth + 1) for item in value)
+    if kind is dict:
+        return len(value) <= 16 and all(type(k) is str and _is_plain(v, depth + 1) for k, v in value.items())
+    return False
 
 
 def _contiguous(buffer: pickle.PickleBuffer) -> memoryview:
