@@ -18,7 +18,7 @@ from ._private import options as opt
 from ._private import protocol as P
 from ._private.object_ref import ObjectRef, object_id_of
 from ._private.serialization import dumps_function, loads, try_serialize
-from .remote_function import _Export, split_ref_arguments, strategy_key
+from .remote_function import _Export, group_demand, inherited_strategy, split_ref_arguments, strategy_key
 
 _SPECIAL_METHODS = ("__ray_terminate__", "__ray_ready__")
 
@@ -159,6 +159,10 @@ class ActorClass:
         explicit_cpus = options.get("num_cpus") is not None
         placement = opt.resource_demand(options, default_cpus=1.0)
         lifetime = dict(placement) if explicit_cpus else {k: v for k, v in placement.items() if k != "CPU"}
+        strategy = inherited_strategy(strategy_key(options))
+        if strategy is not None and strategy[0] == "PG":  # placed in, and holding, bundle resources
+            placement = group_demand(placement, strategy)
+            lifetime = group_demand(lifetime, strategy, wildcard=False)
         groups = options.get("concurrency_groups") or {}
         if isinstance(groups, list):
             groups = {name: 1 for name in groups}
@@ -183,7 +187,7 @@ class ActorClass:
         if name is not None:
             extra["reply"] = client.new_reply_id()
         spec = P.TaskSpec(task_id, fn_id, None, f"{self.__name__}.__init__", serialized, deps, [handle_id],
-                          1, placement, 0, False, None, strategy_key(options), client.rank)
+                          1, placement, 0, False, None, strategy, client.rank)
         spec.kind = P.ACTOR_CREATE
         spec.actor_id = task_id
         spec.extra = extra

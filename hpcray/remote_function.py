@@ -11,7 +11,7 @@ import inspect
 from typing import Any, Dict, Optional, Tuple
 
 from ._private import options as opt
-from ._private.context import current_task_id
+from ._private.context import current as current_task_context, current_task_id
 from ._private.executor import ArgRef
 from ._private.object_ref import ObjectRef, object_id_of
 from ._private.protocol import TaskSpec
@@ -22,7 +22,7 @@ class _Plan:
     """What a set of options means for each call, worked out once."""
 
     __slots__ = ("options", "num_returns", "demand", "max_retries", "retry_blob", "env_vars",
-                 "strategy", "name")
+                 "strategy", "name", "plain_demand")
 
     def __init__(self, options: Dict[str, Any], default_name: str):
         self.options = options
@@ -39,6 +39,9 @@ class _Plan:
         env = (options.get("runtime_env") or {}).get("env_vars")
         self.env_vars = dict(env) if env else None
         self.strategy = strategy_key(options)
+        self.plain_demand = self.demand
+        if self.strategy is not None and self.strategy[0] == "PG":
+            self.demand = group_demand(self.demand, self.strategy)
         self.name = options.get("name") or default_name
         if options.get("max_calls"):
             opt.warn_once("max_calls", "hpcray: max_calls is accepted but a rank's process is never "
@@ -47,14 +50,17 @@ class _Plan:
 
 def strategy_key(options: Dict[str, Any]) -> Optional[tuple]:
     """The scheduler's form of a scheduling strategy; unsupported ones raise here."""
+    from .util.placement_group import PlacementGroup
     from .util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
                                              NodeLabelSchedulingStrategy,
                                              PlacementGroupSchedulingStrategy)
-    if options.get("placement_group", "default") not in ("default", None):
-        raise NotImplementedError("placement_group: placement groups are not implemented by hpcray yet")
     if options.get("label_selector") or options.get("fallback_strategy"):
         raise NotImplementedError("label_selector/fallback_strategy: hpcray hosts carry no labels yet")
     strategy = options.get("scheduling_strategy")
+    legacy = options.get("placement_group", "default")
+    if legacy not in ("default", None):
+        strategy = PlacementGroupSchedulingStrategy(legacy, options.get("placement_group_bundle_index", -1),
+                                                    options.get("placement_group_capture_child_tasks"))
     if strategy is None or strategy == "DEFAULT":
         return None
     if strategy == "SPREAD":
@@ -62,11 +68,38 @@ def strategy_key(options: Dict[str, Any]) -> Optional[tuple]:
     if isinstance(strategy, NodeAffinitySchedulingStrategy):
         return ("NODE", strategy.node_id, bool(strategy.soft))
     if isinstance(strategy, PlacementGroupSchedulingStrategy):
-        raise NotImplementedError("PlacementGroupSchedulingStrategy: placement groups are not "
-                                  "implemented by hpcray yet")
+        group = strategy.placement_group
+        if group is None:
+            return None
+        if not isinstance(group, PlacementGroup):
+            raise TypeError(f"placement_group={group!r}: must be a PlacementGroup from "
+                            "hpcray.util.placement_group()")
+        index = strategy.placement_group_bundle_index
+        if not isinstance(index, int) or not -1 <= index < group.bundle_count:
+            raise ValueError(f"placement_group_bundle_index={index!r}: must be -1 or between 0 and "
+                             f"{group.bundle_count - 1} (the group has {group.bundle_count} bundles)")
+        return ("PG", group.id.binary(), index, bool(strategy.placement_group_capture_child_tasks))
     if isinstance(strategy, NodeLabelSchedulingStrategy):
         raise NotImplementedError("NodeLabelSchedulingStrategy: hpcray hosts carry no labels yet")
     raise ValueError(f"scheduling_strategy={strategy!r} is not supported")
+
+
+def group_demand(demand: Dict[str, float], strategy: tuple, wildcard: bool = True) -> Dict[str, float]:
+    """A demand renamed to the bundle resources of a placement group (see placement_groups.py)."""
+    from ._private.placement_groups import bundle_demand
+    return bundle_demand(demand, strategy[1].hex(), strategy[2], wildcard)
+
+
+def inherited_strategy(strategy: Optional[tuple]) -> Optional[tuple]:
+    """A task without a strategy, submitted by a task in a placement group that captures its
+    child tasks, goes into the same group (any bundle)."""
+    if strategy is not None:
+        return strategy
+    ctx = current_task_context()
+    group = ctx.group if ctx is not None else None
+    if group is not None and group[3]:
+        return ("PG", group[1], -1, True)
+    return None
 
 
 def split_ref_arguments(args: Tuple[Any, ...], kwargs: Dict[str, Any]):
@@ -179,8 +212,13 @@ class RemoteFunction:
         env = plan.env_vars
         if session.job_env:
             env = dict(session.job_env, **(env or {}))
+        strategy, demand = plan.strategy, plan.demand
+        if strategy is None:
+            strategy = inherited_strategy(None)
+            if strategy is not None:
+                demand = group_demand(plan.plain_demand, strategy)
         spec = TaskSpec(task_id, fn_id, None, plan.name, serialized, deps, return_ids, count,
-                        plan.demand, plan.max_retries, plan.retry_blob, env, plan.strategy, client.rank)
+                        demand, plan.max_retries, plan.retry_blob, env, strategy, client.rank)
         spec.parent = current_task_id()
         refs = client.submit(spec, blob)
         if count == 1:

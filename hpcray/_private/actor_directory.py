@@ -29,7 +29,7 @@ def actor_key(actor_id: bytes) -> bytes:
 
 class ActorRecord:
     __slots__ = ("actor_id", "handle_id", "rank", "state", "death", "name", "namespace", "detached",
-                 "lifetime", "callers", "class_name", "meta_blob", "inflight")
+                 "lifetime", "callers", "class_name", "meta_blob", "inflight", "group")
 
     def __init__(self, spec: P.TaskSpec):
         extra = spec.extra
@@ -46,6 +46,7 @@ class ActorRecord:
         self.meta_blob: bytes = extra.get("meta_blob", b"")
         self.callers: Dict[int, Deque] = {}
         self.inflight: set = set()
+        self.group = spec.strategy[1] if spec.strategy and spec.strategy[0] == "PG" else None
 
 
 def death_value(actor: ActorRecord, message: str, init_failed: bool = False) -> SerializedValue:

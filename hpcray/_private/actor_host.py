@@ -282,7 +282,8 @@ class ActorHost:
         if actor.gpus:
             env = {"CUDA_VISIBLE_DEVICES": ",".join(actor.gpus)}
         return context.TaskContext(spec.task_id, spec.name, dict(actor.resources), env,
-                                   self.executor.rank, actor.gpus, actor.actor_id, actor.handle)
+                                   self.executor.rank, actor.gpus, actor.actor_id, actor.handle,
+                                   actor.spec.strategy)
 
     def run_call(self, actor: HostedActor, spec: P.TaskSpec, values: List[SerializedValue]) -> None:
         context.set_current(self._context(actor, spec))

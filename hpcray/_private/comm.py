@@ -375,6 +375,8 @@ class CommLoop:
         else:
             if kind == P.SUBMIT:
                 self.held.update(item[1].return_ids)
+            elif kind == P.PG_READY:
+                self.held.add(item[2])
             elif kind == P.PUT:
                 self.held.add(item[1])
                 if self.plane is not None:

@@ -25,11 +25,12 @@ _current: "contextvars.ContextVar[Optional[TaskContext]]" = contextvars.ContextV
 class TaskContext:
     """The task or actor call the current thread is running."""
 
-    __slots__ = ("task_id", "name", "resources", "env", "prefix", "gpu_ids", "actor_id", "actor_handle")
+    __slots__ = ("task_id", "name", "resources", "env", "prefix", "gpu_ids", "actor_id", "actor_handle",
+                 "group")
 
     def __init__(self, task_id: bytes, name: str, resources: Dict[str, float],
                  env: Optional[Dict[str, str]], rank: int, gpu_ids: Optional[list] = None,
-                 actor_id: Optional[bytes] = None, actor_handle: Any = None):
+                 actor_id: Optional[bytes] = None, actor_handle: Any = None, strategy: Any = None):
         self.task_id = task_id
         self.name = name
         self.resources = resources
@@ -38,6 +39,8 @@ class TaskContext:
         self.gpu_ids = gpu_ids or []
         self.actor_id = actor_id
         self.actor_handle = actor_handle
+        # ("PG", group id, bundle index, capture child tasks) when it runs in a placement group
+        self.group = strategy if strategy and strategy[0] == "PG" else None
 
 
 def current() -> Optional[TaskContext]:

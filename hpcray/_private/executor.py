@@ -137,6 +137,12 @@ class Executor:
         elif kind == P.FREE:
             if self.plane is not None:
                 self.plane.on_free(msg[1])
+        elif kind == P.BUNDLE_RESERVE:
+            for task_id in self.ledger.reserve(msg[1], msg[2], msg[3]):
+                self.launch(task_id)
+        elif kind == P.BUNDLE_RELEASE:
+            for task_id in self.ledger.release(msg[1]):
+                self.launch(task_id)
 
     def on_execute(self, spec: TaskSpec, blob: Optional[bytes], values: List[SerializedValue]) -> None:
         if blob is not None:
@@ -290,7 +296,7 @@ class Executor:
             env = dict(env or {}, CUDA_VISIBLE_DEVICES=",".join(gpus))
         actor = self.host.creations.get(spec.task_id) if spec.kind == P.ACTOR_CREATE else None
         ctx = context.TaskContext(spec.task_id, spec.name, dict(spec.demand), env, self.rank, gpus,
-                                  spec.actor_id, actor.handle if actor is not None else None)
+                                  spec.actor_id, actor.handle if actor is not None else None, spec.strategy)
         if actor is not None:
             ctx.resources = dict(actor.resources)
         context.set_current(ctx)

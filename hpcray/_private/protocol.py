@@ -55,6 +55,9 @@ GET_ACTOR = 15
 PIN = 16
 CANCEL = 17
 HANDLED = 18
+PG_CREATE = 19  # (group id, bundles, strategy, name): reserve a placement group
+PG_READY = 20  # (group id, object id): give the object a value once the group is placed
+PG_REMOVE = 21  # (group id,)
 # downstream
 EXECUTE = 101
 OBJECT = 102
@@ -67,6 +70,8 @@ ACTOR_KILL = 108
 ACTOR_TERMINATE = 109
 FREE = 110
 CANCEL_TASK = 111
+BUNDLE_RESERVE = 112  # ((group id, index), bundle, added resources): a rank reserves a bundle
+BUNDLE_RELEASE = 113  # ((group id, index),): and gives it back
 # peer to peer (any rank to any rank, object_plane.py)
 FETCH = 301
 OBJECT_DATA = 302

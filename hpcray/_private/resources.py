@@ -26,7 +26,7 @@ def fits(available: Dict[str, float], demand: Dict[str, float]) -> bool:
 class RankLedger:
     """Resources of one rank: running tasks hold their demand; the rest wait in FIFO order."""
 
-    __slots__ = ("total", "available", "running", "blocked", "queued")
+    __slots__ = ("total", "available", "running", "blocked", "queued", "reserved")
 
     def __init__(self, total: Dict[str, float]):
         self.total = dict(total)
@@ -34,8 +34,41 @@ class RankLedger:
         self.running: Dict[bytes, Dict[str, float]] = {}
         self.blocked: set = set()
         self.queued: Deque[Tuple[bytes, Dict[str, float]]] = deque()
+        self.reserved: Dict[tuple, Tuple[Dict[str, float], Dict[str, float]]] = {}
+
+    def reserve(self, key: tuple, bundle: Dict[str, float], added: Dict[str, float]) -> List[bytes]:
+        """A placement-group bundle takes ``bundle`` from the free resources and offers ``added``
+        (its renamed resources) instead; see placement_groups.py."""
+        self.reserved[key] = (bundle, added)
+        for name, amount in bundle.items():
+            self.available[name] = self.available.get(name, 0.0) - amount
+        for name, amount in added.items():
+            self.available[name] = self.available.get(name, 0.0) + amount
+        return self._start_queued()
+
+    def release(self, key: tuple) -> List[bytes]:
+        """The bundle is given back (tasks still running in it keep what they hold)."""
+        entry = self.reserved.pop(key, None)
+        if entry is None:
+            return []
+        bundle, added = entry
+        for name, amount in added.items():
+            left = self.available.get(name, 0.0) - amount
+            if abs(left) < EPS:
+                self.available.pop(name, None)
+            else:
+                self.available[name] = left
+        for name, amount in bundle.items():
+            self.available[name] = self.available.get(name, 0.0) + amount
+        return self._start_queued()
+
+    def offered(self, name: str) -> float:
+        """The amount of ``name`` this rank has, bundles included (for feasibility)."""
+        return self.total.get(name, 0.0) + sum(added.get(name, 0.0) for _, added in self.reserved.values())
 
     def can_ever_fit(self, demand: Dict[str, float]) -> bool:
+        if self.reserved:
+            return all(self.offered(name) + EPS >= amount for name, amount in demand.items())
         return fits(self.total, demand)
 
     def fits_now(self, demand: Dict[str, float]) -> bool:

@@ -23,6 +23,7 @@ from typing import Callable, Deque, Dict, List, Optional
 from .. import exceptions
 from . import protocol as P
 from .actor_directory import ActorDirectory
+from .placement_groups import PlacementGroups
 from .protocol import RankInfo, TaskSpec
 from .resources import RankLedger
 from .config import ignore_unhandled_errors
@@ -70,7 +71,7 @@ class RankState:
         self.node_id = node_id_of(info.host)
 
 
-class Scheduler(ActorDirectory):
+class Scheduler(ActorDirectory, PlacementGroups):
     """Places tasks on ranks and keeps the object table. Every method runs on the comm thread."""
 
     def __init__(self, send: Callable[[int, tuple], None], workers: List[RankInfo], prefetch: int):
@@ -89,6 +90,7 @@ class Scheduler(ActorDirectory):
         self._next = 0
         self._warned_infeasible: set = set()
         self._init_actors()
+        self._init_groups()
         self.children: Dict[bytes, set] = {}  # task -> tasks it submitted that are not done
         self.report_unhandled = not ignore_unhandled_errors()
         self._handlers = {
@@ -96,6 +98,7 @@ class Scheduler(ActorDirectory):
             P.UNBLOCKED: self.on_unblocked, P.GET_REQ: self.on_get_request, P.PUT: self.on_put,
             P.HOLD: self.on_hold, P.QUERY: self.on_query, P.STOLEN: self.on_stolen,
             P.PIN: self.on_pin, P.HANDLED: self.on_handled, P.CANCEL: self.on_cancel, P.KILL: self.on_kill, P.ACTOR_EXITED: self.on_actor_exited, P.GET_ACTOR: self.on_get_actor,
+            P.PG_CREATE: self.on_group_create, P.PG_READY: self.on_group_ready, P.PG_REMOVE: self.on_group_remove,
         }
 
     # ---- messages -------------------------------------------------------------------------
@@ -129,6 +132,10 @@ class Scheduler(ActorDirectory):
         if lost is not None:
             self._finish(record, self._error_value(exceptions.ObjectLostError(
                 lost.hex(), message=f"Task {spec.name}: its argument {lost.hex()} was freed or lost")))
+            return
+        group_id = spec.strategy[1] if spec.strategy and spec.strategy[0] == "PG" else None
+        if group_id is not None and (group_id not in self.groups or self.groups[group_id].state == "REMOVED"):
+            self._finish(record, self._group_gone(group_id))
             return
         if spec.strategy and spec.strategy[0] == "NODE" and not spec.strategy[2] \
                 and spec.strategy[1] not in self.by_node:
@@ -242,6 +249,10 @@ class Scheduler(ActorDirectory):
                     entry.subscribers = set()
                 entry.subscribers.add(src)
 
+    @staticmethod
+    def new_entry(refs: int) -> ObjectEntry:
+        return ObjectEntry(refs=refs)
+
     def on_put(self, src: int, object_id: bytes, value: SerializedValue) -> None:
         self.objects[object_id] = ObjectEntry(refs=1)  # the putter's hold
         self._set_value(object_id, value)
@@ -268,7 +279,10 @@ class Scheduler(ActorDirectory):
 
     def on_query(self, src: int, name: str, reply_id: bytes) -> None:
         views = {"resources": self.resources_view, "nodes": self.nodes_view, "stats": self.stats,
-                 "named_actors": self.named_actors_view}
+                 "named_actors": self.named_actors_view, "placement_groups": self.groups_view}
+        if isinstance(name, tuple):  # ("placement_group_named", name)
+            self.send(src, (P.OBJECT, reply_id, serialize(self.group_named(name[1]))))
+            return
         self.send(src, (P.OBJECT, reply_id, serialize(views[name]())))
 
     # ---- placement ------------------------------------------------------------------------
@@ -291,10 +305,16 @@ class Scheduler(ActorDirectory):
         self.dirty = True
 
     def _feasible(self, spec: TaskSpec) -> bool:
+        group = self.group_of(spec)
+        if group is not None:  # waits for its group; removal fails it
+            return group.state != "CREATED" or any(
+                s.ledger.can_ever_fit(spec.demand) for s in self.group_candidates(spec))
         return any(s.ledger.can_ever_fit(spec.demand) for s in self._candidates(spec, soft_ok=True))
 
     def _candidates(self, spec: TaskSpec, soft_ok: bool) -> List[RankState]:
         strategy = spec.strategy
+        if strategy and strategy[0] == "PG":
+            return self.group_candidates(spec)
         if strategy and strategy[0] == "NODE":
             ranks = self.by_node.get(strategy[1], [])
             if strategy[2] and soft_ok and not any(s.ledger.can_ever_fit(spec.demand) for s in ranks):
@@ -305,6 +325,8 @@ class Scheduler(ActorDirectory):
     def dispatch(self) -> None:
         """Start every ready task that some rank can take now (or queue a few, to hide latency)."""
         self.dirty = False
+        if self.pending_groups:
+            self.place_pending_groups()
         for shape in list(self.ready):
             queue = self.ready[shape]
             while queue:

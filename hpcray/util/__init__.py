@@ -5,6 +5,8 @@ from typing import Dict, List, Union
 from ..runtime_context import get_runtime_context  # noqa: F401
 from . import scheduling_strategies  # noqa: F401
 from .actor_pool import ActorPool
+from .placement_group import (PlacementGroup, get_current_placement_group, get_placement_group,  # noqa: F401
+                              placement_group, placement_group_table, remove_placement_group)
 
 
 def get_node_ip_address() -> str:
@@ -25,4 +27,5 @@ def list_named_actors(all_namespaces: bool = False) -> List[Union[str, Dict[str,
 
 
 __all__ = ["ActorPool", "get_node_ip_address", "list_named_actors", "scheduling_strategies",
-           "get_runtime_context"]
+           "get_runtime_context", "PlacementGroup", "placement_group", "remove_placement_group",
+           "get_placement_group", "placement_group_table", "get_current_placement_group"]

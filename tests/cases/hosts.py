@@ -91,3 +91,18 @@ def case_freed_object_on_other_host_is_lost_not_garbage():
     ray.get([forget_everything.remote() for _ in range(8)])
     for ref in refs:
         raises(exceptions.ObjectLostError, ray.get, ref, timeout=20)
+
+
+def case_placement_group_strategies_follow_hosts():
+    from hpcray.util import placement_group, placement_group_table, remove_placement_group
+    hosts = {n["NodeID"] for n in ray.nodes() if any(r != 0 for r in n.get("Ranks", []))}
+    spread = placement_group([{"CPU": 0.5}, {"CPU": 0.5}], strategy="STRICT_SPREAD")
+    packed = placement_group([{"CPU": 0.5}, {"CPU": 0.5}], strategy="STRICT_PACK")
+    if len(hosts) >= 2:
+        assert spread.wait(20) and packed.wait(20)
+        assert len(set(placement_group_table(spread)["bundles_to_node_id"].values())) == 2
+        assert len(set(placement_group_table(packed)["bundles_to_node_id"].values())) == 1
+    else:  # one host: two bundles cannot go to two hosts
+        assert packed.wait(20) and not spread.wait(0.5)
+    remove_placement_group(spread)
+    remove_placement_group(packed)

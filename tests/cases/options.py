@@ -65,12 +65,12 @@ def case_runtime_env_unsupported_fields():
     raises(ValueError, lambda: ray.remote(runtime_env={"env_vars": {"A": 1}})(f), match="env_vars")
 
 
-def case_placement_group_strategy_not_silently_ignored():
+def case_placement_group_option_must_be_a_placement_group():
     remote_f = ray.remote(f)
     strategy = PlacementGroupSchedulingStrategy(object())
-    raises(NotImplementedError, lambda: remote_f.options(scheduling_strategy=strategy).remote(),
-           match="placement group")
-    raises(NotImplementedError, lambda: remote_f.options(placement_group=object()).remote())
+    raises(TypeError, lambda: remote_f.options(scheduling_strategy=strategy).remote(),
+           match="placement_group")
+    raises(TypeError, lambda: remote_f.options(placement_group=object()).remote(), match="placement_group")
 
 
 def case_generators_not_silently_wrong():

@@ -1,0 +1,231 @@
+"""Placement groups: bundles of resources reserved on ranks, as Ray's bundles are on nodes.
+
+    PG_CREATE(id, bundles, strategy) ─► pending ─(every dispatch: a plan fits the free resources)─►
+        for each bundle i on rank r: RankLedger.reserve on the scheduler's picture of r and
+        BUNDLE_RESERVE to r (its own ledger does the same) ─► CREATED ─► ready refs get a value
+    a task or actor in the group: its demand was renamed at submission (bundle_demand) to the
+        bundle resources ``CPU_group_<i>_<id>`` / ``CPU_group_<id>`` and ``bundle_group_*``
+        that only the reserving ranks have, so the ordinary placement rule puts it in a bundle
+    PG_REMOVE ─► actors in the group are killed, waiting tasks fail, bundles are released
+        (BUNDLE_RELEASE); tasks still running in it finish
+
+Strategies over *hosts* (Ray's nodes) and the ranks on them: PACK fills one host if it can, else
+as few as it can; STRICT_PACK needs one host; SPREAD puts bundles on different ranks (hosts first)
+where it can; STRICT_SPREAD needs a different host per bundle. Mixin of Scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional, Tuple
+
+from .. import exceptions
+from . import protocol as P
+from .resources import fits
+from .serialization import serialize
+
+logger = logging.getLogger("hpcray")
+
+PENDING, CREATED, REMOVED = "PENDING", "CREATED", "REMOVED"
+STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+WILDCARD_AMOUNT = 1000.0  # of bundle_group_*: every task in a bundle takes 0.001 of it
+TASK_SHARE = 0.001
+
+
+def bundle_resources(bundle: Dict[str, float], group_hex: str, index: int) -> Dict[str, float]:
+    """What reserving bundle ``index`` adds to its rank (Ray's names)."""
+    added: Dict[str, float] = {}
+    for key, amount in bundle.items():
+        if amount > 0:
+            added[f"{key}_group_{index}_{group_hex}"] = amount
+            added[f"{key}_group_{group_hex}"] = amount
+    added[f"bundle_group_{index}_{group_hex}"] = WILDCARD_AMOUNT
+    added[f"bundle_group_{group_hex}"] = WILDCARD_AMOUNT
+    return added
+
+
+def bundle_demand(demand: Dict[str, float], group_hex: str, index: int, wildcard: bool = True) -> Dict[str, float]:
+    """A demand renamed so that only bundle ``index`` (-1: any bundle) of the group can meet it."""
+    suffix = f"{index}_{group_hex}" if index >= 0 else group_hex
+    renamed = {f"{key}_group_{suffix}": amount for key, amount in demand.items() if amount > 0}
+    if wildcard:
+        renamed[f"bundle_group_{suffix}"] = TASK_SHARE
+    return renamed
+
+
+class GroupRecord:
+    __slots__ = ("group_id", "name", "bundles", "strategy", "state", "ranks", "ready_ids", "warned")
+
+    def __init__(self, group_id: bytes, bundles: List[Dict[str, float]], strategy: str, name: str):
+        self.group_id = group_id
+        self.name = name
+        self.bundles = bundles
+        self.strategy = strategy
+        self.state = PENDING
+        self.ranks: List[int] = []
+        self.ready_ids: List[bytes] = []
+        self.warned = False
+
+
+class PlacementGroups:
+    """Mixin for Scheduler: needs self.send, self.order, self.ranks, self.objects, self.tasks,
+    self.ready, self.actors, self._set_value, self._finish, self._error_value, self.on_kill."""
+
+    def _init_groups(self) -> None:
+        self.groups: Dict[bytes, GroupRecord] = {}
+        self.group_names: Dict[str, bytes] = {}
+        self.pending_groups: List[GroupRecord] = []
+
+    # ---- messages ---------------------------------------------------------------------------
+    def on_group_create(self, src: int, group_id: bytes, bundles: List[Dict[str, float]], strategy: str,
+                        name: str) -> None:
+        group = GroupRecord(group_id, bundles, strategy, name)
+        self.groups[group_id] = group
+        if name:
+            self.group_names[name] = group_id
+        self.pending_groups.append(group)
+        self.dirty = True
+
+    def on_group_ready(self, src: int, group_id: bytes, object_id: bytes) -> None:
+        """A ``ready()`` ref: it gets a value once the group is placed."""
+        self.objects[object_id] = self.new_entry(refs=1)  # the caller's hold, as for a task return
+        group = self.groups.get(group_id)
+        if group is None or group.state == REMOVED:
+            self._set_value(object_id, self._group_gone(group_id))
+        elif group.state == CREATED:
+            self._set_value(object_id, serialize(True))
+        else:
+            group.ready_ids.append(object_id)
+
+    def on_group_remove(self, src: int, group_id: bytes) -> None:
+        group = self.groups.get(group_id)
+        if group is None or group.state == REMOVED:
+            return
+        was_created = group.state == CREATED
+        group.state = REMOVED
+        if group in self.pending_groups:
+            self.pending_groups.remove(group)
+        if group.name and self.group_names.get(group.name) == group_id:
+            del self.group_names[group.name]
+        for actor in list(self.actors.values()):
+            if actor.group == group_id:
+                self.on_kill(src, actor.actor_id, True)
+        gone = self._group_gone(group_id)
+        for queue in self.ready.values():
+            for record in list(queue):
+                strategy = record.spec.strategy
+                if strategy and strategy[0] == "PG" and strategy[1] == group_id and not record.finished:
+                    self._finish(record, gone)
+        for object_id in group.ready_ids:
+            self._set_value(object_id, gone)
+        group.ready_ids = []
+        if was_created:
+            for index, rank in enumerate(group.ranks):
+                state = self.ranks[rank]
+                state.ledger.release((group_id, index))
+                self.send(rank, (P.BUNDLE_RELEASE, (group_id, index)))
+        self.dirty = True
+
+    # ---- placement --------------------------------------------------------------------------
+    def place_pending_groups(self) -> None:
+        """Reserve every pending group that fits now, oldest first."""
+        for group in list(self.pending_groups):
+            plan = self._plan(group, lambda state: dict(state.ledger.available))
+            if plan is None:
+                if not group.warned and self._plan(group, lambda state: dict(state.ledger.total)) is None:
+                    group.warned = True
+                    logger.warning("hpcray: placement group %s (%s, bundles %s) cannot be placed on the "
+                                   "ranks of this job (resources per rank: %s); it stays pending",
+                                   group.group_id.hex(), group.strategy, group.bundles,
+                                   sorted({str(s.ledger.total) for s in self.order}))
+                continue
+            self.pending_groups.remove(group)
+            group.ranks = [state.info.rank for state in plan]
+            group.state = CREATED
+            group_hex = group.group_id.hex()
+            for index, (state, bundle) in enumerate(zip(plan, group.bundles)):
+                added = bundle_resources(bundle, group_hex, index)
+                state.ledger.reserve((group.group_id, index), bundle, added)
+                self.send(state.info.rank, (P.BUNDLE_RESERVE, (group.group_id, index), bundle, added))
+            for object_id in group.ready_ids:
+                self._set_value(object_id, serialize(True))
+            group.ready_ids = []
+
+    def _plan(self, group: GroupRecord, room_of) -> Optional[List]:
+        """A rank for each bundle under the group's strategy, or None."""
+        hosts: Dict[str, List] = {}
+        for state in self.order:
+            hosts.setdefault(state.node_id, []).append(state)
+        strategy = group.strategy
+        if strategy in ("PACK", "STRICT_PACK"):
+            for members in sorted(hosts.values(), key=len, reverse=True):
+                plan = _fill(group.bundles, members, room_of, spread=False, distinct_hosts=False)
+                if plan is not None:
+                    return plan
+            if strategy == "STRICT_PACK":
+                return None
+            return _fill(group.bundles, self.order, room_of, spread=False, distinct_hosts=False)
+        if strategy == "STRICT_SPREAD":
+            return _fill(group.bundles, self.order, room_of, spread=True, distinct_hosts=True)
+        return _fill(group.bundles, self.order, room_of, spread=True, distinct_hosts=False)
+
+    def group_of(self, spec: P.TaskSpec) -> Optional[GroupRecord]:
+        strategy = spec.strategy
+        if strategy and strategy[0] == "PG":
+            return self.groups.get(strategy[1])
+        return None
+
+    def group_candidates(self, spec: P.TaskSpec) -> List:
+        group = self.group_of(spec)
+        if group is None or group.state != CREATED:
+            return []
+        index = spec.strategy[2]
+        ranks = group.ranks if index < 0 else [group.ranks[index]]
+        return [self.ranks[r] for r in dict.fromkeys(ranks)]
+
+    def _group_gone(self, group_id: bytes):
+        return self._error_value(exceptions.RaySystemError(
+            f"The placement group {group_id.hex()} was removed (or never existed in this session)"))
+
+    # ---- views -----------------------------------------------------------------------------
+    def groups_view(self) -> Dict[str, dict]:
+        table = {}
+        for group in self.groups.values():
+            table[group.group_id.hex()] = {
+                "placement_group_id": group.group_id.hex(), "name": group.name,
+                "bundles": {i: dict(b) for i, b in enumerate(group.bundles)},
+                "bundles_to_node_id": {i: self.ranks[r].node_id for i, r in enumerate(group.ranks)},
+                "bundles_to_rank": dict(enumerate(group.ranks)),
+                "strategy": group.strategy, "state": group.state,
+            }
+        return table
+
+    def group_named(self, name: str) -> Optional[Tuple[bytes, List[Dict[str, float]], str]]:
+        group_id = self.group_names.get(name)
+        if group_id is None:
+            return None
+        group = self.groups[group_id]
+        return group_id, group.bundles, group.strategy
+
+
+def _fill(bundles: List[Dict[str, float]], states: List, room_of, spread: bool, distinct_hosts: bool) -> Optional[List]:
+    """Greedy: each bundle to a rank with room left after the bundles placed before it.
+    ``spread`` prefers the rank (and host) with the fewest bundles of this group so far."""
+    room = {id(s): room_of(s) for s in states}
+    count: Dict[int, int] = {}
+    used_hosts: Dict[str, int] = {}
+    plan = []
+    for bundle in bundles:
+        choices = [s for s in states if fits(room[id(s)], bundle)
+                   and not (distinct_hosts and s.node_id in used_hosts)]
+        if not choices:
+            return None
+        if spread:
+            choices.sort(key=lambda s: (used_hosts.get(s.node_id, 0), count.get(id(s), 0)))
+        state = choices[0]
+        for key, amount in bundle.items():
+            room[id(state)][key] = room[id(state)].get(key, 0.0) - amount
+        count[id(state)] = count.get(id(state), 0) + 1
+        used_hosts[state.node_id] = used_hosts.get(state.node_id, 0) + 1
+        plan.append(state)
+    return plan
