@@ -22,7 +22,6 @@ from typing import Dict, List, Optional, Tuple
 from .. import exceptions
 from . import protocol as P
 from .resources import fits
-from .serialization import serialize
 
 logger = logging.getLogger("hpcray")
 
@@ -63,7 +62,7 @@ class GroupRecord:
         self.strategy = strategy
         self.state = PENDING
         self.ranks: List[int] = []
-        self.ready_ids: List[bytes] = []
+        self.ready_ids: List[tuple] = []  # (object id, value) of ready() refs waiting
         self.warned = False
 
 
@@ -86,16 +85,16 @@ class PlacementGroups:
         self.pending_groups.append(group)
         self.dirty = True
 
-    def on_group_ready(self, src: int, group_id: bytes, object_id: bytes) -> None:
-        """A ``ready()`` ref: it gets a value once the group is placed."""
+    def on_group_ready(self, src: int, group_id: bytes, object_id: bytes, value) -> None:
+        """A ``ready()`` ref: it gets ``value`` (the group's handle) once the group is placed."""
         self.objects[object_id] = self.new_entry(refs=1)  # the caller's hold, as for a task return
         group = self.groups.get(group_id)
         if group is None or group.state == REMOVED:
             self._set_value(object_id, self._group_gone(group_id))
         elif group.state == CREATED:
-            self._set_value(object_id, serialize(True))
+            self._set_value(object_id, value)
         else:
-            group.ready_ids.append(object_id)
+            group.ready_ids.append((object_id, value))
 
     def on_group_remove(self, src: int, group_id: bytes) -> None:
         group = self.groups.get(group_id)
@@ -116,7 +115,7 @@ class PlacementGroups:
                 strategy = record.spec.strategy
                 if strategy and strategy[0] == "PG" and strategy[1] == group_id and not record.finished:
                     self._finish(record, gone)
-        for object_id in group.ready_ids:
+        for object_id, _ in group.ready_ids:
             self._set_value(object_id, gone)
         group.ready_ids = []
         if was_created:
@@ -147,8 +146,8 @@ class PlacementGroups:
                 added = bundle_resources(bundle, group_hex, index)
                 state.ledger.reserve((group.group_id, index), bundle, added)
                 self.send(state.info.rank, (P.BUNDLE_RESERVE, (group.group_id, index), bundle, added))
-            for object_id in group.ready_ids:
-                self._set_value(object_id, serialize(True))
+            for object_id, value in group.ready_ids:
+                self._set_value(object_id, value)
             group.ready_ids = []
 
     def _plan(self, group: GroupRecord, room_of) -> Optional[List]:

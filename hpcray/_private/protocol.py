@@ -24,6 +24,7 @@ MPI message per destination per loop turn.
     CANCEL(task_id, force, recursive)          CANCEL_TASK(task_id, force): drop it if queued,
                                                interrupt it if running (answered by TASK_DONE)
                                                FREE(object_id): drop a value kept for others
+    PG_CREATE / PG_READY / PG_REMOVE           BUNDLE_RESERVE / BUNDLE_RELEASE (placement_groups.py)
     peer to peer: FETCH(object_id) ─► OBJECT_DATA(object_id, value), or OBJECT_DATA_RAW(object_id,
     pickle, contained, layout) followed by its big buffers as raw messages (object_plane.py)
 
@@ -56,7 +57,7 @@ PIN = 16
 CANCEL = 17
 HANDLED = 18
 PG_CREATE = 19  # (group id, bundles, strategy, name): reserve a placement group
-PG_READY = 20  # (group id, object id): give the object a value once the group is placed
+PG_READY = 20  # (group id, object id, value): give the object the value once the group is placed
 PG_REMOVE = 21  # (group id,)
 # downstream
 EXECUTE = 101

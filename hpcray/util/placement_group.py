@@ -57,13 +57,15 @@ class PlacementGroup:
         return len(self.bundle_specs)
 
     def ready(self):
-        """An ObjectRef that gets a value once every bundle is reserved (``get`` it or ``wait``)."""
+        """An ObjectRef whose value (this group) is there once every bundle is reserved."""
         from .._private import api
         from .._private import protocol as P
         from .._private.object_ref import ObjectRef, object_id_of
+        from .._private.serialization import serialize
         session = api.ensure_session()
         object_id = object_id_of(session.client.new_task_id(), 0)
-        session.client.post((P.PG_READY, self.id.binary(), object_id))  # before the ref, like a submit
+        # posted before the ref exists, like a submit; the value is this handle, as in Ray
+        session.client.post((P.PG_READY, self.id.binary(), object_id, serialize(self)))
         return ObjectRef(object_id)
 
     def wait(self, timeout_seconds: float = 30) -> bool:

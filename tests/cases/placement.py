@@ -36,7 +36,7 @@ def in_group(group, index=-1, capture=None):
 def case_create_ready_remove_gives_resources_back():
     wait_for_condition(all_cpus_free)
     group = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="PACK")
-    assert ray.get(group.ready(), timeout=20) is True
+    assert ray.get(group.ready(), timeout=20) == group  # the value is the group, as in Ray
     assert group.wait(5) and group.bundle_count == 2 and group.bundle_specs == [{"CPU": 1.0}, {"CPU": 1.0}]
     assert abs(cpus_free() - (cpus_total() - 2)) < 1e-6
     table = placement_group_table(group)
