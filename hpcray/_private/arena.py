@@ -59,6 +59,7 @@ class SegmentAllocator:
         self.blocks: Dict[int, int] = {}
         self.released: deque = deque()
         self.lock = threading.Lock()
+        self.closed = False  # the segment's memory is going away (end of the job): touch nothing
 
     def allocate(self, nbytes: int) -> Optional[int]:
         need = max(ALIGN, -(-nbytes // ALIGN) * ALIGN)
@@ -110,8 +111,9 @@ class Lease:
         self.tag_word = tag_word
 
     def __del__(self):
-        self.tag_word[0] = 0
-        self.allocator.release(self.offset)
+        if not self.allocator.closed:
+            self.tag_word[0] = 0
+            self.allocator.release(self.offset)
 
 
 class _PinnedBytes(np.ndarray):
@@ -213,13 +215,29 @@ class SharedArena:
             self.locked = False
             self.world_window.Unlock_all()
 
-    def close(self) -> None:
-        """At the end of the job, on every rank (collective): free the world window (UCX warns at
-        exit about one left registered; arrays still viewing it must not be read after this).
-        The Allocate_shared window is left to MPI_Finalize."""
+    def close(self, comm: Any, busy: bool, timeout_s: float = 2.0) -> None:
+        """At the end of the job, on every rank (collective): free the world window, which owns
+        the arena's memory, so UCX does not warn at exit about memory left registered.
+
+        Task threads still running on some rank (the driver left while they ran) may be reading
+        or writing that memory; then nobody frees it and MPI_Finalize is left to it. The ranks
+        agree by a polled Iallreduce of ``busy``; without an answer in ``timeout_s``, no Free.
+        """
+        self.allocator.closed = True  # leases dropped from now on (interpreter exit) write nothing
         world_window = self.world_window
-        if world_window is not None:
-            self.end_reads()
+        if world_window is None:
+            return
+        from mpi4py import MPI
+        self.end_reads()
+        mine = np.array([1 if busy else 0], dtype=np.int32)
+        anyone = np.zeros(1, dtype=np.int32)
+        request = comm.Iallreduce(mine, anyone, op=MPI.MAX)
+        deadline = time.monotonic() + timeout_s
+        while not request.Test():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(1e-3)
+        if anyone[0] == 0:
             self.world_window = None
             world_window.Free()
 

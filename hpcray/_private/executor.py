@@ -254,6 +254,11 @@ class Executor:
             self._threads.append(thread)
             thread.start()
 
+    def busy(self) -> bool:
+        """Whether a pool thread is still running a task or call (the job is ending under it)."""
+        with self._lock:
+            return self._idle < len(self._threads)
+
     def _take_gpus(self, task_id: bytes, amount: float) -> List[str]:
         """Pick GPUs for a task. Fractional shares pack onto the fullest GPU that still has room
         (two 0.5-GPU tasks share one GPU); whole GPUs go to idle ones."""

@@ -399,7 +399,7 @@ def _at_exit() -> None:
         # MPI_Finalize waits for every rank's (MPICH); after it the ranks only have to exit
         from mpi4py import MPI
         if world.arena is not None:
-            world.arena.close()
+            world.arena.close(world.comm, busy=False)
         if not MPI.Is_finalized():
             MPI.Finalize()
         _wait_until_gone(world.workers, time.monotonic() + world.config.exit_timeout_s)

@@ -110,10 +110,15 @@ def serve_worker(comm: Any, config: Config) -> None:
             os._exit(code)
     if loop.error is not None:
         code = 1
-    _leave_process(code, arena)
+    busy = agent.executor is not None and agent.executor.busy()
+    settle = time.monotonic() + 0.5  # a task about to end may end: then the arena can be freed
+    while busy and time.monotonic() < settle:
+        time.sleep(0.01)
+        busy = agent.executor.busy()
+    _leave_process(code, comm, arena, busy)
 
 
-def _leave_process(code: int, arena: Any = None) -> None:
+def _leave_process(code: int, comm: Any = None, arena: Any = None, busy: bool = False) -> None:
     """Finalize MPI and end this worker process without returning into the user's program.
 
     ``os._exit`` right after ``MPI_Finalize`` races with MPICH's process manager (measured: 2 in
@@ -123,7 +128,7 @@ def _leave_process(code: int, arena: Any = None) -> None:
     try:
         from mpi4py import MPI
         if arena is not None:
-            arena.close()
+            arena.close(comm, busy)
         if not MPI.Is_finalized():
             MPI.Finalize()
         import ctypes

@@ -9,6 +9,8 @@ import signal
 import sys
 import time
 
+import numpy as np
+
 import hpcray as ray
 
 ray.init()
@@ -25,9 +27,18 @@ def pid():
     return os.getpid()
 
 
+@ray.remote
+def make_large():
+    return np.ones(1_000_000)
+
+
 mode = sys.argv[1]
 pids = sorted(set(ray.get([pid.remote() for _ in range(12)])))
 print("WORKER_PIDS", " ".join(map(str, pids)), flush=True)
+# large objects in the arena, still referenced and viewed when the driver ends (this once crashed
+# the driver at exit: a block's lease was released into memory MPI had already unmapped)
+KEEP = [ray.put(np.ones(1_000_000)), ray.get(ray.put(np.ones(500_000))), ray.get(make_large.remote()),
+        make_large.remote()]
 if mode == "normal":
     assert ray.get(sleeper.remote(0)) == 0
 elif mode == "raise":
