@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .. import exceptions
 from . import protocol as P
+from .actor_directory import death_value
 from .resources import fits
 
 logger = logging.getLogger("hpcray")
@@ -68,7 +69,8 @@ class GroupRecord:
 
 class PlacementGroups:
     """Mixin for Scheduler: needs self.send, self.order, self.ranks, self.objects, self.tasks,
-    self.ready, self.actors, self._set_value, self._finish, self._error_value, self.on_kill."""
+    self.ready, self.actors, self._set_value, self._finish, self._error_value, self.on_kill,
+    self._actor_died."""
 
     def _init_groups(self) -> None:
         self.groups: Dict[bytes, GroupRecord] = {}
@@ -173,6 +175,21 @@ class PlacementGroups:
         if strategy and strategy[0] == "PG":
             return self.groups.get(strategy[1])
         return None
+
+    def group_removed(self, spec: P.TaskSpec) -> bool:
+        group = self.groups.get(spec.strategy[1])
+        return group is None or group.state == REMOVED
+
+    def fail_outside_group(self, record) -> None:
+        """A task or actor whose group is gone: it fails (an actor dies) instead of waiting."""
+        gone = self._group_gone(record.spec.strategy[1])
+        if record.spec.kind == P.ACTOR_CREATE:
+            actor = self.actors.get(record.spec.actor_id)
+            if actor is not None and actor.state != "DEAD":
+                gone = death_value(actor, f"The actor {actor.class_name} was created in placement group "
+                                          f"{record.spec.strategy[1].hex()}, which was removed")
+                self._actor_died(actor, gone)
+        self._finish(record, gone)
 
     def group_candidates(self, spec: P.TaskSpec) -> List:
         group = self.group_of(spec)

@@ -133,9 +133,8 @@ class Scheduler(ActorDirectory, PlacementGroups):
             self._finish(record, self._error_value(exceptions.ObjectLostError(
                 lost.hex(), message=f"Task {spec.name}: its argument {lost.hex()} was freed or lost")))
             return
-        group_id = spec.strategy[1] if spec.strategy and spec.strategy[0] == "PG" else None
-        if group_id is not None and (group_id not in self.groups or self.groups[group_id].state == "REMOVED"):
-            self._finish(record, self._group_gone(group_id))
+        if spec.strategy and spec.strategy[0] == "PG" and self.group_removed(spec):
+            self.fail_outside_group(record)
             return
         if spec.strategy and spec.strategy[0] == "NODE" and not spec.strategy[2] \
                 and spec.strategy[1] not in self.by_node:
@@ -288,6 +287,9 @@ class Scheduler(ActorDirectory, PlacementGroups):
     # ---- placement ------------------------------------------------------------------------
     def _make_ready(self, record: TaskRecord, front: bool = False) -> None:
         spec = record.spec
+        if spec.strategy and spec.strategy[0] == "PG" and self.group_removed(spec):
+            self.fail_outside_group(record)  # e.g. a retry, or deps ready, after the removal
+            return
         shape = (tuple(sorted(spec.demand.items())), spec.strategy)
         queue = self.ready.get(shape)
         if queue is None:

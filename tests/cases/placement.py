@@ -154,3 +154,32 @@ def case_bad_input_is_an_error_at_the_call():
     raises(TypeError, lambda: where.options(placement_group="mine").remote(), match="placement_group")
     raises(TypeError, remove_placement_group, "mine")
     remove_placement_group(group)
+
+
+def case_work_for_a_removed_group_fails_instead_of_waiting():
+    @ray.remote
+    class Member:
+        def ping(self):
+            return 1
+
+    @ray.remote(num_cpus=0)
+    def slow(seconds):
+        import time
+        time.sleep(seconds)
+        return seconds
+
+    @ray.remote(num_cpus=1)
+    def after(value):
+        return value
+
+    group = placement_group([{"CPU": 1}])
+    ray.get(group.ready(), timeout=20)
+    remove_placement_group(group)
+    wait_for_condition(lambda: placement_group_table(group)["state"] == "REMOVED")
+    late = Member.options(scheduling_strategy=in_group(group)).remote()
+    raises(exceptions.ActorDiedError, lambda: ray.get(late.ping.remote(), timeout=20))
+    other = placement_group([{"CPU": 1}])
+    ray.get(other.ready(), timeout=20)
+    waiting = after.options(scheduling_strategy=in_group(other)).remote(slow.remote(0.5))
+    remove_placement_group(other)  # before its argument is ready
+    raises(exceptions.RaySystemError, ray.get, waiting, timeout=20)
