@@ -132,3 +132,36 @@ def case_returned_value_is_a_snapshot():
     assert float(ray.get(first).max()) == 0.0  # the object kept the value as it was returned
     assert float(ray.get(holder.get.remote())[0]) == 1.0
     ray.kill(holder)
+
+
+def case_object_held_by_an_actor_lives_until_the_actor_lets_go():
+    from hpcray._private.api import query
+
+    @ray.remote
+    class Keeper:
+        def keep(self, box):
+            self.box = box  # a list: the ref inside stays a ref
+            return True
+
+        def total(self):
+            return float(ray.get(self.box[0]).sum())
+
+        def drop(self):
+            self.box = None
+            gc.collect()
+            return True
+
+    keeper = Keeper.remote()
+    ray.get(keeper.keep.remote([None]))
+    gc.collect()
+    wait_for_condition(lambda: query("stats")["tasks"] == 0)
+    base = query("stats")["objects"]
+    ref = make.remote(4 * MB, 2.0)
+    ray.get(keeper.keep.remote([ref]))
+    del ref
+    gc.collect()
+    wait_for_condition(lambda: query("stats")["objects"] == base + 1)  # only the actor holds it
+    assert ray.get(keeper.total.remote()) == 2.0 * MB // 2
+    ray.get(keeper.drop.remote())
+    wait_for_condition(lambda: query("stats")["objects"] == base)
+    ray.kill(keeper)
