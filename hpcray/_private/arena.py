@@ -146,8 +146,9 @@ class SharedArena:
 
     # ---- producer ----------------------------------------------------------------------
     def store(self, data: bytes, buffers: List[memoryview]) -> Optional[Tuple[List[memoryview], Placement, Lease]]:
-        """Copy a pickle stream and its buffers into one block; None when the segment is full."""
-        if not len(self.segment):
+        """Copy a pickle stream and its buffers into one block; None when the segment is full
+        (or the job is ending: the value then stays in private memory)."""
+        if not len(self.segment) or self.allocator.closed:
             return None
         sizes = [len(data)] + [b.nbytes for b in buffers]
         starts, total = [], TAG_BYTES
