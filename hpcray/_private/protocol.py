@@ -35,6 +35,7 @@ specs of kind ACTOR_METHOD, which the scheduler forwards to the actor's rank in 
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Dict, List, Optional
 
 # upstream
@@ -132,14 +133,17 @@ class TaskSpec:
         self.parent: Optional[bytes] = None  # the task that submitted this one (for cancel)
 
     def __reduce__(self):
-        state = tuple(getattr(self, s) for s in self.__slots__)
-        return (_rebuild_spec, state)
+        return (_rebuild_spec, _spec_state(self))
+
+
+_spec_state = operator.attrgetter(*TaskSpec.__slots__)  # every slot, in order, in one C call
+_spec_setters = [getattr(TaskSpec, name).__set__ for name in TaskSpec.__slots__]
 
 
 def _rebuild_spec(*state):
     spec = TaskSpec.__new__(TaskSpec)
-    for name, value in zip(TaskSpec.__slots__, state):
-        setattr(spec, name, value)
+    for setter, value in zip(_spec_setters, state):
+        setter(spec, value)
     return spec
 
 
