@@ -106,3 +106,42 @@ def case_placement_group_strategies_follow_hosts():
         assert packed.wait(20) and not spread.wait(0.5)
     remove_placement_group(spread)
     remove_placement_group(packed)
+
+
+def case_busy_producer_still_serves_its_objects():
+    """The producer's rank is busy in a long pure-Python call (holding the GIL most of the time)
+    while a consumer on the other host reads its object: Rget needs nothing of the producer, and
+    point-to-point needs only its comm thread."""
+    import os
+    import time
+
+    from hpcray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .helpers import scratch_file
+
+    @ray.remote
+    class Producer:
+        def make(self, nbytes):
+            return np.full(nbytes // 8, 6.0)
+
+        def spin(self, flag, limit_s):
+            started = time.monotonic()
+            while not os.path.exists(flag) and time.monotonic() - started < limit_s:
+                pass  # busy, in Python
+            return time.monotonic() - started
+
+    others = [n for n in ray.nodes() if min(n.get("Ranks", [0])) >= 2]
+    options = {}
+    if others:  # a host without the driver
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(others[0]["NodeID"], soft=False)
+    producer = Producer.options(**options).remote()
+    ref = producer.make.remote(8 * MB)
+    ray.wait([ref], fetch_local=False, timeout=20)
+    flag = scratch_file("busy-producer")
+    busy = producer.spin.remote(flag, 60)
+    time.sleep(0.3)
+    assert float(ray.get(ref, timeout=20).sum()) == 6.0 * MB
+    assert not ray.wait([busy], timeout=0)[0], "the producer stopped being busy before the read"
+    open(flag, "w").close()
+    assert ray.get(busy, timeout=20) < 60
+    ray.kill(producer)
