@@ -179,13 +179,6 @@ class SharedArena:
     def can_map(self, rank: int) -> bool:
         return rank in self.host_ranks
 
-    @property
-    def kind(self) -> str:
-        """How this rank's arena is made, for logs and the benchmark."""
-        if self.world_window is not None:
-            return "world window (Win.Allocate + Shared_query), Rget across hosts"
-        return "host window (Win.Allocate_shared), point-to-point across hosts"
-
     def segment_of(self, rank: int) -> np.ndarray:
         """The whole segment of a rank on this host, mapped here (no copy)."""
         segment = self.peers.get(rank)

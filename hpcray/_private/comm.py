@@ -25,6 +25,7 @@ import numpy as np
 
 from . import protocol as P
 from .object_ref import DECREF, INCREF, job_of, object_id_of
+from .serialization import contiguous
 
 logger = logging.getLogger("hpcray")
 
@@ -79,13 +80,10 @@ class MPITransport:
             frame = FRAME_SMALL + stream
             self.sending.append((self.comm.Isend([frame, MPI.BYTE], dest, TAG), frame))
             return
-        views = [memoryview(stream)] + [_raw(b) for b in buffers]
+        views = [memoryview(stream)] + [contiguous(b) for b in buffers]
         header = FRAME_LARGE + pickle.dumps([v.nbytes for v in views], protocol=5)
         self.sending.append((self.comm.Isend([header, MPI.BYTE], dest, TAG), header))
-        for view in views:
-            for start in range(0, max(len(view), 1), CHUNK):
-                piece = view[start:start + CHUNK]
-                self.sending.append((self.comm.Isend([piece, MPI.BYTE], dest, TAG_BIG), piece))
+        self.send_buffers(dest, views, TAG_BIG)
 
     def receive(self, limit: int = 64) -> List[tuple]:
         """Up to ``limit`` batches that arrived, as (source, batch); never blocks in MPI."""
@@ -112,23 +110,17 @@ class MPITransport:
         return got
 
     def _receive_large(self, source: int, sizes: List[int]) -> None:
-        MPI = self.MPI
         queue = self.held.get(source)
         if queue is None:
             queue = self.held[source] = deque()
         slot = [_ARRIVING]
         queue.append(slot)  # the batch takes its place in the source's order once complete
-        buffers = [np.empty(size, dtype=np.uint8) for size in sizes]  # not zero-filled
-        requests = []
-        for buffer in buffers:
-            view = memoryview(buffer)
-            for start in range(0, max(len(view), 1), CHUNK):
-                requests.append(self.comm.Irecv([view[start:start + CHUNK], MPI.BYTE], source, TAG_BIG))
 
         def complete(parts: List[np.ndarray]) -> None:
             slot[0] = pickle.loads(parts[0], buffers=parts[1:])
             self._release(source)
-        self.receiving.append((requests, buffers, complete))
+        # np.empty: not zero-filled
+        self.receive_buffers(source, sizes, complete, lambda size: np.empty(size, dtype=np.uint8), TAG_BIG)
 
     def _release(self, source: int) -> None:
         """Hand on the batches of ``source`` that are complete, up to the first that is not."""
@@ -138,25 +130,28 @@ class MPITransport:
         if not queue:
             del self.held[source]
 
-    def send_buffers(self, dest: int, buffers: List[Any]) -> None:
-        """Isend raw buffers (no pickling, no copy), in order, on the data tag."""
+    def send_buffers(self, dest: int, buffers: List[Any], tag: int = TAG_DATA) -> None:
+        """Isend raw buffers (no pickling, no copy), in order, on ``tag``, in pieces of at most
+        ``CHUNK`` bytes."""
         MPI = self.MPI
         for buffer in buffers:
             view = memoryview(buffer).cast("B")
             for start in range(0, max(len(view), 1), CHUNK):
                 piece = view[start:start + CHUNK]
-                self.sending_raw.append((self.comm.Isend([piece, MPI.BYTE], dest, TAG_DATA), piece))
+                self.sending_raw.append((self.comm.Isend([piece, MPI.BYTE], dest, tag), piece))
 
-    def receive_buffers(self, source: int, sizes: List[int], callback: Any, allocate: Any) -> None:
-        """Irecv raw buffers of these sizes from ``source`` into ``allocate(size)`` buffers;
-        ``callback(buffers)`` when all are in."""
+    def receive_buffers(self, source: int, sizes: List[int], callback: Any, allocate: Any,
+                        tag: int = TAG_DATA) -> None:
+        """Irecv raw buffers of these sizes from ``source`` on ``tag`` (the pieces
+        ``send_buffers`` made) into ``allocate(size)`` buffers; ``callback(buffers)`` when all
+        are in."""
         MPI = self.MPI
         buffers = [allocate(size) for size in sizes]
         requests = []
         for buffer in buffers:
             view = memoryview(buffer)
             for start in range(0, max(len(view), 1), CHUNK):
-                requests.append(self.comm.Irecv([view[start:start + CHUNK], MPI.BYTE], source, TAG_DATA))
+                requests.append(self.comm.Irecv([view[start:start + CHUNK], MPI.BYTE], source, tag))
         self.receiving.append((requests, buffers, callback))
 
     def read_remote(self, window: Any, target: int, spans: List[tuple], callback: Any, allocate: Any) -> None:
@@ -199,13 +194,6 @@ class MPITransport:
 
     def busy(self) -> bool:
         return bool(self.sending or self.sending_raw)
-
-
-def _raw(buffer: pickle.PickleBuffer) -> memoryview:
-    try:
-        return buffer.raw()
-    except BufferError:  # not contiguous: gathered in C order
-        return memoryview(memoryview(buffer).tobytes())
 
 
 class CommLoop:

@@ -6,7 +6,7 @@
        the stub carries the placement)           placement)                ▼
     same host, placement known ─────────────────────────────────────► map the producer's segment:
                                                                         zero-copy views (arena.py)
-    other host, HPCRAY_REMOTE_FETCH=rma, placement known ───────────► Rget from the world window:
+    other host, world window (auto), placement known ───────────────► Rget from the world window:
                                                                         the producer takes no part
     otherwise: on_fetch ◄───────────────────── FETCH(object_id) ◄──────┘ (never via rank 0)
        └── OBJECT_DATA_RAW(id, pickle, layout) + raw Isend of each big buffer ─► Irecv into pooled
@@ -175,9 +175,6 @@ class ObjectPlane:
 
     def on_free(self, object_id: bytes) -> None:
         self.owned.pop(object_id, None)
-
-    def used_arena_bytes(self) -> int:
-        return self.arena.used_bytes() if self.arena is not None else 0
 
     def reset(self) -> None:
         self.owned.clear()

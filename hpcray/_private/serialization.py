@@ -90,7 +90,7 @@ def serialize(value: Any, is_error: bool = False, shared: bool = False) -> Seria
         _tls.collector = outer
     arena = _Arena.arena
     if shared and arena is not None:
-        views = [_contiguous(b) for b in buffers]
+        views = [contiguous(b) for b in buffers]
         if len(data) + sum(v.nbytes for v in views) > _Arena.min_bytes:
             stored = arena.store(data, views)
             if stored is not None:
@@ -116,7 +116,9 @@ def _is_plain(value: Any, depth: int) -> bool:
     return False
 
 
-def _contiguous(buffer: pickle.PickleBuffer) -> memoryview:
+def contiguous(buffer: pickle.PickleBuffer) -> memoryview:
+    """The buffer's bytes as one flat memoryview: the buffer itself, or a C-order copy when it
+    is not contiguous."""
     try:
         return buffer.raw()
     except BufferError:  # not contiguous: gathered in C order
