@@ -46,3 +46,15 @@ def test_segment_size_follows_dev_shm(tmp_path):
     assert segment_bytes(0, 4, str(tmp_path)) == (0, "HPCRAY_ARENA_BYTES=0")
     size, why = segment_bytes(None, 1, str(tmp_path / "missing"))
     assert size == 0 and "not usable" in why
+
+
+@pytest.mark.parametrize("launch", ["single", "mpi"])
+@pytest.mark.parametrize("name,value", [("HPCRAY_REMOTE_FETCH", "rma"), ("HPCRAY_ARENA_BYTES", "-1"),
+                                        ("HPCRAY_ARENA_BYTES", "1.5")])
+def test_bad_arena_settings_are_an_error_naming_the_variable(name, value, launch):
+    code = "import hpcray; hpcray.init()"
+    env = {name: value}
+    proc = run_single(["-c", code], timeout=60, env=env) if launch == "single" else \
+        run_mpi(["-c", code], ranks=2, timeout=60, env=env)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert f"{name}={value!r}" in proc.stderr and "ValueError" in proc.stderr, proc.stderr
