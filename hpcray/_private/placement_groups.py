@@ -1,6 +1,7 @@
 """Placement groups: bundles of resources reserved on ranks, as Ray's bundles are on nodes.
 
-    PG_CREATE(id, bundles, strategy) ─► pending ─(every dispatch: a plan fits the free resources)─►
+    PG_CREATE(id, bundles, strategy) ─► never fits the ranks' totals: a warning, PENDING for good
+                                     ─► pending ─(every dispatch: a plan fits the free resources)─►
         for each bundle i on rank r: RankLedger.reserve on the scheduler's picture of r and
         BUNDLE_RESERVE to r (its own ledger does the same) ─► CREATED ─► ready refs get a value
     a task or actor in the group: its demand was renamed at submission (bundle_demand) to the
@@ -54,7 +55,7 @@ def bundle_demand(demand: Dict[str, float], group_hex: str, index: int, wildcard
 
 
 class GroupRecord:
-    __slots__ = ("group_id", "name", "bundles", "strategy", "state", "ranks", "ready_ids", "warned")
+    __slots__ = ("group_id", "name", "bundles", "strategy", "state", "ranks", "ready_ids")
 
     def __init__(self, group_id: bytes, bundles: List[Dict[str, float]], strategy: str, name: str):
         self.group_id = group_id
@@ -64,7 +65,6 @@ class GroupRecord:
         self.state = PENDING
         self.ranks: List[int] = []
         self.ready_ids: List[tuple] = []  # (object id, value) of ready() refs waiting
-        self.warned = False
 
 
 class PlacementGroups:
@@ -84,6 +84,12 @@ class PlacementGroups:
         self.groups[group_id] = group
         if name:
             self.group_names[name] = group_id
+        if self._plan(group, lambda state: dict(state.ledger.total)) is None:
+            # the ranks' totals never change: it stays PENDING (until removed), never retried
+            logger.warning("hpcray: placement group %s (%s, bundles %s) cannot be placed on the "
+                           "ranks of this job (resources per rank: %s); it stays pending",
+                           group_id.hex(), strategy, bundles, sorted({str(s.ledger.total) for s in self.order}))
+            return
         self.pending_groups.append(group)
         self.dirty = True
 
@@ -133,13 +139,7 @@ class PlacementGroups:
         for group in list(self.pending_groups):
             plan = self._plan(group, lambda state: dict(state.ledger.available))
             if plan is None:
-                if not group.warned and self._plan(group, lambda state: dict(state.ledger.total)) is None:
-                    group.warned = True
-                    logger.warning("hpcray: placement group %s (%s, bundles %s) cannot be placed on the "
-                                   "ranks of this job (resources per rank: %s); it stays pending",
-                                   group.group_id.hex(), group.strategy, group.bundles,
-                                   sorted({str(s.ledger.total) for s in self.order}))
-                continue
+                continue  # it fits the totals: it waits for resources to be given back
             self.pending_groups.remove(group)
             group.ranks = [state.info.rank for state in plan]
             group.state = CREATED
