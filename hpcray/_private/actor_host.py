@@ -306,7 +306,7 @@ class ActorHost:
             error = serialize(exceptions.ActorDiedError(
                 actor_id=actor.actor_id.hex(), error_msg=f"The actor {actor.class_name} exited by "
                                                          "calling exit_actor()"), is_error=True)
-        self.executor.post((P.TASK_DONE, spec.task_id, results, error, retryable))
+        self.executor.report((P.TASK_DONE, spec.task_id, results, error, retryable))
 
     @staticmethod
     def _bound_method(actor: HostedActor, spec: P.TaskSpec) -> Callable:

@@ -1,9 +1,10 @@
 """The client side of a rank: what user threads call (submit, put, get, wait), and the rank's
 store of values it has received.
 
-User threads never call MPI: they append commands to the comm thread's queue and wait on a
-condition that the comm thread signals when values arrive. The same class serves the driver and
-tasks running on worker ranks.
+User threads append commands to the comm thread's queue and wait on a condition that the loop
+signals when values arrive. Where the loop lends its turns (comm.CommLoop.lend), a submitting or
+waiting thread that runs no task runs those turns itself instead of handing off to the comm
+thread. The same class serves the driver and tasks running on worker ranks.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ class _Waiter:
 class CoreClient:
     """Per-rank, per-session entry point used by the public API."""
 
-    def __init__(self, rank: int, job: int, post: Callable[[tuple], None]):
+    def __init__(self, rank: int, job: int, loop: Any):
         self.rank = rank
         self.job = job
         self.ids = IdSource(job, rank)
-        self.post = post  # append to the comm thread's queue and wake it
+        self.post = loop.post  # append to the comm thread's queue and wake it
+        self.loop = loop
         self.store: Dict[bytes, SerializedValue] = {}
         self.requested: set = set()
         self.cond = threading.Condition(threading.Lock())
@@ -54,7 +56,10 @@ class CoreClient:
         if spec.fn_id not in self.exported:
             self.exported.add(spec.fn_id)
             spec.fn_blob = fn_blob
-        self.post((P.SUBMIT, spec))
+        if self.loop.lendable and context.current() is None:
+            self.loop.post_and_turn((P.SUBMIT, spec))
+        else:
+            self.post((P.SUBMIT, spec))
         return [ObjectRef(object_id) for object_id in spec.return_ids]
 
     def new_task_id(self) -> bytes:
@@ -144,17 +149,20 @@ class CoreClient:
             self._request([object_id])
         return future
 
-    def _request(self, ids: List[bytes], need_value: bool = True) -> None:
+    def _request(self, ids: List[bytes], need_value: bool = True, lending: bool = False) -> None:
+        """Ask for the objects ``ids``. ``lending``: the caller runs the loop's next turn itself,
+        so the comm thread is not woken."""
+        post = self.loop.commands.append if lending else self.post
         fresh = [i for i in ids if i not in self.requested]
         if fresh:
             self.requested.update(fresh)
-            self.post((P.GET_REQ, fresh))
+            post((P.GET_REQ, fresh))
         if need_value:
             self.want_values.update(ids)
             store = self.store
             stubs = [i for i in ids if i in store and store[i].location is not None]
             if stubs:
-                self.post((P.FETCH_LOCAL, stubs))
+                post((P.FETCH_LOCAL, stubs))
 
     def _wait_for(self, ids: List[bytes], count: int, timeout: Optional[float], fail_fast: bool,
                   need_value: bool = True) -> None:
@@ -179,13 +187,22 @@ class CoreClient:
             missing = [i for i in unique if not here(i)]
             for object_id in missing:
                 self.waiters.setdefault(object_id, []).append(waiter)
-        self._request(missing, need_value)
-        deadline = None if timeout is None else time.monotonic() + timeout
         task = context.current()
+        loop = self.loop
+        # A thread that is not running a task (a cancel interrupts tasks anywhere) makes the
+        # loop's progress itself first, for as long as progress keeps coming (comm.CommLoop.lend).
+        lend = loop.lend if task is None and loop.lendable else None
+        self._request(missing, need_value, lending=lend is not None)
+        deadline = None if timeout is None else time.monotonic() + timeout
         blocked = False
+
+        def satisfied() -> bool:
+            return waiter.have >= count or (fail_fast and waiter.error)
         try:
-            with self.cond:
-                while waiter.have < count and not (fail_fast and waiter.error):
+            while True:
+                with self.cond:
+                    if satisfied():
+                        break
                     if self.broken is not None:
                         raise exceptions.RaySystemError(f"hpcray's comm thread failed: {self.broken!r}")
                     remaining = None
@@ -194,13 +211,18 @@ class CoreClient:
                         if remaining <= 0:
                             raise exceptions.GetTimeoutError(
                                 f"Get timed out: some object(s) not ready after {timeout} s.")
-                    if task is not None:
-                        if not blocked:
-                            blocked = True  # give this task's CPU back while it waits
-                            self.post((P.BLOCKED, task.task_id))
-                        # wake now and then, so a cancel (KeyboardInterrupt) can land
-                        remaining = 0.1 if remaining is None else min(remaining, 0.1)
-                    self.cond.wait(remaining)
+                    if lend is None:
+                        if task is not None:
+                            if not blocked:
+                                blocked = True  # give this task's CPU back while it waits
+                                self.post((P.BLOCKED, task.task_id))
+                            # wake now and then, so a cancel (KeyboardInterrupt) can land
+                            remaining = 0.1 if remaining is None else min(remaining, 0.1)
+                        self.cond.wait(remaining)
+                        continue
+                if not lend(satisfied, deadline, loop.guest_idle_s) and loop.guest is None:
+                    loop.wake_event.set()  # our request waits for the comm thread
+                lend = None  # once: a long wait sleeps on the condition
         finally:
             with self.cond:
                 for object_id in missing:

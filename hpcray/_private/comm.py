@@ -9,6 +9,16 @@
 Waiting: after any progress the loop keeps polling for ``spin_us``; then it sleeps on an event
 with a timeout that doubles up to ``max_sleep_us``. A command from a local thread sets the event,
 so local work never waits for the backoff. It never blocks inside MPI.
+
+Lent turns: one thread at a time runs ``turn()`` (``_turns`` lock), so MPI is called from one
+thread at a time (MPI_THREAD_SERIALIZED). A thread that would otherwise sleep until the loop
+brings it something (the driver in ``get``/``wait``, an idle executor thread waiting for its next
+task, the user thread right after ``remote()``) runs the turns itself meanwhile: ``lend()``. The
+comm thread steps back while such a guest holds the loop and takes over when it leaves. This takes
+the thread hand-offs (a wake-up plus a GIL switch each, 20-40 µs here) out of a task's round trip.
+
+    user thread:  remote() ─► commands ─► lend(): turn() ─► Isend ...... Improbe ─► deliver ─► get returns
+    worker:       idle executor thread: lend(): Improbe ─► EXECUTE ─► runs it ─► TASK_DONE ─► turn() ─► Isend
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ TAG_BIG = 9  # the pickle stream and out-of-band buffers of a large control batc
 CHUNK = 1 << 30  # MPI counts are 32-bit: buffers move in pieces of at most 1 GiB
 SMALL_FRAME = 64 * 1024  # a batch up to this size travels as one message
 OOB_MIN = 16 * 1024  # buffers from this size leave the pickle stream (no copy into it)
+BATCH_S = 100e-6  # submissions this close to a lent turn wait for the next one (CommLoop.post_and_turn)
+BATCH_MAX = 64  # ... unless this many commands are already waiting
 FRAME_SMALL = b"s"
 FRAME_LARGE = b"L"
 _ARRIVING = object()  # the place of a large batch whose parts are still on their way
@@ -64,6 +76,8 @@ class MPITransport:
         self.held: Dict[int, deque] = {}  # source -> [batch] slots, while a large one arrives
         self.ready: List[tuple] = []  # (source, batch) completed large batches, in order
         self._status = MPI.Status()
+        # whether threads other than the one that initialized MPI may call it (one at a time)
+        self.serialized = MPI.Query_thread() >= MPI.THREAD_SERIALIZED
 
     def send(self, dest: int, batch: List[tuple]) -> None:
         MPI = self.MPI
@@ -195,12 +209,18 @@ class MPITransport:
     def busy(self) -> bool:
         return bool(self.sending or self.sending_raw)
 
+    def moving(self) -> bool:
+        """Whether large data is on its way, which MPI moves only while someone polls. (A small
+        message is sent eagerly: its request only waits for the next turn's Test.)"""
+        return bool(self.sending_raw or self.receiving or self.held)
+
 
 class CommLoop:
     """One rank's manager thread. ``agent`` handles downstream messages; ``scheduler`` (rank 0
     only) handles upstream ones; ``local_hook`` sees our own executor threads' reports first."""
 
-    def __init__(self, rank: int, transport: Optional[MPITransport], spin_us: float, max_sleep_us: float):
+    def __init__(self, rank: int, transport: Optional[MPITransport], spin_us: float, max_sleep_us: float,
+                 inline_progress: bool = True):
         self.rank = rank
         self.transport = transport
         self.commands: deque = deque()
@@ -223,11 +243,94 @@ class CommLoop:
         self.running = False
         self.thread: Optional[threading.Thread] = None
         self.error: Optional[BaseException] = None
+        # lent turns (see the module docstring)
+        # HPCRAY_INLINE_PROGRESS, where the MPI allows calls from several threads one at a time
+        self.lendable = inline_progress and (transport is None or transport.serialized)
+        self.guest_idle_s = self.spin_s if transport is not None else 0.0
+        self._turns = threading.Lock()  # held by whichever thread runs turn()
+        self._gate = threading.Lock()  # one guest at a time
+        self.guest: Optional[int] = None  # the thread ident of the guest running the turns
+        self.guest_wanted = False  # a guest waits for the comm thread to step back
+        self.guest_left = 0.0  # when a guest last ran the turns (time.monotonic())
+        self.interrupted = False  # SIGINT arrived while the main thread ran a lent turn
 
     # ---- any thread ----------------------------------------------------------------------
     def post(self, item: tuple) -> None:
         self.commands.append(item)
-        self.wake_event.set()
+        if self.guest is None:  # a guest sees it in its next turn
+            self.wake_event.set()
+
+    def post_and_turn(self, item: tuple) -> None:
+        """Post, then run a turn on this thread if the loop is free (no hand-off), else wake it.
+
+        Submissions in a burst go out in batches: within ``BATCH_S`` of a guest's last turn the
+        command only joins the queue; the next lent turn (the caller's next submission after the
+        interval, or its get/wait) takes it, or the comm thread within ``max_sleep_us``."""
+        commands = self.commands
+        commands.append(item)
+        if self.lendable and time.monotonic() - self.guest_left < BATCH_S and len(commands) < BATCH_MAX:
+            return
+        if not self.lendable or not self.lend(None, None, 0.0, max_turns=1):
+            if self.guest is None:
+                self.wake_event.set()
+
+    def lend(self, finished: Optional[Callable[[], bool]], until: Optional[float], idle_s: float,
+             max_turns: int = 0) -> bool:
+        """Run the loop's turns on the calling thread while it waits: until ``finished()``, the
+        monotonic deadline ``until``, ``max_turns`` turns (0: no limit), or ``idle_s`` without
+        progress. Returns False, having run nothing, when another guest holds the loop or the
+        comm thread did not step back before ``until``."""
+        if not self.running or self.thread is threading.current_thread() or not self._gate.acquire(False):
+            return False  # (the comm thread itself, e.g. in a callback it runs: it has the turns)
+        try:
+            self.guest_wanted = True
+            wait = -1 if until is None else max(0.0, until - time.monotonic())
+            if not self._turns.acquire(True, wait):
+                return False
+            self.guest = threading.get_ident()
+            try:
+                self._guest_turns(finished, until, idle_s, max_turns)
+            finally:
+                self.guest = None
+                self.guest_left = time.monotonic()
+                self._turns.release()
+        finally:
+            self.guest_wanted = False
+            self._gate.release()
+            if self.commands or self.outbox or (self.transport is not None and self.transport.moving()):
+                self.wake_event.set()  # what the guest left behind: the comm thread goes on with it
+        if self.interrupted and threading.current_thread() is threading.main_thread():
+            self.interrupted = False
+            raise KeyboardInterrupt  # deferred by the driver's SIGINT handler: see runtime.py
+        return True
+
+    def _guest_turns(self, finished, until, idle_s, max_turns) -> None:
+        idle_since = 0.0
+        turns = 0
+        monotonic = time.monotonic
+        while self.running:
+            try:
+                progress = self.turn()
+            except Exception as exc:  # a bug in the loop: fail every waiter, as the comm thread does
+                self.error = exc
+                logger.exception("hpcray: a turn of rank %d's loop failed", self.rank)
+                self.running = False
+                self.on_failure(exc)
+                return
+            turns += 1
+            if (finished is not None and finished()) or turns == max_turns:
+                return
+            if progress:
+                idle_since = 0.0
+                continue
+            now = monotonic()
+            if until is not None and now >= until:
+                return
+            if idle_since == 0.0:
+                idle_since = now
+            if now - idle_since >= idle_s:
+                return
+            os.sched_yield()
 
     def call(self, function: Callable[[], Any], timeout: float = 30.0) -> Any:
         """Run ``function`` on the comm thread and return its result (for state views)."""
@@ -259,6 +362,8 @@ class CommLoop:
         self.wake_event.set()
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout)
+        if self.guest != threading.get_ident() and self._turns.acquire(True, timeout):
+            self._turns.release()  # a guest's last turn has ended: MPI is free for the caller
 
     # ---- comm thread ---------------------------------------------------------------------
     def send(self, dest: int, msg: tuple) -> None:
@@ -278,10 +383,25 @@ class CommLoop:
     def _main(self) -> None:
         sleep_s = 50e-6
         last_activity = time.monotonic()
+        turns = self._turns
         try:
             while self.running:
+                asked = self.wake_event.is_set()
                 self.wake_event.clear()
-                if self.turn():
+                if self.guest_wanted or (not asked and time.monotonic() - self.guest_left < self.max_sleep_s) \
+                        or not turns.acquire(False):
+                    # A guest runs the turns, or ran them just now and is likely back soon (the
+                    # driver between two calls): stay out of its way. A guest that leaves work
+                    # behind, and any post while no guest runs, sets the event.
+                    self.wake_event.wait(self.max_sleep_s)
+                    last_activity = 0.0
+                    sleep_s = 50e-6
+                    continue
+                try:
+                    progress = self.turn()
+                finally:
+                    turns.release()
+                if progress:
                     last_activity = time.monotonic()
                     sleep_s = 50e-6
                     continue
@@ -290,8 +410,9 @@ class CommLoop:
                     continue
                 self.wake_event.wait(sleep_s if self.transport is not None else self.idle_sleep_s)
                 sleep_s = min(sleep_s * 2, self.max_sleep_s)
-            self.turn()
-            self.flush_until_sent(5.0)
+            with turns:
+                self.turn()
+                self.flush_until_sent(5.0)
         except BaseException as exc:  # a bug here must not hang the job: record and report
             self.error = exc
             logger.exception("hpcray: the comm thread of rank %d failed", self.rank)

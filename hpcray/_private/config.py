@@ -32,6 +32,13 @@ def _env_int(name: str, default: int, minimum: int = 0) -> int:
     return int(value)
 
 
+def _env_choice(name: str, choices: tuple, default: str) -> str:
+    value = os.environ.get(name, default).strip().lower() or default
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} must be one of {', '.join(repr(c) for c in choices)}")
+    return value
+
+
 def _env_optional_float(name: str) -> Optional[float]:
     if os.environ.get(name, "") == "":
         return None
@@ -56,6 +63,8 @@ class Config:
     spin_us: float = 2000.0
     #: Longest sleep of an idle comm thread, in microseconds.
     max_sleep_us: float = 1000.0
+    #: Threads that wait on the loop (get/wait, idle executor threads) run its turns themselves.
+    inline_progress: bool = True
     #: Tasks a worker rank may hold queued beyond those it is running.
     prefetch: int = 2
     #: Values up to this many bytes travel inline; larger ones stay on the rank that made them.
@@ -76,9 +85,7 @@ class Config:
 
     @classmethod
     def from_env(cls) -> "Config":
-        mpi = os.environ.get("HPCRAY_MPI", "auto").strip().lower() or "auto"
-        if mpi not in ("auto", "0", "1"):
-            raise ValueError(f"HPCRAY_MPI={mpi!r} must be 'auto', '0' or '1'")
+        mpi = _env_choice("HPCRAY_MPI", ("auto", "0", "1"), "auto")
         raw_resources = os.environ.get("HPCRAY_RESOURCES", "")
         resources: Dict[str, float] = {}
         if raw_resources:
@@ -92,9 +99,7 @@ class Config:
                 raise ValueError(f"HPCRAY_RESOURCES={raw_resources!r} must map names to amounts >= 0")
             if {"CPU", "GPU"} & set(resources):
                 raise ValueError("HPCRAY_RESOURCES must not contain CPU or GPU; use HPCRAY_NUM_CPUS/HPCRAY_NUM_GPUS")
-        remote_fetch = os.environ.get("HPCRAY_REMOTE_FETCH", "auto").strip().lower() or "auto"
-        if remote_fetch not in ("auto", "p2p"):
-            raise ValueError(f"HPCRAY_REMOTE_FETCH={remote_fetch!r} must be 'auto' or 'p2p'")
+        remote_fetch = _env_choice("HPCRAY_REMOTE_FETCH", ("auto", "p2p"), "auto")
         arena = os.environ.get("HPCRAY_ARENA_BYTES", "")
         return cls(
             mpi=mpi,
@@ -104,6 +109,7 @@ class Config:
             ranks_per_host=_env_int("HPCRAY_RANKS_PER_HOST", 0),
             spin_us=_env_float("HPCRAY_SPIN_US", 2000.0),
             max_sleep_us=_env_float("HPCRAY_MAX_SLEEP_US", 1000.0, minimum=1.0),
+            inline_progress=_env_choice("HPCRAY_INLINE_PROGRESS", ("1", "0"), "1") == "1",
             prefetch=_env_int("HPCRAY_PREFETCH", 2),
             inline_max=_env_int("HPCRAY_INLINE_MAX", 100 * 1024),
             pool_bytes=_env_int("HPCRAY_POOL_BYTES", 1 << 30),

@@ -93,8 +93,7 @@ def error_value(name: str, exc: BaseException, rank: int, ip: str) -> Serialized
 class Executor:
     """Runs tasks (and hosts actors) on this rank. ``on_*`` methods run on the comm thread."""
 
-    def __init__(self, rank: int, resources: Dict[str, float], gpu_ids: List[str],
-                 post: Callable[[tuple], None]):
+    def __init__(self, rank: int, resources: Dict[str, float], gpu_ids: List[str], loop: Any):
         from .actor_host import ActorHost
         self.rank = rank
         self.ip = host_address()
@@ -102,7 +101,8 @@ class Executor:
         self.gpu_ids = gpu_ids
         self.gpu_use: Dict[str, float] = {g: 0.0 for g in gpu_ids}
         self._gpus_of: Dict[bytes, tuple] = {}
-        self.post = post
+        self.loop = loop  # the rank's CommLoop
+        self.post = loop.post
         self.pending: Dict[bytes, tuple] = {}
         self.blobs: Dict[bytes, bytes] = {}
         self.functions: Dict[bytes, Any] = {}
@@ -110,13 +110,18 @@ class Executor:
         self.plane = None  # the rank's ObjectPlane: fetches large arguments from their ranks
         self.fetching: set = set()  # tasks whose large arguments are still on their way
         self.launch_when_fetched: set = set()
-        self.threads: Dict[bytes, int] = {}  # running task -> the thread running it
+        # Cancelling a running task raises KeyboardInterrupt in its thread. Both tables change
+        # under _lock only, so the interrupt reaches a thread only while it runs that task.
+        self.launched: set = set()  # tasks handed to a pool thread, not started yet
+        self.threads: Dict[bytes, tuple] = {}  # running task -> (thread ident, session)
         self.cancelled: set = set()
+        self._targeted: set = set()  # threads sent an interrupt that may not have landed yet
         self.host = ActorHost(self)
         self._work: "queue.SimpleQueue" = queue.SimpleQueue()
         self._idle = 0
         self._lock = threading.Lock()
         self._threads: List[threading.Thread] = []
+        self._pool_idents: set = set()
 
     # ---- comm thread --------------------------------------------------------------------
     def handle(self, msg: tuple) -> None:
@@ -181,11 +186,17 @@ class Executor:
                 self.host.forget_creation(task_id)
             self.post((P.TASK_DONE, task_id, None, cancelled_value(task_id), False))
             return
-        ident = self.threads.get(task_id)
-        if ident is not None:
-            self.cancelled.add(task_id)
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))
-            return
+        with self._lock:  # against run() registering and _settle() unregistering the task
+            if task_id in self.launched:  # handed to a pool thread that has not started it
+                self.cancelled.add(task_id)
+                return
+            running = self.threads.get(task_id)
+            if running is not None:
+                self.cancelled.add(task_id)
+                self._targeted.add(running[0])
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(running[0]),
+                                                           ctypes.py_object(KeyboardInterrupt))
+                return
         self.host.on_cancel(task_id)
 
     def on_steal(self, task_id: bytes) -> None:
@@ -222,6 +233,9 @@ class Executor:
     def reset(self) -> None:
         """Forget the session: queued tasks and actors are dropped, running ones finish unreported."""
         self.session += 1
+        with self._lock:
+            self.launched.clear()
+            self.cancelled.clear()
         self.pending.clear()
         self.fetching.clear()
         self.launch_when_fetched.clear()
@@ -239,6 +253,8 @@ class Executor:
         spec, values = self.pending.pop(task_id)
         gpus = self._take_gpus(task_id, spec.demand.get("GPU", 0.0))
         session = self.session
+        with self._lock:
+            self.launched.add(task_id)
         self.spawn(lambda: self.run(spec, values, gpus, session))
 
     def spawn(self, work: Callable[[], None]) -> None:
@@ -286,16 +302,84 @@ class Executor:
 
     # ---- pool threads -------------------------------------------------------------------
     def _thread_main(self) -> None:
+        self._pool_idents.add(threading.get_ident())
         while True:
-            work = self._work.get()
+            work = self._next_work()
+            report = None
             try:
-                work()
+                report = work()
             except KeyboardInterrupt:
-                pass  # a cancel that arrived just after its task ended: nothing left to stop
+                pass  # a cancel that landed outside the task's call (see _settle)
+            interrupted = self._settle()
+            if report is None and interrupted is not None and interrupted[1] == self.session:
+                report = (P.TASK_DONE, interrupted[0], None, cancelled_value(interrupted[0]), False)
+            if report is not None:
+                self.report(report)
             with self._lock:
                 self._idle += 1
 
-    def run(self, spec: TaskSpec, values: List[SerializedValue], gpus: List[str], session: int) -> None:
+    def _settle(self) -> Optional[tuple]:
+        """After a work item: unregister this thread's task and drop an interrupt (cancel) sent to
+        it that has not landed yet, so none can land later in the loop's turns this thread runs.
+        Returns (task, session) of a task that ended without reporting, else None."""
+        ident = threading.get_ident()
+        found = None
+        while True:
+            try:
+                with self._lock:
+                    for task_id, running in self.threads.items():
+                        if running[0] == ident:
+                            found = (task_id, running[1])
+                            break
+                    if found is not None:
+                        self.threads.pop(found[0], None)
+                    if ident in self._targeted:
+                        self._targeted.discard(ident)
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+                context.set_current(None)
+                return found
+            except KeyboardInterrupt:
+                continue  # it landed here, meant for the task that just ended
+
+    def _next_work(self) -> Callable[[], None]:
+        """The next task or call for this idle thread. Meanwhile it runs the loop's turns itself
+        (CommLoop.lend): its last result goes out and the next task comes in on this thread, with
+        no hand-off to or from the comm thread. After ``guest_idle_s`` without progress it sleeps."""
+        work = self._work
+        loop = self.loop
+        if not loop.lendable:
+            return work.get()
+        while True:
+            lent = loop.lend(self._has_work, None, loop.guest_idle_s)
+            try:
+                return work.get_nowait()
+            except queue.Empty:
+                if not lent and loop.commands and loop.guest is None:
+                    loop.wake_event.set()  # our report was not sent by a guest: the comm thread sends it
+                if not lent or work.empty():
+                    return work.get()
+
+    def _has_work(self) -> bool:
+        return not self._work.empty()
+
+    def report(self, item: tuple) -> None:
+        """A finished task's or call's report. A pool thread sends it in its next lent turn
+        (``_next_work``), so the comm thread is not woken for it."""
+        if self.loop.lendable and threading.get_ident() in self._pool_idents:
+            self.loop.commands.append(item)
+        else:
+            self.post(item)
+
+    def run(self, spec: TaskSpec, values: List[SerializedValue], gpus: List[str], session: int) -> Optional[tuple]:
+        """Run a task on this pool thread; returns its TASK_DONE report (None: no longer wanted)."""
+        task_id = spec.task_id
+        with self._lock:
+            self.launched.discard(task_id)
+            if task_id in self.cancelled:  # cancelled between launch and start
+                self.cancelled.discard(task_id)
+                return (P.TASK_DONE, task_id, None, cancelled_value(task_id), False) \
+                    if session == self.session else None
+            self.threads[task_id] = (threading.get_ident(), session)
         env = spec.env_vars
         if gpus:
             env = dict(env or {}, CUDA_VISIBLE_DEVICES=",".join(gpus))
@@ -305,20 +389,16 @@ class Executor:
         if actor is not None:
             ctx.resources = dict(actor.resources)
         context.set_current(ctx)
-        self.threads[spec.task_id] = threading.get_ident()
-        try:
-            function = self._function(spec.fn_id) if spec.fn_id in self.blobs or spec.fn_id in self.functions \
-                else None
-            if spec.kind == P.ACTOR_CREATE:
-                results, error, retryable = self.call_and_pickle(
-                    spec, lambda: self._constructor(function, actor), values)
-            else:
-                results, error, retryable = self.call_and_pickle(spec, lambda: function, values)
-        finally:
-            self.threads.pop(spec.task_id, None)
-            context.set_current(None)
-        if session == self.session:
-            self.post((P.TASK_DONE, spec.task_id, results, error, retryable))
+        function = self._function(spec.fn_id) if spec.fn_id in self.blobs or spec.fn_id in self.functions \
+            else None
+        if spec.kind == P.ACTOR_CREATE:
+            results, error, retryable = self.call_and_pickle(
+                spec, lambda: self._constructor(function, actor), values)
+        else:
+            results, error, retryable = self.call_and_pickle(spec, lambda: function, values)
+        if session != self.session:
+            return None
+        return (P.TASK_DONE, task_id, results, error, retryable)
 
     @staticmethod
     def _constructor(cls: Any, actor: Any) -> Callable:

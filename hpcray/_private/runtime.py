@@ -218,12 +218,12 @@ def _start_single(config: Config, job: int, num_cpus, num_gpus, resources, names
         num_cpus = config.cpus_per_rank if config.cpus_per_rank is not None else usable_cpu_count()
     info = local_rank_info(0, config, num_cpus, num_gpus, resources)
     _finish_resources(info, info.gpu_ids, host_memory_bytes() * 0.7, info.host)
-    loop = CommLoop(0, None, config.spin_us, config.max_sleep_us)
+    loop = CommLoop(0, None, config.spin_us, config.max_sleep_us, config.inline_progress)
     loop.job = job
-    client = CoreClient(0, job, loop.post)
+    client = CoreClient(0, job, loop)
     session = Session("driver", 0, job, loop, client, config, namespace, job_env)
     session.scheduler = Scheduler(loop.send, [info], config.prefetch)
-    session.executor = Executor(0, info.resources, info.gpu_ids, loop.post)
+    session.executor = Executor(0, info.resources, info.gpu_ids, loop)
     session.host, session.node_id = info.host, node_id_of(info.host)
     _wire(loop, session)
     context.install_task_io()
@@ -245,9 +245,9 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env) -> Se
     world = _world
     world.job = job
     head_host = host_name(0, config.ranks_per_host)
-    loop = CommLoop(0, world.transport, config.spin_us, config.max_sleep_us)
+    loop = CommLoop(0, world.transport, config.spin_us, config.max_sleep_us, config.inline_progress)
     loop.job = job
-    client = CoreClient(0, job, loop.post)
+    client = CoreClient(0, job, loop)
     session = Session("driver", 0, job, loop, client, config, namespace, job_env)
     session.scheduler = Scheduler(loop.send, world.workers, config.prefetch)
     session.host, session.node_id = head_host, node_id_of(head_host)
@@ -442,13 +442,25 @@ def _process_alive(pid: int) -> bool:
 
 
 def _install_driver_signals() -> None:
-    """SIGTERM ends the driver like an exception would, so the atexit hook ends every rank."""
+    """SIGTERM ends the driver like an exception would, so the atexit hook ends every rank.
+
+    Ctrl-C (SIGINT) raises KeyboardInterrupt as Python's own handler does, except while the main
+    thread runs a lent turn of the loop (comm.CommLoop.lend): a turn cut in the middle could lose a
+    message, so the interrupt is raised when the turn is over."""
     if threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         def on_term(signum, frame):
             raise SystemExit(128 + signum)
         signal.signal(signal.SIGTERM, on_term)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        def on_interrupt(signum, frame):
+            session = _session
+            if session is not None and session.loop.guest == threading.get_ident():
+                session.loop.interrupted = True
+                return
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGINT, on_interrupt)
 
 
 def _install_interrupt_exit() -> None:

@@ -58,12 +58,12 @@ class WorkerAgent:
             os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
         if self.executor is None:
-            self.executor = Executor(self.rank, resources, gpu_ids, self.loop.post)
+            self.executor = Executor(self.rank, resources, gpu_ids, self.loop)
             self.executor.plane = self.plane
             self.loop.local_hook = self.executor.on_local
         loop = self.loop
         loop.job = job
-        client = CoreClient(self.rank, job, loop.post)
+        client = CoreClient(self.rank, job, loop)
         client.plane = self.plane
         session = runtime.Session("worker", self.rank, job, loop, client, self.config, namespace)
         session.executor = self.executor
@@ -96,7 +96,7 @@ def serve_worker(comm: Any, config: Config) -> None:
     signal.signal(signal.SIGTERM, lambda s, f: terminate_at.append(time.monotonic() + 3.0))
     transport = MPITransport(comm)
     arena = runtime.start_arena(comm, config)
-    loop = CommLoop(rank, transport, config.spin_us, config.max_sleep_us)
+    loop = CommLoop(rank, transport, config.spin_us, config.max_sleep_us, config.inline_progress)
     agent = WorkerAgent(rank, loop, config, arena)
     loop.agent = agent.handle
     loop.send(0, (P.HELLO, runtime.local_rank_info(rank, config)))
