@@ -3,12 +3,12 @@
 import pytest
 
 from conftest import check_mpi_case, case_names
-from cases import (actors, arena, cancel, errors, hosts, hosts_p2p, objects, options, placement, resources,
-                   tasks, waiting)
+from cases import (actors, arena, cancel, errors, handoff, hosts, hosts_p2p, objects, options, placement,
+                   resources, tasks, waiting)
 
 MODULES = {"tasks": tasks, "errors": errors, "options": options, "resources": resources,
            "waiting": waiting, "actors": actors, "objects": objects, "cancel": cancel, "arena": arena,
-           "hosts": hosts, "hosts_p2p": hosts_p2p, "placement": placement}
+           "hosts": hosts, "hosts_p2p": hosts_p2p, "placement": placement, "handoff": handoff}
 PARAMS = [(m, c) for m, module in MODULES.items() for c in case_names(module)]
 
 

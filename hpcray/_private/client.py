@@ -58,8 +58,10 @@ class CoreClient:
             spec.fn_blob = fn_blob
         if self.loop.lendable and context.current() is None:
             self.loop.post_and_turn((P.SUBMIT, spec))
-        else:
-            self.post((P.SUBMIT, spec))
+            refs = [ObjectRef(object_id) for object_id in spec.return_ids]
+            self.loop.raise_deferred_interrupt()  # after the refs exist: they free the returns
+            return refs
+        self.post((P.SUBMIT, spec))
         return [ObjectRef(object_id) for object_id in spec.return_ids]
 
     def new_task_id(self) -> bytes:

@@ -270,16 +270,23 @@ class CommLoop:
         commands.append(item)
         if self.lendable and time.monotonic() - self.guest_left < BATCH_S and len(commands) < BATCH_MAX:
             return
-        if not self.lendable or not self.lend(None, None, 0.0, max_turns=1):
+        if not self.lendable or not self.lend(None, None, 0.0, max_turns=1, interruptible=False):
             if self.guest is None:
                 self.wake_event.set()
 
+    def raise_deferred_interrupt(self) -> None:
+        """Raise a Ctrl-C that arrived in the middle of a lent turn (see runtime.py), if any."""
+        if self.interrupted and threading.current_thread() is threading.main_thread():
+            self.interrupted = False
+            raise KeyboardInterrupt
+
     def lend(self, finished: Optional[Callable[[], bool]], until: Optional[float], idle_s: float,
-             max_turns: int = 0) -> bool:
+             max_turns: int = 0, interruptible: bool = True) -> bool:
         """Run the loop's turns on the calling thread while it waits: until ``finished()``, the
         monotonic deadline ``until``, ``max_turns`` turns (0: no limit), or ``idle_s`` without
         progress. Returns False, having run nothing, when another guest holds the loop or the
-        comm thread did not step back before ``until``."""
+        comm thread did not step back before ``until``. A Ctrl-C that arrived during the turns
+        is raised at the end (``interruptible``) or left to ``raise_deferred_interrupt``."""
         if not self.running or self.thread is threading.current_thread() or not self._gate.acquire(False):
             return False  # (the comm thread itself, e.g. in a callback it runs: it has the turns)
         try:
@@ -299,9 +306,8 @@ class CommLoop:
             self._gate.release()
             if self.commands or self.outbox or (self.transport is not None and self.transport.moving()):
                 self.wake_event.set()  # what the guest left behind: the comm thread goes on with it
-        if self.interrupted and threading.current_thread() is threading.main_thread():
-            self.interrupted = False
-            raise KeyboardInterrupt  # deferred by the driver's SIGINT handler: see runtime.py
+        if interruptible:
+            self.raise_deferred_interrupt()
         return True
 
     def _guest_turns(self, finished, until, idle_s, max_turns) -> None:

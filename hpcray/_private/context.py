@@ -102,8 +102,10 @@ class PrefixedStream:
     def __init__(self, stream):
         self._stream = stream
         self._local = threading.local()
+        self._dirty = True  # written since the last flush (the executor flushes after every task)
 
     def write(self, text: str) -> int:
+        self._dirty = True
         ctx = _current.get()
         if ctx is None:
             return self._stream.write(text)
@@ -116,6 +118,9 @@ class PrefixedStream:
         return len(text)
 
     def flush(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
         ctx = _current.get()
         pending = getattr(self._local, "pending", "")
         if pending and ctx is not None:

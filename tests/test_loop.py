@@ -1,0 +1,97 @@
+"""The loop's turns lent to waiting threads (comm.CommLoop.lend) and the control messages' wire
+format; the scenario runs single rank and under mpiexec."""
+
+import inspect
+import pickle
+import threading
+import time
+
+import pytest
+
+from hpcray._private import protocol as P
+from hpcray._private.comm import CommLoop
+
+from test_lifecycle import run, MODES
+
+
+def test_task_spec_round_trips_every_slot():
+    assert list(inspect.signature(P._rebuild_spec).parameters) == list(P.TaskSpec.__slots__)
+    spec = P.TaskSpec(b"t" * 16, b"f" * 16, b"blob", "name", ("args",), [b"d"], [b"r"], 1, {"CPU": 1.0},
+                      3, b"retry", {"A": "1"}, ("SPREAD",), 2)
+    for value, slot in enumerate(("attempt", "kind", "actor_id", "method", "extra", "parent")):
+        setattr(spec, slot, f"{slot}-{value}")
+    copy = pickle.loads(pickle.dumps(spec, protocol=5))
+    assert {s: getattr(copy, s) for s in P.TaskSpec.__slots__} == {s: getattr(spec, s) for s in P.TaskSpec.__slots__}
+
+
+def make_loop():
+    loop = CommLoop(0, None, spin_us=2000.0, max_sleep_us=1000.0)
+    ran_on = []
+    loop.agent = lambda msg: ran_on.append(threading.current_thread().name)
+    loop.start()
+    return loop, ran_on
+
+
+def test_a_waiting_thread_runs_the_turns_itself():
+    loop, ran_on = make_loop()
+    try:
+        assert loop.lendable
+        time.sleep(0.01)  # the comm thread is idle
+        for _ in range(20):
+            time.sleep(0.002)  # not a burst (a burst goes out in batches: comm.BATCH_S)
+            loop.post_and_turn((P.CALL, lambda: ran_on.append(threading.current_thread().name)))
+        assert ran_on.count("MainThread") >= 15, ran_on  # (the comm thread may take a few)
+        done = []
+        loop.post((P.CALL, lambda: done.append(threading.current_thread().name)))
+        assert loop.lend(lambda: bool(done), time.monotonic() + 5, 0.0)
+        assert done == ["MainThread"] or done == [loop.thread.name]
+    finally:
+        loop.stop()
+
+
+def test_one_guest_at_a_time_and_the_comm_thread_steps_back():
+    loop, _ = make_loop()
+    try:
+        inside = threading.Event()
+        release = threading.Event()
+        answers = []
+
+        def guest():
+            loop.lend(lambda: inside.set() or release.is_set(), time.monotonic() + 5, 5.0)
+
+        holder = threading.Thread(target=guest)
+        holder.start()
+        assert inside.wait(5)
+        answers.append(loop.lend(None, None, 0.0, max_turns=1))  # the loop is lent already
+        seen = []
+        loop.post((P.CALL, lambda: seen.append(threading.current_thread().name)))
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.001)
+        release.set()
+        holder.join(5)
+        assert answers == [False]
+        assert seen == [holder.name]  # the guest ran it; the comm thread stayed out
+        ran = []
+        loop.post((P.CALL, lambda: ran.append(threading.current_thread().name)))
+        deadline = time.monotonic() + 5
+        while not ran and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert ran == [loop.thread.name]  # the guest left: the comm thread runs the turns again
+    finally:
+        loop.stop()
+
+
+def test_the_comm_thread_cannot_lend_to_itself():
+    loop, _ = make_loop()
+    try:
+        assert loop.call(lambda: loop.lend(None, None, 0.0, max_turns=1)) is False
+    finally:
+        loop.stop()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_interrupts_during_get_lose_no_message(mode):
+    proc = run(mode, "interrupts.py", timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "INTERRUPTS" in proc.stdout, proc.stdout + proc.stderr
