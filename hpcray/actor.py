@@ -61,6 +61,7 @@ class _ActorMeta:
     def __init__(self, cls: type, options: Dict[str, Any]):
         self.class_name = cls.__name__
         self.methods: Dict[str, _MethodMeta] = {}
+        self.plans: Dict[str, tuple] = {}  # per method, for calls without options (ActorHandle._plan)
         for name, member in inspect.getmembers(cls, predicate=callable):
             if name.startswith("__") and name != "__call__":
                 continue
@@ -253,16 +254,11 @@ class ActorHandle:
     def _ray_actor_id(self) -> "ActorID":
         return ActorID(self._actor_id)
 
-    def _call(self, name: str, method_meta: Optional[_MethodMeta], args, kwargs, call_options):
-        from ._private import api
-        session = api.ensure_session()
+    def _plan(self, name: str, method_meta: Optional[_MethodMeta], call_options: Dict[str, Any]) -> tuple:
+        """(num_returns, max_retries, retry_blob, concurrency group, name) of a call: the call's
+        options, else the method's decorator, else the actor's; cached per method when the call
+        has no options of its own."""
         meta = self._meta
-        if method_meta is not None and method_meta.signature is not None and \
-                (kwargs or len(args) != method_meta.arity):
-            try:
-                method_meta.signature.bind(*args, **kwargs)
-            except TypeError as exc:
-                raise TypeError(f"{meta.class_name}.{name}.remote(): {exc}") from None
         decorated = method_meta.options if method_meta is not None else {}
 
         def pick(key, default):
@@ -277,6 +273,24 @@ class ActorHandle:
                                       "by hpcray yet")
         max_retries = pick("max_task_retries", meta.max_task_retries)
         retry_blob = opt.RetryPolicy(pick("retry_exceptions", meta.retry_exceptions)).blob
+        return num_returns, max_retries, retry_blob, pick("concurrency_group", None), f"{meta.class_name}.{name}"
+
+    def _call(self, name: str, method_meta: Optional[_MethodMeta], args, kwargs, call_options):
+        from ._private import api
+        session = api.ensure_session()
+        meta = self._meta
+        if method_meta is not None and method_meta.signature is not None and \
+                (kwargs or len(args) != method_meta.arity):
+            try:
+                method_meta.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"{meta.class_name}.{name}.remote(): {exc}") from None
+        plan = meta.plans.get(name) if not call_options else None
+        if plan is None:
+            plan = self._plan(name, method_meta, call_options)
+            if not call_options:
+                meta.plans[name] = plan
+        num_returns, max_retries, retry_blob, group, display_name = plan
         client = session.client
         if meta.max_pending_calls > 0:
             store = client.store
@@ -289,8 +303,7 @@ class ActorHandle:
         serialized = try_serialize((call_args, call_kwargs), f"an argument of {meta.class_name}.{name}():")
         task_id = client.new_task_id()
         return_ids = [object_id_of(task_id, i + 1) for i in range(num_returns)]
-        group = pick("concurrency_group", None)
-        spec = P.TaskSpec(task_id, b"", None, f"{meta.class_name}.{name}", serialized, deps, return_ids,
+        spec = P.TaskSpec(task_id, b"", None, display_name, serialized, deps, return_ids,
                           num_returns, {}, max_retries, retry_blob, None, None, client.rank)
         spec.kind = P.ACTOR_METHOD
         spec.parent = context.current_task_id()

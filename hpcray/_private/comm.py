@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from . import protocol as P
-from .object_ref import DECREF, INCREF, job_of, object_id_of
+from .object_ref import DECREF, INCREF, job_of
 from .serialization import contiguous
 
 logger = logging.getLogger("hpcray")
@@ -47,6 +47,7 @@ SMALL_FRAME = 64 * 1024  # a batch up to this size travels as one message
 OOB_MIN = 16 * 1024  # buffers from this size leave the pickle stream (no copy into it)
 BATCH_S = 100e-6  # submissions this close to a lent turn wait for the next one (CommLoop.post_and_turn)
 BATCH_MAX = 64  # ... unless this many commands are already waiting
+HOLD_S = 500e-6  # a guest with more local work queued sends its reports at most this late
 FRAME_SMALL = b"s"
 FRAME_LARGE = b"L"
 _ARRIVING = object()  # the place of a large batch whose parts are still on their way
@@ -252,6 +253,8 @@ class CommLoop:
         self.guest: Optional[int] = None  # the thread ident of the guest running the turns
         self.guest_wanted = False  # a guest waits for the comm thread to step back
         self.guest_left = 0.0  # when a guest last ran the turns (time.monotonic())
+        self.hold_outbox: Optional[Callable[[], bool]] = None  # the guest's lend(hold=...)
+        self.outbox_since = 0.0  # when the held outbox was first held, or 0.0
         self.interrupted = False  # SIGINT arrived while the main thread ran a lent turn
 
     # ---- any thread ----------------------------------------------------------------------
@@ -281,12 +284,15 @@ class CommLoop:
             raise KeyboardInterrupt
 
     def lend(self, finished: Optional[Callable[[], bool]], until: Optional[float], idle_s: float,
-             max_turns: int = 0, interruptible: bool = True) -> bool:
+             max_turns: int = 0, interruptible: bool = True,
+             hold: Optional[Callable[[], bool]] = None) -> bool:
         """Run the loop's turns on the calling thread while it waits: until ``finished()``, the
         monotonic deadline ``until``, ``max_turns`` turns (0: no limit), or ``idle_s`` without
         progress. Returns False, having run nothing, when another guest holds the loop or the
         comm thread did not step back before ``until``. A Ctrl-C that arrived during the turns
-        is raised at the end (``interruptible``) or left to ``raise_deferred_interrupt``."""
+        is raised at the end (``interruptible``) or left to ``raise_deferred_interrupt``.
+        While ``hold()`` is true (the guest has more work of its own queued) outgoing batches
+        wait, up to ``HOLD_S``, so a burst of results leaves as a few messages."""
         if not self.running or self.thread is threading.current_thread() or not self._gate.acquire(False):
             return False  # (the comm thread itself, e.g. in a callback it runs: it has the turns)
         try:
@@ -295,17 +301,21 @@ class CommLoop:
             if not self._turns.acquire(True, wait):
                 return False
             self.guest = threading.get_ident()
+            self.hold_outbox = hold
             try:
                 self._guest_turns(finished, until, idle_s, max_turns)
             finally:
+                self.hold_outbox = None
                 self.guest = None
                 self.guest_left = time.monotonic()
                 self._turns.release()
         finally:
             self.guest_wanted = False
             self._gate.release()
-            if self.commands or self.outbox or (self.transport is not None and self.transport.moving()):
+            if self.commands or (self.outbox and not self.outbox_since) or \
+                    (self.transport is not None and self.transport.moving()):
                 self.wake_event.set()  # what the guest left behind: the comm thread goes on with it
+            # (a held outbox goes with the guest's next turn, or the comm thread's after its grace)
         if interruptible:
             self.raise_deferred_interrupt()
         return True
@@ -444,9 +454,18 @@ class CommLoop:
             scheduler.dispatch()
         if self.outbox:
             progress = True
-            for dest, batch in self.outbox.items():
-                transport.send(dest, batch)
-            self.outbox = {}
+            hold = self.hold_outbox
+            if hold is not None and hold():
+                now = time.monotonic()
+                if not self.outbox_since:
+                    self.outbox_since = now
+                if now - self.outbox_since < HOLD_S:
+                    hold = "held"
+            if hold != "held":
+                for dest, batch in self.outbox.items():
+                    transport.send(dest, batch)
+                self.outbox = {}
+                self.outbox_since = 0.0
         if transport is not None:
             if transport.progress_sends():
                 progress = True
@@ -500,10 +519,9 @@ class CommLoop:
                 if self.local_hook is not None and not self.local_hook(item):
                     return
                 if kind == P.TASK_DONE and item[2] and self.plane is not None:
-                    keep = self.plane.keep_if_large
-                    task_id = item[1]
-                    values = [keep(object_id_of(task_id, i + 1), v) for i, v in enumerate(item[2])]
-                    item = (kind, task_id, values, item[3], item[4])
+                    values = self.plane.keep_returns(item[1], item[2])
+                    if values is not item[2]:
+                        item = (kind, item[1], values, item[3], item[4])
             self.send(0, item)
 
     def _remote(self, source: int, batch: List[tuple]) -> None:

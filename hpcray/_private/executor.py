@@ -350,7 +350,7 @@ class Executor:
         if not loop.lendable:
             return work.get()
         while True:
-            lent = loop.lend(self._has_work, None, loop.guest_idle_s)
+            lent = loop.lend(self._has_work, None, loop.guest_idle_s, hold=self._has_work)
             try:
                 return work.get_nowait()
             except queue.Empty:
