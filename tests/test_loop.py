@@ -94,4 +94,4 @@ def test_the_comm_thread_cannot_lend_to_itself():
 def test_interrupts_during_get_lose_no_message(mode):
     proc = run(mode, "interrupts.py", timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "INTERRUPTS" in proc.stdout, proc.stdout + proc.stderr
+    assert "INTERRUPTS_IN_WORK" in proc.stdout, proc.stdout + proc.stderr
