@@ -404,11 +404,14 @@ class CommLoop:
             while self.running:
                 asked = self.wake_event.is_set()
                 self.wake_event.clear()
-                if self.guest_wanted or (not asked and time.monotonic() - self.guest_left < self.max_sleep_s) \
-                        or not turns.acquire(False):
+                now = time.monotonic()
+                in_grace = not asked and now - last_activity >= self.spin_s and \
+                    now - self.guest_left < self.max_sleep_s
+                if self.guest_wanted or in_grace or not turns.acquire(False):
                     # A guest runs the turns, or ran them just now and is likely back soon (the
-                    # driver between two calls): stay out of its way. A guest that leaves work
-                    # behind, and any post while no guest runs, sets the event.
+                    # driver between two calls): stay out of its way, unless asked (any post
+                    # while no guest runs, or a guest that leaves work behind, sets the event)
+                    # or busy with an exchange of its own (a task thread's request, say).
                     self.wake_event.wait(self.max_sleep_s)
                     last_activity = 0.0
                     sleep_s = 50e-6

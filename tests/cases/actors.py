@@ -13,6 +13,9 @@ from hpcray._private.api import query
 from .helpers import SignalActor, append_line, count_lines, raises, scratch_file, wait_for_condition
 
 
+SLOW = "slow"
+
+
 @ray.remote
 class Counter:
     def __init__(self, start=0, *, step=1):
@@ -39,6 +42,8 @@ class Counter:
         return self.value, -self.value
 
     def echo(self, x):
+        if isinstance(x, str) and x == SLOW:
+            time.sleep(3.0)
         return x
 
 
@@ -320,6 +325,19 @@ def case_threaded_actor_runs_calls_concurrently():
     assert ray.wait(refs, timeout=0.3)[0] == []
     ray.get(signal.send.remote())
     assert ray.get(refs) == ["released"] * 4  # four calls were waiting at once
+
+
+def case_results_are_not_held_behind_a_long_call():
+    # results of a burst may wait to leave together (comm.HOLD_S), but not behind a long call
+    counter = Counter.remote()
+    ray.get(counter.read.remote())
+    for _ in range(3):
+        quick = [counter.echo.remote(i) for i in range(50)]
+        slow = counter.echo.remote(SLOW)  # sleeps 3 s when it runs (see Counter.echo)
+        started = time.monotonic()
+        assert ray.get(quick, timeout=30) == list(range(50))
+        assert time.monotonic() - started < 2.0, "quick results waited for the slow call"
+        assert ray.get(slow, timeout=30) == SLOW
 
 
 def case_sync_actor_runs_one_call_at_a_time():
