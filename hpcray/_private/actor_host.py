@@ -9,7 +9,7 @@
 A sync actor runs one call at a time (max_concurrency=1); a threaded actor up to
 max_concurrency in pool threads; an actor with any ``async def`` method runs its calls on one
 asyncio loop thread of its own (made on first use), up to max_concurrency (default 1000) at once.
-Concurrency groups have their own limits. Everything here runs on the comm thread except
+Concurrency groups have their own limits. Everything here runs in the loop's turns except
 ``run_call`` and ``run_async_call``.
 """
 

@@ -1,4 +1,5 @@
-"""The comm thread of a rank: the only caller of MPI, and the home of the scheduler on rank 0.
+"""The loop of a rank: the only caller of MPI, one thread at a time, and the home of the scheduler
+on rank 0. Its turns run on the rank's comm thread, or on a waiting thread it lends them to.
 
     user / executor threads ──append──► commands (deque) ──► CommLoop.turn()
                                                                 │  ref events → held counts

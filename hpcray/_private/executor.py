@@ -5,7 +5,7 @@
                     ▼                                                 │
               started when a task ends or blocks ◄── TASK_DONE / BLOCKED (via the comm thread)
 
-The comm thread owns the ledger and the pending table; executor threads only run user code and
+The loop's turns own the ledger and the pending table; executor threads only run user code and
 post their results back through the rank's command queue. Threads are reused: a new one is made
 only when every existing one is busy (or blocked in ``get``).
 """
@@ -91,7 +91,8 @@ def error_value(name: str, exc: BaseException, rank: int, ip: str) -> Serialized
 
 
 class Executor:
-    """Runs tasks (and hosts actors) on this rank. ``on_*`` methods run on the comm thread."""
+    """Runs tasks (and hosts actors) on this rank. ``on_*`` methods run in the loop's turns (the
+    comm thread, or an idle pool thread the turns are lent to: ``_next_work``)."""
 
     def __init__(self, rank: int, resources: Dict[str, float], gpu_ids: List[str], loop: Any):
         from .actor_host import ActorHost

@@ -14,7 +14,7 @@
     FREE(object_id) from the scheduler when no reference is left ──► the producer drops it (and
     its arena block, once no pinned view of it is left anywhere: those hold ObjectRefs)
 
-Runs on each rank's comm thread. Values at or below ``inline_max`` bytes keep travelling inline
+Runs in each rank's loop turns. Values at or below ``inline_max`` bytes keep travelling inline
 with the control messages. Without MPI (one rank) every value stays in rank 0's table.
 """
 

@@ -1,4 +1,4 @@
-"""The scheduler: rank 0's table of tasks, objects and ranks. Runs only on rank 0's comm thread.
+"""The scheduler: rank 0's table of tasks, objects and ranks. Runs only in rank 0's loop turns.
 
     SUBMIT ──► TaskRecord ──(all top-level deps ready)──► ready[shape] ──(a rank fits)──► EXECUTE
                     ▲                                                                      │
@@ -72,7 +72,7 @@ class RankState:
 
 
 class Scheduler(ActorDirectory, PlacementGroups):
-    """Places tasks on ranks and keeps the object table. Every method runs on the comm thread."""
+    """Places tasks on ranks and keeps the object table. Every method runs in the loop's turns (one thread at a time)."""
 
     def __init__(self, send: Callable[[int, tuple], None], workers: List[RankInfo], prefetch: int):
         self.send = send
