@@ -356,3 +356,34 @@ def case_ref_put_inside_task_and_returned_survives():
     for _ in range(5):
         big, small = ray.get(put_and_return.remote())
         assert ray.get(big).sum() == 600_000.0 and ray.get(small) == "small"
+
+
+def case_driver_threads_submit_and_get_at_once():
+    # several user threads share the loop: one runs its turns at a time, the others wait on it
+    # (comm.CommLoop.lend); every thread gets its own results, none waits for long
+    import concurrent.futures
+    import threading
+
+    errors = []
+
+    def client(k: int) -> int:
+        try:
+            for i in range(100):
+                assert ray.get(identity.remote((k, i))) == (k, i)
+            batch = [identity.remote((k, i)) for i in range(200)]
+            ready, _ = ray.wait(batch, num_returns=200, timeout=60)
+            assert len(ready) == 200
+            assert ray.get(batch) == [(k, i) for i in range(200)]
+            future = identity.remote(k).future()
+            assert future.result(timeout=60) == k
+            return k
+        except BaseException as exc:  # reported below, with the thread's number
+            errors.append((k, exc))
+            raise
+
+    threads = 6
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        done = list(pool.map(client, range(threads), timeout=120))
+    assert not errors, errors
+    assert done == list(range(threads))
+    assert threading.active_count() < 200
