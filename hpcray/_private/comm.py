@@ -303,13 +303,17 @@ class CommLoop:
                 return False
             self.guest = threading.get_ident()
             self.hold_outbox = hold
+            gone = True
             try:
-                self._guest_turns(finished, until, idle_s, max_turns)
+                gone = self._guest_turns(finished, until, idle_s, max_turns)
             finally:
                 self.hold_outbox = None
                 self.guest = None
-                self.guest_left = time.monotonic()
+                # a guest that gave up waiting is not back soon: no grace, the comm thread polls
+                self.guest_left = 0.0 if gone else time.monotonic()
                 self._turns.release()
+                if gone and self.transport is not None:
+                    self.wake_event.set()
         finally:
             self.guest_wanted = False
             self._gate.release()
@@ -321,7 +325,9 @@ class CommLoop:
             self.raise_deferred_interrupt()
         return True
 
-    def _guest_turns(self, finished, until, idle_s, max_turns) -> None:
+    def _guest_turns(self, finished, until, idle_s, max_turns) -> bool:
+        """The guest's turns; True when it stops for lack of progress or time (it will not be
+        back soon), False when it got what it waited for."""
         idle_since = 0.0
         turns = 0
         monotonic = time.monotonic
@@ -333,21 +339,22 @@ class CommLoop:
                 logger.exception("hpcray: a turn of rank %d's loop failed", self.rank)
                 self.running = False
                 self.on_failure(exc)
-                return
+                return True
             turns += 1
             if (finished is not None and finished()) or turns == max_turns:
-                return
+                return False
             if progress:
                 idle_since = 0.0
                 continue
             now = monotonic()
             if until is not None and now >= until:
-                return
+                return True
             if idle_since == 0.0:
                 idle_since = now
             if now - idle_since >= idle_s:
-                return
+                return True
             os.sched_yield()
+        return True
 
     def call(self, function: Callable[[], Any], timeout: float = 30.0) -> Any:
         """Run ``function`` on the comm thread and return its result (for state views)."""
