@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 import traceback
+from collections import deque
 from typing import Any, Callable, Dict, List, Optional
 
 from .. import exceptions
@@ -123,6 +124,8 @@ class Executor:
         self._lock = threading.Lock()
         self._threads: List[threading.Thread] = []
         self._pool_idents: set = set()
+        self._lender: Optional[int] = None  # the idle pool thread lending itself to the loop
+        self._direct: deque = deque()  # at most one work item handed straight to it
 
     # ---- comm thread --------------------------------------------------------------------
     def handle(self, msg: tuple) -> None:
@@ -264,6 +267,10 @@ class Executor:
             spawn = self._idle == 0
             if not spawn:
                 self._idle -= 1
+                if self._lender is not None and not self._direct:
+                    # the idle thread running the loop's turns takes it: no other thread is woken
+                    self._direct.append(work)
+                    return
         self._work.put(work)
         if spawn:
             thread = threading.Thread(target=self._thread_main, name=f"hpcray-exec-{len(self._threads)}",
@@ -350,8 +357,24 @@ class Executor:
         loop = self.loop
         if not loop.lendable:
             return work.get()
+        ident = threading.get_ident()
         while True:
-            lent = loop.lend(self._has_work, None, loop.guest_idle_s, hold=self._has_work)
+            with self._lock:
+                lender = self._lender is None
+                if lender:
+                    self._lender = ident  # spawn() hands the next item to this thread
+            if not lender:  # another idle thread runs the turns: wait for work the plain way
+                if loop.commands and loop.guest is None:
+                    loop.wake_event.set()  # our report: the comm thread or that thread sends it
+                return work.get()
+            try:
+                lent = loop.lend(self._has_work, None, loop.guest_idle_s, hold=self._has_work)
+            finally:
+                with self._lock:
+                    self._lender = None
+                    direct = self._direct.popleft() if self._direct else None
+            if direct is not None:
+                return direct
             try:
                 return work.get_nowait()
             except queue.Empty:
@@ -361,7 +384,7 @@ class Executor:
                     return work.get()
 
     def _has_work(self) -> bool:
-        return not self._work.empty()
+        return bool(self._direct) or not self._work.empty()
 
     def report(self, item: tuple) -> None:
         """A finished task's or call's report. A pool thread sends it in its next lent turn
