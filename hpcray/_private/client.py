@@ -58,11 +58,11 @@ class CoreClient:
             spec.fn_blob = fn_blob
         if self.loop.lendable and context.current() is None:
             self.loop.post_and_turn((P.SUBMIT, spec))
-            refs = [ObjectRef(object_id) for object_id in spec.return_ids]
-            self.loop.raise_deferred_interrupt()  # after the refs exist: they free the returns
-            return refs
-        self.post((P.SUBMIT, spec))
-        return [ObjectRef(object_id) for object_id in spec.return_ids]
+        else:
+            self.post((P.SUBMIT, spec))
+        refs = [ObjectRef(object_id) for object_id in spec.return_ids]
+        self.loop.raise_deferred_interrupt()  # after the refs exist: they free the returns
+        return refs
 
     def new_task_id(self) -> bytes:
         return self.ids.next_task_id()
@@ -222,8 +222,8 @@ class CoreClient:
                             remaining = 0.1 if remaining is None else min(remaining, 0.1)
                         self.cond.wait(remaining)
                         continue
-                if not lend(satisfied, deadline, loop.guest_idle_s) and loop.guest is None:
-                    loop.wake_event.set()  # our request waits for the comm thread
+                if not lend(satisfied, deadline, loop.guest_idle_s):
+                    loop.nudge()  # our request waits for the comm thread or another guest
                 lend = None  # once: a long wait sleeps on the condition
         finally:
             with self.cond:

@@ -261,7 +261,12 @@ class CommLoop:
     # ---- any thread ----------------------------------------------------------------------
     def post(self, item: tuple) -> None:
         self.commands.append(item)
-        if self.guest is None:  # a guest sees it in its next turn
+        self.nudge()
+
+    def nudge(self) -> None:
+        """Wake the comm thread for what is queued, unless a guest runs the turns (it sees the
+        queue in its next turn)."""
+        if self.guest is None:
             self.wake_event.set()
 
     def post_and_turn(self, item: tuple) -> None:
@@ -272,11 +277,11 @@ class CommLoop:
         interval, or its get/wait) takes it, or the comm thread within ``max_sleep_us``."""
         commands = self.commands
         commands.append(item)
-        if self.lendable and time.monotonic() - self.guest_left < BATCH_S and len(commands) < BATCH_MAX:
-            return
-        if not self.lendable or not self.lend(None, None, 0.0, max_turns=1, interruptible=False):
-            if self.guest is None:
-                self.wake_event.set()
+        if not self.lendable:
+            self.nudge()
+        elif time.monotonic() - self.guest_left >= BATCH_S or len(commands) >= BATCH_MAX:
+            if not self.lend(None, None, 0.0, max_turns=1, interruptible=False):
+                self.nudge()
 
     def raise_deferred_interrupt(self) -> None:
         """Raise a Ctrl-C that arrived in the middle of a lent turn (see runtime.py), if any."""
@@ -296,6 +301,7 @@ class CommLoop:
         wait, up to ``HOLD_S``, so a burst of results leaves as a few messages."""
         if not self.running or self.thread is threading.current_thread() or not self._gate.acquire(False):
             return False  # (the comm thread itself, e.g. in a callback it runs: it has the turns)
+        gone = False
         try:
             self.guest_wanted = True
             wait = -1 if until is None else max(0.0, until - time.monotonic())
@@ -312,15 +318,16 @@ class CommLoop:
                 # a guest that gave up waiting is not back soon: no grace, the comm thread polls
                 self.guest_left = 0.0 if gone else time.monotonic()
                 self._turns.release()
-                if gone and self.transport is not None:
-                    self.wake_event.set()
         finally:
             self.guest_wanted = False
             self._gate.release()
-            if self.commands or (self.outbox and not self.outbox_since) or \
-                    (self.transport is not None and self.transport.moving()):
-                self.wake_event.set()  # what the guest left behind: the comm thread goes on with it
-            # (a held outbox goes with the guest's next turn, or the comm thread's after its grace)
+            transport = self.transport
+            # the comm thread goes on polling for a guest that gave up, or with what one left
+            # behind (a held outbox goes with the guest's next turn, or the comm thread's after
+            # its grace)
+            if (gone and transport is not None) or self.commands or (self.outbox and not self.outbox_since) \
+                    or (transport is not None and transport.moving()):
+                self.wake_event.set()
         if interruptible:
             self.raise_deferred_interrupt()
         return True
@@ -335,10 +342,7 @@ class CommLoop:
             try:
                 progress = self.turn()
             except Exception as exc:  # a bug in the loop: fail every waiter, as the comm thread does
-                self.error = exc
-                logger.exception("hpcray: a turn of rank %d's loop failed", self.rank)
-                self.running = False
-                self.on_failure(exc)
+                self._failed(exc)
                 return True
             turns += 1
             if (finished is not None and finished()) or turns == max_turns:
@@ -441,10 +445,14 @@ class CommLoop:
                 self.turn()
                 self.flush_until_sent(5.0)
         except BaseException as exc:  # a bug here must not hang the job: record and report
-            self.error = exc
-            logger.exception("hpcray: the comm thread of rank %d failed", self.rank)
-            self.running = False
-            self.on_failure(exc)
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        """A turn failed (a bug): stop the loop and fail every waiter instead of hanging."""
+        self.error = exc
+        logger.exception("hpcray: the loop of rank %d failed", self.rank)
+        self.running = False
+        self.on_failure(exc)
 
     def turn(self) -> bool:
         """One pass: local commands, incoming messages, scheduling, outgoing batches."""
@@ -465,14 +473,7 @@ class CommLoop:
             scheduler.dispatch()
         if self.outbox:
             progress = True
-            hold = self.hold_outbox
-            if hold is not None and hold():
-                now = time.monotonic()
-                if not self.outbox_since:
-                    self.outbox_since = now
-                if now - self.outbox_since < HOLD_S:
-                    hold = "held"
-            if hold != "held":
+            if not self._holding():
                 for dest, batch in self.outbox.items():
                     transport.send(dest, batch)
                 self.outbox = {}
@@ -483,6 +484,17 @@ class CommLoop:
             if transport.receiving and transport.progress_receives():
                 progress = True
         return progress
+
+    def _holding(self) -> bool:
+        """Whether the outbox waits for the guest's next results (``lend(hold=...)``), which it
+        does for at most ``HOLD_S``."""
+        hold = self.hold_outbox
+        if hold is None or not hold():
+            return False
+        now = time.monotonic()
+        if not self.outbox_since:
+            self.outbox_since = now
+        return now - self.outbox_since < HOLD_S
 
     def _local(self, item: tuple) -> None:
         kind = item[0]

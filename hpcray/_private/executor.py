@@ -364,8 +364,8 @@ class Executor:
                 if lender:
                     self._lender = ident  # spawn() hands the next item to this thread
             if not lender:  # another idle thread runs the turns: wait for work the plain way
-                if loop.commands and loop.guest is None:
-                    loop.wake_event.set()  # our report: the comm thread or that thread sends it
+                if loop.commands:
+                    loop.nudge()  # our report: the comm thread or that thread sends it
                 return work.get()
             try:
                 lent = loop.lend(self._has_work, None, loop.guest_idle_s, hold=self._has_work)
@@ -378,8 +378,8 @@ class Executor:
             try:
                 return work.get_nowait()
             except queue.Empty:
-                if not lent and loop.commands and loop.guest is None:
-                    loop.wake_event.set()  # our report was not sent by a guest: the comm thread sends it
+                if not lent and loop.commands:
+                    loop.nudge()  # our report was not sent by us: the comm thread or a guest sends it
                 if not lent or work.empty():
                     return work.get()
 
