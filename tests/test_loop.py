@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from conftest import run_mpi, run_single
 from hpcray._private import protocol as P
 from hpcray._private.comm import CommLoop
 
@@ -95,3 +96,13 @@ def test_interrupts_during_get_lose_no_message(mode):
     proc = run(mode, "interrupts.py", timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "INTERRUPTS_IN_WORK" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bad_inline_progress_setting_is_an_error_naming_the_variable(mode):
+    code = "import hpcray; hpcray.init()"
+    env = {"HPCRAY_INLINE_PROGRESS": "yes"}
+    proc = run_single(["-c", code], timeout=60, env=env) if mode == "single" else \
+        run_mpi(["-c", code], ranks=2, timeout=60, env=env)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "HPCRAY_INLINE_PROGRESS='yes'" in proc.stderr and "ValueError" in proc.stderr, proc.stderr
