@@ -17,6 +17,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 MPI_RANKS = int(os.environ.get("HPCRAY_TEST_RANKS", "4"))
+# The environment as the test run began: subprocesses start from it, not from os.environ, which a
+# single-rank session of a case module changes (its ENV) for as long as that session is open.
+BASE_ENV = dict(os.environ)
 
 
 def mpiexec() -> str:
@@ -26,7 +29,7 @@ def mpiexec() -> str:
 
 
 def _run(command, timeout, env, cwd):
-    full_env = dict(os.environ)
+    full_env = dict(BASE_ENV)
     full_env.update(env or {})
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     try:
