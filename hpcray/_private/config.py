@@ -65,7 +65,8 @@ class Config:
     max_sleep_us: float = 1000.0
     #: Threads that wait on the loop (get/wait, idle executor threads) run its turns themselves.
     inline_progress: bool = True
-    #: Tasks a worker rank may hold queued beyond those it is running.
+    #: Tasks a worker rank may hold queued beyond those it is running, at least (more for a rank
+    #: that finishes tasks quickly: scheduler.RankState.depth).
     prefetch: int = 2
     #: Values up to this many bytes travel inline; larger ones stay on the rank that made them.
     inline_max: int = 100 * 1024

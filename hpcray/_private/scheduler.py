@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections import deque
 from typing import Callable, Deque, Dict, List, Optional
 
@@ -30,6 +31,9 @@ from .config import ignore_unhandled_errors
 from .serialization import SerializedValue, deserialize, serialize
 
 logger = logging.getLogger("hpcray")
+
+LOOKAHEAD_S = 2e-3  # a busy rank is sent enough queued tasks to keep it going this long ...
+DEPTH_MAX = 64  # ... but at most this many beyond those it runs (at least HPCRAY_PREFETCH)
 
 
 def node_id_of(host: str) -> str:
@@ -62,13 +66,35 @@ class TaskRecord:
 
 
 class RankState:
-    __slots__ = ("info", "ledger", "functions", "node_id")
+    __slots__ = ("info", "ledger", "functions", "node_id", "pace", "done_at", "busy")
 
     def __init__(self, info: RankInfo):
         self.info = info
         self.ledger = RankLedger(info.resources)
         self.functions: set = set()
         self.node_id = node_id_of(info.host)
+        self.pace = 0.0  # seconds between two task completions while the rank is busy (0: unknown)
+        self.done_at = 0.0  # when its last task completion arrived (time.monotonic())
+        self.busy = False  # whether it had tasks left at that completion
+
+    def completed(self) -> None:
+        """A task ended here: update the rank's pace (an average that follows recent tasks;
+        completions that arrive in one batch average out with the gap before the batch)."""
+        now = time.monotonic()
+        if self.busy:  # no idle gap since the last completion: the interval is the rank's pace
+            interval = now - self.done_at
+            self.pace = interval if self.pace == 0.0 else self.pace + 0.2 * (interval - self.pace)
+        self.done_at = now
+        self.busy = self.ledger.load() > 0
+
+    def depth(self, floor: int) -> int:
+        """How many tasks this rank may hold queued: enough to cover ``LOOKAHEAD_S`` at its pace,
+        so short tasks do not each wait for a scheduler round trip; ``floor`` while the pace is
+        unknown or slow (long tasks stay where another rank can still take them)."""
+        pace = self.pace
+        if pace == 0.0:
+            return floor
+        return max(floor, min(DEPTH_MAX, int(LOOKAHEAD_S / pace)))
 
 
 class Scheduler(ActorDirectory, PlacementGroups):
@@ -88,6 +114,7 @@ class Scheduler(ActorDirectory, PlacementGroups):
         self.functions: Dict[bytes, bytes] = {}
         self.dirty = False
         self._next = 0
+        self.steals_out = 0  # STEALs sent whose task has not come back (STOLEN) or ended
         self._warned_infeasible: set = set()
         self._init_actors()
         self._init_groups()
@@ -186,9 +213,11 @@ class Scheduler(ActorDirectory, PlacementGroups):
         state = self.ranks.get(src)
         if state is not None and (record is None or record.spec.kind == P.TASK):
             state.ledger.finish(task_id)
+            state.completed()
             self.dirty = True
         if record is None or record.finished:
             return
+        self._steal_settled(record)
         kind = record.spec.kind
         if kind == P.ACTOR_CREATE:
             self.actor_created(src, record, error)
@@ -272,9 +301,15 @@ class Scheduler(ActorDirectory, PlacementGroups):
         record = self.tasks.get(task_id)
         if record is None or record.finished:
             return
-        record.stealing = False
+        self._steal_settled(record)
         record.rank = None
         self._make_ready(record, front=True)
+
+    def _steal_settled(self, record: TaskRecord) -> None:
+        """A task asked back came back, or ran where it was (it had started) or was dropped."""
+        if record.stealing:
+            record.stealing = False
+            self.steals_out -= 1
 
     def on_query(self, src: int, name: str, reply_id: bytes) -> None:
         views = {"resources": self.resources_view, "nodes": self.nodes_view, "stats": self.stats,
@@ -346,7 +381,13 @@ class Scheduler(ActorDirectory, PlacementGroups):
         self._rebalance()
 
     def _rebalance(self) -> None:
-        """Ask for queued tasks back when another rank could start them now (no hoarding)."""
+        """Ask for queued tasks back when another rank could start them now (no hoarding). At
+        most one task is on its way back per rank with an empty queue, and a shape of task that
+        fits none of them is not tried again in the same pass."""
+        takers = [state for state in self.order if not state.ledger.queued]
+        if len(takers) <= self.steals_out or len(takers) == len(self.order):
+            return
+        unfit: set = set()
         for donor in self.order:
             if not donor.ledger.queued:
                 continue
@@ -354,11 +395,20 @@ class Scheduler(ActorDirectory, PlacementGroups):
                 record = self.tasks.get(task_id)
                 if record is None or record.stealing or record.spec.kind != P.TASK:
                     continue
-                for state in self._candidates(record.spec, soft_ok=True):
+                spec = record.spec
+                shape = (tuple(sorted(demand.items())), spec.strategy)
+                if shape in unfit:
+                    continue
+                for state in self._candidates(spec, soft_ok=True):
                     if state is not donor and state.ledger.fits_now(demand):
                         record.stealing = True
+                        self.steals_out += 1
                         self.send(donor.info.rank, (P.STEAL, task_id))
+                        if self.steals_out >= len(takers):
+                            return
                         break
+                else:
+                    unfit.add(shape)
 
     def _pick(self, spec: TaskSpec) -> Optional[RankState]:
         candidates = self._candidates(spec, soft_ok=True)
@@ -382,7 +432,7 @@ class Scheduler(ActorDirectory, PlacementGroups):
         best = None
         for state in candidates:
             ledger = state.ledger
-            if len(ledger.queued) < self.prefetch and ledger.can_ever_fit(spec.demand):
+            if len(ledger.queued) < state.depth(self.prefetch) and ledger.can_ever_fit(spec.demand):
                 if best is None or ledger.load() < best.ledger.load():
                     best = state
         return best

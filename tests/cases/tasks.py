@@ -12,7 +12,7 @@ import numpy as np
 import hpcray as ray
 from hpcray import exceptions
 
-from .helpers import raises
+from .helpers import raises, wait_for_condition
 
 Point = collections.namedtuple("Point", "x y")
 
@@ -387,3 +387,26 @@ def case_driver_threads_submit_and_get_at_once():
     assert not errors, errors
     assert done == list(range(threads))
     assert threading.active_count() < 200
+
+
+def case_long_tasks_after_a_burst_of_short_ones_run_on_every_rank():
+    """Ranks that finish short tasks quickly are sent deeper queues; long tasks submitted in the
+    same burst still run side by side, one per rank (a rank with room asks queued ones back)."""
+    @ray.remote
+    def noop():
+        return None
+
+    @ray.remote
+    def slow():
+        time.sleep(1.0)
+        return ray.get_runtime_context().get_rank()
+
+    workers = {rank for node in ray.nodes() for rank in node["Ranks"]}
+    total = ray.cluster_resources()["CPU"]  # (tasks of earlier cases may still be ending)
+    wait_for_condition(lambda: ray.available_resources().get("CPU") == total, timeout=30)
+    for _ in range(3):
+        assert ray.get([noop.remote() for _ in range(1000)]) == [None] * 1000
+    refs = [noop.remote() for _ in range(2000)] + [slow.remote() for _ in workers]
+    ranks = ray.get(refs[2000:])
+    assert sorted(ranks) == sorted(workers), ranks
+    assert ray.get(refs[:2000]) == [None] * 2000

@@ -1,0 +1,149 @@
+"""The scheduler on its own (no MPI, no threads): how deep a busy rank's queue may get, and how
+queued tasks are asked back when another rank has room. Sent messages are recorded, not sent."""
+
+import pytest
+
+from hpcray._private import protocol as P
+from hpcray._private import scheduler as S
+from hpcray._private.scheduler import Scheduler
+from hpcray._private.serialization import serialize
+
+
+class Clock:
+    """Stands in for time.monotonic inside the scheduler module."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = Clock()
+    monkeypatch.setattr(S.time, "monotonic", fake)
+    return fake
+
+
+def make_scheduler(ranks=2, prefetch=2):
+    sent = []
+    workers = [P.RankInfo(r, "host", 1000 + r, {"CPU": 1.0}, [], []) for r in range(1, ranks + 1)]
+    scheduler = Scheduler(lambda dest, msg: sent.append((dest, msg)), workers, prefetch)
+    return scheduler, sent
+
+
+def submit(scheduler, n, start=0, demand=None):
+    ids = []
+    for i in range(start, start + n):
+        task_id = i.to_bytes(16, "big")
+        spec = P.TaskSpec(task_id, b"f" * 16, b"blob" if i == 0 else None, "noop", serialize(((), {})), [],
+                          [task_id + b"\x01"], 1, dict(demand or {"CPU": 1.0}), 0, None, None, None, 0)
+        scheduler.handle(0, (P.SUBMIT, spec))
+        ids.append(task_id)
+    scheduler.dispatch()
+    return ids
+
+
+def executed(sent, rank=None):
+    return [m[1].task_id for d, m in sent if m[0] == P.EXECUTE and (rank is None or d == rank)]
+
+
+def running(scheduler, sent, rank):
+    """The task the rank runs now (the first one sent to it that has not ended)."""
+    return next(t for t in executed(sent, rank) if t in scheduler.ranks[rank].ledger.running)
+
+
+def done(scheduler, rank, task_id):
+    scheduler.handle(rank, (P.TASK_DONE, task_id, [serialize(None)], None, False))
+    scheduler.dispatch()
+
+
+def test_a_rank_of_unknown_pace_holds_prefetch_tasks_queued():
+    scheduler, sent = make_scheduler(ranks=2, prefetch=2)
+    submit(scheduler, 20)
+    # one running and two queued per rank; the rest waits at the scheduler
+    assert len(executed(sent, 1)) == 3 and len(executed(sent, 2)) == 3
+    assert scheduler.stats()["ready"] == 14
+
+
+def test_a_rank_that_finishes_tasks_quickly_is_sent_more(clock):
+    scheduler, sent = make_scheduler(ranks=1, prefetch=2)
+    submit(scheduler, 200)
+    for _ in range(20):  # tasks end every 20 µs while the rank stays busy
+        clock.now += 20e-6
+        done(scheduler, 1, running(scheduler, sent, 1))
+    state = scheduler.ranks[1]
+    assert state.pace == pytest.approx(20e-6)
+    expected = min(S.DEPTH_MAX, int(S.LOOKAHEAD_S / 20e-6))
+    assert state.depth(2) == expected
+    assert len(state.ledger.queued) == expected  # topped up to the depth its pace calls for
+
+
+def test_slow_tasks_keep_the_queue_at_prefetch(clock):
+    scheduler, sent = make_scheduler(ranks=1, prefetch=2)
+    submit(scheduler, 50)
+    for _ in range(5):  # tasks of 1 s
+        clock.now += 1.0
+        done(scheduler, 1, running(scheduler, sent, 1))
+    assert scheduler.ranks[1].depth(2) == 2
+    assert len(scheduler.ranks[1].ledger.queued) == 2
+
+
+def test_an_idle_gap_does_not_count_as_a_slow_task(clock):
+    scheduler, sent = make_scheduler(ranks=1, prefetch=2)
+    submit(scheduler, 3)
+    for task_id in executed(sent, 1):
+        clock.now += 20e-6
+        done(scheduler, 1, task_id)
+    pace = scheduler.ranks[1].pace
+    clock.now += 60.0  # nothing to do for a minute
+    submit(scheduler, 1, start=3)
+    clock.now += 20e-6
+    done(scheduler, 1, executed(sent, 1)[-1])
+    assert scheduler.ranks[1].pace == pace
+
+
+def test_queued_tasks_are_asked_back_one_per_rank_with_room(clock):
+    scheduler, sent = make_scheduler(ranks=2, prefetch=2)
+    state1, state2 = scheduler.ranks[1], scheduler.ranks[2]
+    state1.pace = state2.pace = 20e-6  # both known to be fast: deep queues
+    submit(scheduler, 60)  # all of them go out: 1 running + 29 queued per rank
+    assert len(state1.ledger.queued) == len(state2.ledger.queued) == 29
+    assert scheduler.stats()["ready"] == 0
+    # rank 2 runs out of work: it finishes everything it was sent
+    for task_id in executed(sent, 2):
+        scheduler.handle(2, (P.TASK_DONE, task_id, [serialize(None)], None, False))
+    scheduler.dispatch()
+    steals = [m[1] for d, m in sent if m[0] == P.STEAL]
+    assert all(d == 1 for d, m in sent if m[0] == P.STEAL)
+    assert len(steals) == 1 and scheduler.steals_out == 1  # one at a time, not all 29
+    scheduler.dispatch()  # another pass while the first is on its way: no second STEAL
+    assert [m[1] for d, m in sent if m[0] == P.STEAL] == steals
+    scheduler.handle(1, (P.STOLEN, steals[0]))
+    scheduler.dispatch()
+    assert scheduler.steals_out == 0
+    assert steals[0] in executed(sent, 2)  # placed again where there was room
+
+
+def test_a_task_that_started_before_its_steal_arrived_settles_the_steal():
+    scheduler, sent = make_scheduler(ranks=2, prefetch=2)
+    submit(scheduler, 1, demand={"CPU": 1.0})
+    first = executed(sent, 1)[0]
+    submit(scheduler, 2, start=1)  # one runs on rank 2, one queues on rank 1 behind the first
+    queued = [t for t, _ in scheduler.ranks[1].ledger.queued]
+    assert queued
+    done(scheduler, 2, executed(sent, 2)[0])  # rank 2 is free now: the queued task is asked back
+    steals = [m[1] for d, m in sent if m[0] == P.STEAL]
+    assert steals == queued[:1] and scheduler.steals_out == 1
+    done(scheduler, 1, first)  # rank 1 starts it before the STEAL arrives, and finishes it
+    done(scheduler, 1, steals[0])
+    assert scheduler.steals_out == 0 and steals[0] not in scheduler.tasks
+
+
+def test_no_rank_with_room_means_no_steal(clock):
+    scheduler, sent = make_scheduler(ranks=2, prefetch=2)
+    submit(scheduler, 10)
+    for _ in range(3):
+        scheduler.dispatch()
+    assert not [m for d, m in sent if m[0] == P.STEAL] and scheduler.steals_out == 0
