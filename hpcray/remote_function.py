@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ._private import options as opt
 from ._private.context import current as current_task_context, current_task_id
 from ._private.executor import ArgRef
 from ._private.object_ref import ObjectRef, object_id_of
 from ._private.protocol import TaskSpec
-from ._private.serialization import dumps_function, try_serialize
+from ._private.serialization import SerializedValue, dumps_function, serialize, try_serialize
 
 
 class _Plan:
@@ -102,6 +102,15 @@ def inherited_strategy(strategy: Optional[tuple]) -> Optional[tuple]:
     return None
 
 
+def pack_arguments(args: Tuple[Any, ...], kwargs: Dict[str, Any], callee: str) -> Tuple[SerializedValue, List[bytes]]:
+    """A call's arguments as they travel, top-level ObjectRefs replaced by placeholders, and the
+    ids of those refs. A call without arguments shares one pickled value (nothing to pickle)."""
+    if not args and not kwargs:
+        return _NO_ARGUMENTS, []
+    call_args, call_kwargs, deps = split_ref_arguments(args, kwargs)
+    return try_serialize((call_args, call_kwargs), f"an argument of {callee}:"), deps
+
+
 def split_ref_arguments(args: Tuple[Any, ...], kwargs: Dict[str, Any]):
     """Replace top-level ObjectRefs with placeholders; return (args, kwargs, dependency ids)."""
     deps = []
@@ -120,6 +129,9 @@ def split_ref_arguments(args: Tuple[Any, ...], kwargs: Dict[str, Any]):
         else:
             out_kwargs[key] = value
     return out_args, out_kwargs, deps
+
+
+_NO_ARGUMENTS = serialize(([], {}))  # never changed after this: calls only read it
 
 
 class _Export:
@@ -202,8 +214,7 @@ class RemoteFunction:
         if self._is_generator:
             raise NotImplementedError(f"{self._name} is a generator function: streaming generator "
                                       "tasks are not supported by hpcray yet")
-        call_args, call_kwargs, deps = split_ref_arguments(args, kwargs)
-        serialized = try_serialize((call_args, call_kwargs), f"an argument of {self._name}():")
+        serialized, deps = pack_arguments(args, kwargs, f"{self._name}()")
         fn_id, blob = self._export.get()
         client = session.client
         task_id = client.new_task_id()

@@ -43,10 +43,16 @@ class SerializedValue:
         return len(self.data) + sum(memoryview(b).nbytes for b in self.buffers)
 
     def __reduce__(self):
+        if not self.buffers and self.location is None:  # most values: only pickle bytes travel
+            return (_rebuild_plain, (self.data, self.contained, self.is_error))
         # Protocol 5 keeps large buffers out of band in the transport (comm.MPITransport).
         bufs = [pickle.PickleBuffer(b) for b in self.buffers]
         return (_rebuild_value, (self.data, bufs, self.contained, self.is_error, self.location,
                                  self.placement))
+
+
+def _rebuild_plain(data, contained, is_error):
+    return SerializedValue(data, [], contained, is_error)
 
 
 def _rebuild_value(data, buffers, contained, is_error, location=None, placement=None):
