@@ -25,6 +25,40 @@ def test_task_spec_round_trips_every_slot():
     assert {s: getattr(copy, s) for s in P.TaskSpec.__slots__} == {s: getattr(spec, s) for s in P.TaskSpec.__slots__}
 
 
+def test_messages_keep_every_field_in_their_wire_form():
+    from hpcray._private.serialization import SerializedValue, serialize
+
+    def same(a, b):
+        if isinstance(a, P.TaskSpec):
+            return all(same(getattr(a, s), getattr(b, s)) for s in P.TaskSpec.__slots__)
+        if hasattr(a, "buffers") and hasattr(a, "location"):  # a SerializedValue
+            return (a.data, [bytes(x) for x in a.buffers], a.contained, a.is_error, a.location) == \
+                (b.data, [bytes(x) for x in b.buffers], b.contained, b.is_error, b.location)
+        if isinstance(a, (list, tuple)):
+            return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return a == b
+
+    plain = serialize({"a": 1})
+    error = serialize(ValueError("boom"), is_error=True)
+    with_buffer = SerializedValue(b"data", [memoryview(b"x" * 64)], [b"c" * 20], False)
+    stub = plain.stub(3)
+    spec = P.TaskSpec(b"t" * 16, b"f" * 16, None, "name", plain, [b"d" * 20], [b"r" * 20], 1, {"CPU": 1.0},
+                      3, b"retry", {"A": "1"}, ("SPREAD",), 2)
+    spec.kind, spec.actor_id, spec.method, spec.extra = P.ACTOR_METHOD, b"a" * 16, "m", {"group": "g"}
+    messages = [
+        (P.SUBMIT, spec), (P.EXECUTE, spec, b"blob", [plain, stub, with_buffer]), (P.EXECUTE, spec, None, []),
+        (P.ACTOR_CALL, spec, [error]), (P.TASK_DONE, b"t" * 16, [plain, stub], None, False),
+        (P.TASK_DONE, b"t" * 16, None, error, True), (P.OBJECT, b"o" * 20, with_buffer), (P.OBJECT, b"o" * 20, plain),
+        (P.HOLD, b"o" * 20, -1),
+    ]
+    for msg in messages:
+        wire = pickle.loads(pickle.dumps([P.encode(msg)], protocol=5))[0]
+        assert same(P.decode(wire), msg), msg
+    # the common case carries no class reference at all
+    assert b"TaskSpec" not in pickle.dumps(P.encode((P.ACTOR_CALL, spec, [plain])), protocol=5)
+    assert b"_rebuild" not in pickle.dumps(P.encode((P.TASK_DONE, b"t" * 16, [plain], None, False)), protocol=5)
+
+
 def make_loop():
     loop = CommLoop(0, None, spin_us=2000.0, max_sleep_us=1000.0)
     ran_on = []

@@ -406,7 +406,7 @@ class CommLoop:
             box = self.outbox.get(dest)
             if box is None:
                 box = self.outbox[dest] = []
-            box.append(msg)
+            box.append(P.encode(msg))
 
     def _main(self) -> None:
         sleep_s = 50e-6
@@ -458,11 +458,21 @@ class CommLoop:
         """One pass: local commands, incoming messages, scheduling, outgoing batches."""
         progress = False
         commands = self.commands
+        later = None
         if commands:
             progress = True
             popleft = commands.popleft
+            local_scheduler = self.scheduler is not None
             while commands:
-                self._local(popleft())
+                item = popleft()
+                kind = item[0]
+                if kind == DECREF or (kind == P.GET_REQ and local_scheduler):
+                    # bookkeeping that sends nothing urgent: after this turn's batches are out
+                    if later is None:
+                        later = []
+                    later.append(item)
+                else:
+                    self._local(item)
         transport = self.transport
         if transport is not None:
             for source, batch in transport.receive():
@@ -478,6 +488,9 @@ class CommLoop:
                     transport.send(dest, batch)
                 self.outbox = {}
                 self.outbox_since = 0.0
+        if later is not None:
+            for item in later:
+                self._local(item)
         if transport is not None:
             if transport.progress_sends():
                 progress = True
@@ -550,7 +563,9 @@ class CommLoop:
     def _remote(self, source: int, batch: List[tuple]) -> None:
         scheduler = self.scheduler
         on_remote = self.on_remote
+        decode = P.decode
         for msg in batch:
+            msg = decode(msg)
             if P.is_peer(msg[0]):  # rank to rank: large values (object_plane.py)
                 self._peer(source, msg)
             elif on_remote is not None:

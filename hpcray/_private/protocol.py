@@ -36,7 +36,9 @@ specs of kind ACTOR_METHOD, which the scheduler forwards to the actor's rank in 
 from __future__ import annotations
 
 import operator
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
+
+from .serialization import SerializedValue
 
 # upstream
 SUBMIT = 1
@@ -182,3 +184,69 @@ class RankInfo:
 
     def __reduce__(self):
         return (RankInfo, (self.rank, self.host, self.pid, self.resources, self.gpu_ids, self.gpu_names))
+
+
+# ---- wire form --------------------------------------------------------------------------------
+# Between ranks, the TaskSpecs and plain values (pickle bytes only: no buffers, no location) in
+# the busiest kinds of message travel as tuples. Pickle saves a class reference for every object
+# it rebuilds through __reduce__ (an import lookup on both sides, about 0.6 µs each): an actor
+# call pickles in 0.8 µs this way against 3.3 µs as objects, and unpickles in 0.8 against 2.7 µs.
+# CommLoop.send encodes a message for another rank; CommLoop._remote decodes what arrives.
+
+def _flat(value: Any) -> Any:
+    if value is not None and not value.buffers and value.location is None:
+        return (value.data, value.contained, value.is_error)
+    return value  # None, or a value that travels as an object (SerializedValue.__reduce__)
+
+
+def _value(flat: Any) -> Any:
+    if type(flat) is tuple:
+        return SerializedValue(flat[0], [], flat[1], flat[2])
+    return flat
+
+
+def _flat_spec(spec: TaskSpec) -> tuple:
+    state = _spec_state(spec)
+    return state[:4] + (_flat(state[4]),) + state[5:]
+
+
+def _spec(state: tuple) -> TaskSpec:
+    spec = _rebuild_spec(*state)
+    spec.args = _value(spec.args)
+    return spec
+
+
+def _flat_values(values: Optional[List[Any]]) -> Optional[List[Any]]:
+    return [_flat(v) for v in values] if values else values
+
+
+def _values(flat: Optional[List[Any]]) -> Optional[List[Any]]:
+    return [_value(v) for v in flat] if flat else flat
+
+
+_ENCODE: Dict[int, Callable[[tuple], tuple]] = {
+    SUBMIT: lambda m: (m[0], _flat_spec(m[1])),
+    EXECUTE: lambda m: (m[0], _flat_spec(m[1]), m[2], _flat_values(m[3])),
+    ACTOR_CALL: lambda m: (m[0], _flat_spec(m[1]), _flat_values(m[2])),
+    TASK_DONE: lambda m: (m[0], m[1], _flat_values(m[2]), _flat(m[3]), m[4]),
+    OBJECT: lambda m: (m[0], m[1], _flat(m[2])),
+}
+_DECODE: Dict[int, Callable[[tuple], tuple]] = {
+    SUBMIT: lambda m: (m[0], _spec(m[1])),
+    EXECUTE: lambda m: (m[0], _spec(m[1]), m[2], _values(m[3])),
+    ACTOR_CALL: lambda m: (m[0], _spec(m[1]), _values(m[2])),
+    TASK_DONE: lambda m: (m[0], m[1], _values(m[2]), _value(m[3]), m[4]),
+    OBJECT: lambda m: (m[0], m[1], _value(m[2])),
+}
+
+
+def encode(msg: tuple) -> tuple:
+    """A message as it leaves for another rank."""
+    codec = _ENCODE.get(msg[0])
+    return msg if codec is None else codec(msg)
+
+
+def decode(msg: tuple) -> tuple:
+    """A message as it arrived from another rank, objects rebuilt."""
+    codec = _DECODE.get(msg[0])
+    return msg if codec is None else codec(msg)
