@@ -156,8 +156,6 @@ class ActorDirectory:
                 break
             queue.popleft()
             self._send_call(actor, record)
-        if not queue:
-            del actor.callers[caller]
 
     def _send_call(self, actor: ActorRecord, record) -> None:
         spec = record.spec

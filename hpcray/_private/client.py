@@ -181,12 +181,11 @@ class CoreClient:
             return value is not None and not (need_value and value.location is not None)
 
         with self.cond:
-            present = [i for i in unique if here(i)]
-            errors = fail_fast and any(store[i].is_error for i in present)
-            if len(present) >= count or errors:
-                return
-            waiter = _Waiter(len(present), need_value)
             missing = [i for i in unique if not here(i)]
+            have = len(unique) - len(missing)
+            if have >= count or (fail_fast and have and any(here(i) and store[i].is_error for i in unique)):
+                return
+            waiter = _Waiter(have, need_value)
             for object_id in missing:
                 self.waiters.setdefault(object_id, []).append(waiter)
         task = context.current()

@@ -25,8 +25,8 @@ _current: "contextvars.ContextVar[Optional[TaskContext]]" = contextvars.ContextV
 class TaskContext:
     """The task or actor call the current thread is running."""
 
-    __slots__ = ("task_id", "name", "resources", "env", "prefix", "gpu_ids", "actor_id", "actor_handle",
-                 "group")
+    __slots__ = ("task_id", "name", "resources", "env", "rank", "_prefix", "gpu_ids", "actor_id",
+                 "actor_handle", "group")
 
     def __init__(self, task_id: bytes, name: str, resources: Dict[str, float],
                  env: Optional[Dict[str, str]], rank: int, gpu_ids: Optional[list] = None,
@@ -35,12 +35,20 @@ class TaskContext:
         self.name = name
         self.resources = resources
         self.env = env
-        self.prefix = f"({name} pid={os.getpid()}, rank={rank}) "
+        self.rank = rank
+        self._prefix: Optional[str] = None  # made when the task first prints
         self.gpu_ids = gpu_ids or []
         self.actor_id = actor_id
         self.actor_handle = actor_handle
         # ("PG", group id, bundle index, capture child tasks) when it runs in a placement group
         self.group = strategy if strategy and strategy[0] == "PG" else None
+
+    @property
+    def prefix(self) -> str:
+        """What each line the task prints starts with."""
+        if self._prefix is None:
+            self._prefix = f"({self.name} pid={os.getpid()}, rank={self.rank}) "
+        return self._prefix
 
 
 def current() -> Optional[TaskContext]:

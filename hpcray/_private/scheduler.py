@@ -148,28 +148,18 @@ class Scheduler(ActorDirectory, PlacementGroups):
         self.tasks[spec.task_id] = record
         if spec.parent is not None and spec.parent in self.tasks:
             self.children.setdefault(spec.parent, set()).add(spec.task_id)
-        lost = None
-        for object_id in list(spec.deps) + list(spec.args.contained):
-            entry = self.objects.get(object_id)
-            if entry is None:
-                lost = lost or object_id
-                continue
-            entry.refs += 1
-            record.pins.append(object_id)
-        if lost is not None:
-            self._finish(record, self._error_value(exceptions.ObjectLostError(
-                lost.hex(), message=f"Task {spec.name}: its argument {lost.hex()} was freed or lost")))
+        if (spec.deps or spec.args.contained) and not self._pin_arguments(record):
             return
-        if spec.strategy and spec.strategy[0] == "PG" and self.group_removed(spec):
+        strategy = spec.strategy
+        if strategy and strategy[0] == "PG" and self.group_removed(spec):
             self.fail_outside_group(record)
             return
-        if spec.strategy and spec.strategy[0] == "NODE" and not spec.strategy[2] \
-                and spec.strategy[1] not in self.by_node:
+        if strategy and strategy[0] == "NODE" and not strategy[2] and strategy[1] not in self.by_node:
             self._finish(record, self._error_value(exceptions.TaskUnschedulableError(
-                f"Task {spec.name}: NodeAffinitySchedulingStrategy names node {spec.strategy[1]}, "
+                f"Task {spec.name}: NodeAffinitySchedulingStrategy names node {strategy[1]}, "
                 "which is not part of this job")))
             return
-        for dep in set(spec.deps):
+        for dep in set(spec.deps) if spec.deps else ():
             entry = self.objects[dep]
             if entry.value is None:
                 if entry.waiters is None:
@@ -184,6 +174,24 @@ class Scheduler(ActorDirectory, PlacementGroups):
             self.submit_actor_call(src, record)
         elif record.missing == 0:
             self._make_ready(record)
+
+    def _pin_arguments(self, record: TaskRecord) -> bool:
+        """Hold the task's arguments (top-level and nested refs) until it ends; False, with the
+        task failed, when one of them is gone."""
+        spec = record.spec
+        lost = None
+        for object_id in list(spec.deps) + list(spec.args.contained):
+            entry = self.objects.get(object_id)
+            if entry is None:
+                lost = lost or object_id
+                continue
+            entry.refs += 1
+            record.pins.append(object_id)
+        if lost is not None:
+            self._finish(record, self._error_value(exceptions.ObjectLostError(
+                lost.hex(), message=f"Task {spec.name}: its argument {lost.hex()} was freed or lost")))
+            return False
+        return True
 
     def on_handled(self, src: int, object_id: bytes) -> None:
         entry = self.objects.get(object_id)
