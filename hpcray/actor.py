@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from . import exceptions
 from ._private import context
+from ._private import api
 from ._private import options as opt
 from ._private import protocol as P
 from ._private.object_ref import ObjectRef, object_id_of
@@ -143,7 +144,6 @@ class ActorClass:
         raise NotImplementedError("Ray DAGs (.bind) are not supported by hpcray")
 
     def _create(self, args, kwargs, options: Dict[str, Any]) -> "ActorHandle":
-        from ._private import api
         session = api.ensure_session()
         if self._init_signature is not None:
             try:
@@ -275,7 +275,6 @@ class ActorHandle:
         return num_returns, max_retries, retry_blob, pick("concurrency_group", None), f"{meta.class_name}.{name}"
 
     def _call(self, name: str, method_meta: Optional[_MethodMeta], args, kwargs, call_options):
-        from ._private import api
         session = api.ensure_session()
         meta = self._meta
         if method_meta is not None and method_meta.signature is not None and \
@@ -376,7 +375,6 @@ def handle_from_spec(spec: P.TaskSpec) -> Tuple[bytes, bytes, bytes]:
 
 def get_actor(name: str, namespace: Optional[str] = None) -> ActorHandle:
     """The handle of a named actor (ValueError when there is none)."""
-    from ._private import api
     if not isinstance(name, str) or not name:
         raise ValueError(f"get_actor(): name must be a non-empty string, got {name!r}")
     if namespace is not None and not isinstance(namespace, str):
@@ -392,7 +390,6 @@ def get_actor(name: str, namespace: Optional[str] = None) -> ActorHandle:
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """Kill an actor at once: its running and queued calls fail with RayActorError."""
-    from ._private import api
     if not isinstance(actor, ActorHandle):
         raise ValueError(f"hpcray.kill() only supports actors; got {type(actor).__name__}")
     if not isinstance(no_restart, bool):

@@ -10,6 +10,7 @@ import hashlib
 import inspect
 from typing import Any, Dict, List, Optional, Tuple
 
+from ._private import api
 from ._private import options as opt
 from ._private.context import current as current_task_context, current_task_id
 from ._private.executor import ArgRef
@@ -204,7 +205,6 @@ class RemoteFunction:
         raise NotImplementedError("Ray DAGs (.bind) are not supported by hpcray")
 
     def _submit(self, args: Tuple[Any, ...], kwargs: Dict[str, Any], plan: _Plan):
-        from ._private import api
         session = api.ensure_session()
         if self._signature is not None and (kwargs or len(args) != self._arity):
             try:

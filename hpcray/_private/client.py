@@ -50,6 +50,7 @@ class CoreClient:
         self.waiters: Dict[bytes, List["_Waiter"]] = {}
         self.plane = None  # the rank's ObjectPlane, for values that live on other ranks
         self.want_values: set = set()  # ids whose value (not only a stub) a caller waits for
+        self.sleepers = 0  # threads asleep on ``cond`` (changed only under it)
 
     # ---- user threads -----------------------------------------------------------------
     def submit(self, spec: P.TaskSpec, fn_blob: bytes) -> List[ObjectRef]:
@@ -219,7 +220,11 @@ class CoreClient:
                                 self.post((P.BLOCKED, task.task_id))
                             # wake now and then, so a cancel (KeyboardInterrupt) can land
                             remaining = 0.1 if remaining is None else min(remaining, 0.1)
-                        self.cond.wait(remaining)
+                        self.sleepers += 1
+                        try:
+                            self.cond.wait(remaining)
+                        finally:
+                            self.sleepers -= 1
                         continue
                 if not lend(satisfied, deadline, loop.guest_idle_s):
                     loop.nudge()  # our request waits for the comm thread or another guest
@@ -275,7 +280,8 @@ class CoreClient:
                     self.waiters[object_id] = keep
                 else:
                     del self.waiters[object_id]
-                self.cond.notify_all()
+                if self.sleepers:  # (a waiter running the loop's turns itself is not asleep)
+                    self.cond.notify_all()
         if callbacks:
             for callback in callbacks:
                 callback(value)

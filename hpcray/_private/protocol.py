@@ -105,9 +105,9 @@ def is_peer(kind: int) -> bool:
 class TaskSpec:
     """Everything a rank needs to run one task, and the scheduler needs to place it."""
 
-    __slots__ = ("task_id", "fn_id", "fn_blob", "name", "args", "deps", "return_ids", "num_returns",
+    __slots__ = ("task_id", "fn_id", "fn_blob", "name", "deps", "return_ids", "num_returns",
                  "demand", "max_retries", "retry_blob", "env_vars", "strategy", "owner", "attempt",
-                 "kind", "actor_id", "method", "extra", "parent")
+                 "kind", "actor_id", "method", "extra", "parent", "args")  # args last: see _flat_spec
 
     def __init__(self, task_id: bytes, fn_id: bytes, fn_blob: Optional[bytes], name: str, args: Any,
                  deps: List[bytes], return_ids: List[bytes], num_returns: int, demand: Dict[str, float],
@@ -141,8 +141,8 @@ class TaskSpec:
 _spec_state = operator.attrgetter(*TaskSpec.__slots__)  # every slot, in order, in one C call
 
 
-def _rebuild_spec(task_id, fn_id, fn_blob, name, args, deps, return_ids, num_returns, demand, max_retries,
-                  retry_blob, env_vars, strategy, owner, attempt, kind, actor_id, method, extra, parent):
+def _rebuild_spec(task_id, fn_id, fn_blob, name, deps, return_ids, num_returns, demand, max_retries,
+                  retry_blob, env_vars, strategy, owner, attempt, kind, actor_id, method, extra, parent, args):
     # plain attribute stores: 3x faster than a loop over the slots' setters (one per message)
     spec = TaskSpec.__new__(TaskSpec)
     spec.task_id = task_id
@@ -205,15 +205,15 @@ def _value(flat: Any) -> Any:
     return flat
 
 
+_spec_rest = operator.attrgetter(*TaskSpec.__slots__[:-1])  # every slot but args (the last one)
+
+
 def _flat_spec(spec: TaskSpec) -> tuple:
-    state = _spec_state(spec)
-    return state[:4] + (_flat(state[4]),) + state[5:]
+    return _spec_rest(spec), _flat(spec.args)
 
 
-def _spec(state: tuple) -> TaskSpec:
-    spec = _rebuild_spec(*state)
-    spec.args = _value(spec.args)
-    return spec
+def _spec(wire: tuple) -> TaskSpec:
+    return _rebuild_spec(*wire[0], _value(wire[1]))
 
 
 def _flat_values(values: Optional[List[Any]]) -> Optional[List[Any]]:
