@@ -127,7 +127,7 @@ class ActorHost:
         entry = [spec, values, True]  # spec, argument values, ready to run
         box.append(entry)
         plane = self.executor.plane
-        if plane is not None and any(v.location is not None for v in values):
+        if values and plane is not None and any(v.location is not None for v in values):
             entry[2] = False  # large arguments are fetched first; later calls wait behind it
 
             def fetched(real: List[SerializedValue]) -> None:

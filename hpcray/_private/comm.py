@@ -244,6 +244,7 @@ class CommLoop:
         self.job = 0
         self.running = False
         self.thread: Optional[threading.Thread] = None
+        self.thread_ident: Optional[int] = None  # the comm thread's, once it runs
         self.error: Optional[BaseException] = None
         # lent turns (see the module docstring)
         # HPCRAY_INLINE_PROGRESS, where the MPI allows calls from several threads one at a time
@@ -299,7 +300,8 @@ class CommLoop:
         is raised at the end (``interruptible``) or left to ``raise_deferred_interrupt``.
         While ``hold()`` is true (the guest has more work of its own queued) outgoing batches
         wait, up to ``HOLD_S``, so a burst of results leaves as a few messages."""
-        if not self.running or self.thread is threading.current_thread() or not self._gate.acquire(False):
+        me = threading.get_ident()
+        if not self.running or me == self.thread_ident or not self._gate.acquire(False):
             return False  # (the comm thread itself, e.g. in a callback it runs: it has the turns)
         gone = False
         try:
@@ -307,7 +309,7 @@ class CommLoop:
             wait = -1 if until is None else max(0.0, until - time.monotonic())
             if not self._turns.acquire(True, wait):
                 return False
-            self.guest = threading.get_ident()
+            self.guest = me
             self.hold_outbox = hold
             gone = True
             try:
@@ -328,7 +330,7 @@ class CommLoop:
             if (gone and transport is not None) or self.commands or (self.outbox and not self.outbox_since) \
                     or (transport is not None and transport.moving()):
                 self.wake_event.set()
-        if interruptible:
+        if interruptible and self.interrupted:
             self.raise_deferred_interrupt()
         return True
 
@@ -409,6 +411,7 @@ class CommLoop:
             box.append(P.encode(msg))
 
     def _main(self) -> None:
+        self.thread_ident = threading.get_ident()
         sleep_s = 50e-6
         last_activity = time.monotonic()
         turns = self._turns
@@ -511,7 +514,9 @@ class CommLoop:
 
     def _local(self, item: tuple) -> None:
         kind = item[0]
-        if kind == INCREF:
+        if kind == P.TASK_DONE or kind == P.SUBMIT:
+            self._upstream(kind, item)
+        elif kind == INCREF:
             object_id = item[1]
             if job_of(object_id) != self.job:
                 return
@@ -543,22 +548,27 @@ class CommLoop:
             else:
                 self.held.add(object_id)
         else:
-            if kind == P.SUBMIT:
-                self.held.update(item[1].return_ids)
-            elif kind == P.PG_READY:
-                self.held.add(item[2])
-            elif kind == P.PUT:
-                self.held.add(item[1])
-                if self.plane is not None:
-                    item = (P.PUT, item[1], self.plane.keep_if_large(item[1], item[2]))
-            elif kind in (P.TASK_DONE, P.BLOCKED, P.UNBLOCKED):
-                if self.local_hook is not None and not self.local_hook(item):
-                    return
-                if kind == P.TASK_DONE and item[2] and self.plane is not None:
-                    values = self.plane.keep_returns(item[1], item[2])
-                    if values is not item[2]:
-                        item = (kind, item[1], values, item[3], item[4])
-            self.send(0, item)
+            self._upstream(kind, item)
+
+    def _upstream(self, kind: int, item: tuple) -> None:
+        """A local thread's message for the scheduler: note what this rank now holds, let the
+        executor see its own reports first, keep large values here; then send it."""
+        if kind == P.SUBMIT:
+            self.held.update(item[1].return_ids)
+        elif kind == P.PG_READY:
+            self.held.add(item[2])
+        elif kind == P.PUT:
+            self.held.add(item[1])
+            if self.plane is not None:
+                item = (P.PUT, item[1], self.plane.keep_if_large(item[1], item[2]))
+        elif kind == P.TASK_DONE or kind == P.BLOCKED or kind == P.UNBLOCKED:
+            if self.local_hook is not None and not self.local_hook(item):
+                return
+            if kind == P.TASK_DONE and item[2] and self.plane is not None:
+                values = self.plane.keep_returns(item[1], item[2])
+                if values is not item[2]:
+                    item = (kind, item[1], values, item[3], item[4])
+        self.send(0, item)
 
     def _remote(self, source: int, batch: List[tuple]) -> None:
         scheduler = self.scheduler

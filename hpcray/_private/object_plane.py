@@ -197,7 +197,7 @@ class ObjectPlane:
 def resolve_all(plane: ObjectPlane, ids: List[bytes], values: List[SerializedValue],
                 done: Callable[[List[SerializedValue]], None]) -> None:
     """Resolve every stub among ``values`` (fetching what lives elsewhere), then call ``done``."""
-    if all(v.location is None for v in values):
+    if not values or all(v.location is None for v in values):
         done(values)
         return
     resolved = list(values)
