@@ -17,7 +17,7 @@ from ._private import context
 from ._private import api
 from ._private import options as opt
 from ._private import protocol as P
-from ._private.object_ref import ObjectRef, object_id_of
+from ._private.object_ref import ObjectRef, object_id_of, return_ids_of
 from ._private.serialization import dumps_function, loads
 from .remote_function import _Export, group_demand, inherited_strategy, pack_arguments, strategy_key
 
@@ -170,7 +170,7 @@ class ActorClass:
         for group, limit in groups.items():
             if not isinstance(limit, int) or limit < 1:
                 raise ValueError(f"concurrency_groups[{group!r}]={limit!r}: a group's limit must be an int >= 1")
-        serialized, deps = pack_arguments(args, kwargs, f"{self.__name__}.__init__()")
+        serialized, deps = pack_arguments(args, kwargs, self.__name__, "__init__")
         fn_id, blob = self._export.get()
         client = session.client
         task_id = client.new_task_id()
@@ -297,9 +297,9 @@ class ActorHandle:
                 raise exceptions.PendingCallsLimitExceeded(
                     f"Too many pending calls ({len(self._pending)}) on actor {meta.class_name}: "
                     f"max_pending_calls={meta.max_pending_calls}")
-        serialized, deps = pack_arguments(args, kwargs, f"{meta.class_name}.{name}()")
+        serialized, deps = pack_arguments(args, kwargs, meta.class_name, name)
         task_id = client.new_task_id()
-        return_ids = [object_id_of(task_id, i + 1) for i in range(num_returns)]
+        return_ids = return_ids_of(task_id, num_returns)
         spec = P.TaskSpec(task_id, b"", None, display_name, serialized, deps, return_ids,
                           num_returns, {}, max_retries, retry_blob, None, None, client.rank)
         spec.kind = P.ACTOR_METHOD

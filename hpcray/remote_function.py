@@ -14,7 +14,7 @@ from ._private import api
 from ._private import options as opt
 from ._private.context import current as current_task_context, current_task_id
 from ._private.executor import ArgRef
-from ._private.object_ref import ObjectRef, object_id_of
+from ._private.object_ref import ObjectRef, return_ids_of
 from ._private.protocol import TaskSpec
 from ._private.serialization import SerializedValue, dumps_function, serialize, try_serialize
 
@@ -103,13 +103,16 @@ def inherited_strategy(strategy: Optional[tuple]) -> Optional[tuple]:
     return None
 
 
-def pack_arguments(args: Tuple[Any, ...], kwargs: Dict[str, Any], callee: str) -> Tuple[SerializedValue, List[bytes]]:
+def pack_arguments(args: Tuple[Any, ...], kwargs: Dict[str, Any], owner: str,
+                   method: Optional[str] = None) -> Tuple[SerializedValue, List[bytes]]:
     """A call's arguments as they travel, top-level ObjectRefs replaced by placeholders, and the
-    ids of those refs. A call without arguments shares one pickled value (nothing to pickle)."""
+    ids of those refs. A call without arguments shares one pickled value (nothing to pickle).
+    ``owner`` and ``method`` (the function, or the class and method) name the callee in errors."""
     if not args and not kwargs:
         return _NO_ARGUMENTS, []
     call_args, call_kwargs, deps = split_ref_arguments(args, kwargs)
-    return try_serialize((call_args, call_kwargs), f"an argument of {callee}:"), deps
+    callee = owner if method is None else f"{owner}.{method}"
+    return try_serialize((call_args, call_kwargs), f"an argument of {callee}():"), deps
 
 
 def split_ref_arguments(args: Tuple[Any, ...], kwargs: Dict[str, Any]):
@@ -214,12 +217,12 @@ class RemoteFunction:
         if self._is_generator:
             raise NotImplementedError(f"{self._name} is a generator function: streaming generator "
                                       "tasks are not supported by hpcray yet")
-        serialized, deps = pack_arguments(args, kwargs, f"{self._name}()")
+        serialized, deps = pack_arguments(args, kwargs, self._name)
         fn_id, blob = self._export.get()
         client = session.client
         task_id = client.new_task_id()
         count = plan.num_returns
-        return_ids = [object_id_of(task_id, i + 1) for i in range(count)]
+        return_ids = return_ids_of(task_id, count)
         env = plan.env_vars
         if session.job_env:
             env = dict(session.job_env, **(env or {}))

@@ -61,7 +61,8 @@ class CoreClient:
             self.loop.post_and_turn((P.SUBMIT, spec))
         else:
             self.post((P.SUBMIT, spec))
-        refs = [ObjectRef(object_id) for object_id in spec.return_ids]
+        counted = ObjectRef.counted  # the SUBMIT counts these refs (no INCREF each)
+        refs = [counted(object_id) for object_id in spec.return_ids]
         self.loop.raise_deferred_interrupt()  # after the refs exist: they free the returns
         return refs
 

@@ -554,7 +554,11 @@ class CommLoop:
         """A local thread's message for the scheduler: note what this rank now holds, let the
         executor see its own reports first, keep large values here; then send it."""
         if kind == P.SUBMIT:
-            self.held.update(item[1].return_ids)
+            return_ids = item[1].return_ids
+            self.held.update(return_ids)
+            counts = self.counts
+            for object_id in return_ids:  # the submitter's refs (ObjectRef.counted)
+                counts[object_id] = counts.get(object_id, 0) + 1
         elif kind == P.PG_READY:
             self.held.add(item[2])
         elif kind == P.PUT:

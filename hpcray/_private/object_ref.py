@@ -33,6 +33,16 @@ def object_id_of(task_id: bytes, index: int) -> bytes:
     return task_id + struct.pack(">I", index)
 
 
+_FIRST_INDEXES = [struct.pack(">I", i) for i in range(1, 9)]
+
+
+def return_ids_of(task_id: bytes, count: int) -> list:
+    """The ids of a task's ``count`` return values (indexes 1..count)."""
+    if count <= len(_FIRST_INDEXES):
+        return [task_id + index for index in _FIRST_INDEXES[:count]]
+    return [object_id_of(task_id, i + 1) for i in range(count)]
+
+
 def job_of(object_id: bytes) -> int:
     return struct.unpack_from(">I", object_id)[0]
 
@@ -77,6 +87,15 @@ class ObjectRef:
         sink = self._sink
         if sink is not None:
             sink((DECREF, self._id))
+
+    @classmethod
+    def counted(cls, binary: bytes) -> "ObjectRef":
+        """A ref already counted where its life events are counted: the SUBMIT that creates a
+        task's return ids counts one ref to each (comm.CommLoop), so no INCREF is sent."""
+        ref = cls.__new__(cls)
+        ref._id = binary
+        ref._sink = current.sink
+        return ref
 
     def binary(self) -> bytes:
         return self._id

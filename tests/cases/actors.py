@@ -4,6 +4,7 @@ test_concurrency_group / test_get_or_create_actor / test_namespace checklist, in
 import asyncio
 import gc
 import os
+import threading
 import time
 
 import hpcray as ray
@@ -177,6 +178,8 @@ def case_unknown_method_and_wrong_arity_raise_at_call():
     raises(TypeError, counter.increment.remote, 1, 2, 3)
     raises(TypeError, Counter.remote, 1, 2, 3)
     raises(TypeError, counter.read)
+    raises(TypeError, counter.increment.remote, threading.Lock(), match="an argument of Counter.increment()")
+    raises(TypeError, Counter.remote, threading.Lock(), match="an argument of Counter.__init__()")
 
 
 def case_kill_fails_running_queued_and_later_calls():

@@ -286,7 +286,7 @@ def case_unpicklable_argument_is_a_clear_error():
     import threading
     lock = threading.Lock()
     exc = raises(TypeError, identity.remote, lock)
-    assert "lock" in str(exc).lower()
+    assert "lock" in str(exc).lower() and "an argument of identity()" in str(exc)
     raises(TypeError, ray.put, lock)
 
     @ray.remote
