@@ -458,7 +458,8 @@ class CommLoop:
         self.on_failure(exc)
 
     def turn(self) -> bool:
-        """One pass: local commands, incoming messages, scheduling, outgoing batches."""
+        """One pass: local commands (what they make for other ranks leaves at once), incoming
+        messages, scheduling, outgoing batches, then local bookkeeping (dropped refs)."""
         progress = False
         commands = self.commands
         later = None
@@ -478,6 +479,8 @@ class CommLoop:
                     self._local(item)
         transport = self.transport
         if transport is not None:
+            if self.outbox and not self._holding():
+                self._send_outbox()  # what the commands made (calls, results) leaves first
             for source, batch in transport.receive():
                 progress = True
                 self._remote(source, batch)
@@ -487,10 +490,7 @@ class CommLoop:
         if self.outbox:
             progress = True
             if not self._holding():
-                for dest, batch in self.outbox.items():
-                    transport.send(dest, batch)
-                self.outbox = {}
-                self.outbox_since = 0.0
+                self._send_outbox()
         if later is not None:
             for item in later:
                 self._local(item)
@@ -500,6 +500,13 @@ class CommLoop:
             if transport.receiving and transport.progress_receives():
                 progress = True
         return progress
+
+    def _send_outbox(self) -> None:
+        transport = self.transport
+        for dest, batch in self.outbox.items():
+            transport.send(dest, batch)
+        self.outbox = {}
+        self.outbox_since = 0.0
 
     def _holding(self) -> bool:
         """Whether the outbox waits for the guest's next results (``lend(hold=...)``), which it
@@ -605,9 +612,7 @@ class CommLoop:
         transport = self.transport
         if transport is None:
             return True
-        for dest, batch in self.outbox.items():
-            transport.send(dest, batch)
-        self.outbox = {}
+        self._send_outbox()
         deadline = time.monotonic() + timeout
         while transport.busy() and time.monotonic() < deadline:
             if not transport.progress_sends():
