@@ -258,6 +258,7 @@ class CommLoop:
         self.hold_outbox: Optional[Callable[[], bool]] = None  # the guest's lend(hold=...)
         self.outbox_since = 0.0  # when the held outbox was first held, or 0.0
         self.interrupted = False  # SIGINT arrived while the main thread ran a lent turn
+        self.burst = 0  # submissions since a guest last waited for something (post_and_turn)
 
     # ---- any thread ----------------------------------------------------------------------
     def post(self, item: tuple) -> None:
@@ -273,14 +274,17 @@ class CommLoop:
     def post_and_turn(self, item: tuple) -> None:
         """Post, then run a turn on this thread if the loop is free (no hand-off), else wake it.
 
-        Submissions in a burst go out in batches: within ``BATCH_S`` of a guest's last turn the
-        command only joins the queue; the next lent turn (the caller's next submission after the
-        interval, or its get/wait) takes it, or the comm thread within ``max_sleep_us``."""
+        Submissions in a burst go out in batches: the first since the last wait goes at once;
+        a later one within ``BATCH_S`` of a guest's last turn only joins the queue; the next lent
+        turn (the caller's next submission after the interval, or its get/wait) takes it, or the
+        comm thread within ``max_sleep_us``."""
         commands = self.commands
         commands.append(item)
+        first = self.burst == 0
+        self.burst += 1
         if not self.lendable:
             self.nudge()
-        elif time.monotonic() - self.guest_left >= BATCH_S or len(commands) >= BATCH_MAX:
+        elif first or time.monotonic() - self.guest_left >= BATCH_S or len(commands) >= BATCH_MAX:
             if not self.lend(None, None, 0.0, max_turns=1, interruptible=False):
                 self.nudge()
 
@@ -301,6 +305,8 @@ class CommLoop:
         While ``hold()`` is true (the guest has more work of its own queued) outgoing batches
         wait, up to ``HOLD_S``, so a burst of results leaves as a few messages."""
         me = threading.get_ident()
+        if finished is not None:
+            self.burst = 0  # a wait ends a burst of submissions
         if not self.running or me == self.thread_ident or not self._gate.acquire(False):
             return False  # (the comm thread itself, e.g. in a callback it runs: it has the turns)
         gone = False
