@@ -98,14 +98,16 @@ def case_placement_group_strategies_follow_hosts():
     hosts = {n["NodeID"] for n in ray.nodes() if any(r != 0 for r in n.get("Ranks", []))}
     spread = placement_group([{"CPU": 0.5}, {"CPU": 0.5}], strategy="STRICT_SPREAD")
     packed = placement_group([{"CPU": 0.5}, {"CPU": 0.5}], strategy="STRICT_PACK")
-    if len(hosts) >= 2:
-        assert spread.wait(20) and packed.wait(20)
-        assert len(set(placement_group_table(spread)["bundles_to_node_id"].values())) == 2
-        assert len(set(placement_group_table(packed)["bundles_to_node_id"].values())) == 1
-    else:  # one host: two bundles cannot go to two hosts
-        assert packed.wait(20) and not spread.wait(0.5)
-    remove_placement_group(spread)
-    remove_placement_group(packed)
+    try:
+        if len(hosts) >= 2:
+            assert spread.wait(20) and packed.wait(20)
+            assert len(set(placement_group_table(spread)["bundles_to_node_id"].values())) == 2
+            assert len(set(placement_group_table(packed)["bundles_to_node_id"].values())) == 1
+        else:  # one host: two bundles cannot go to two hosts
+            assert packed.wait(20) and not spread.wait(0.5)
+    finally:  # a failed check must not leave the groups holding CPUs the next cases need
+        remove_placement_group(spread)
+        remove_placement_group(packed)
 
 
 def case_busy_producer_still_serves_its_objects():
