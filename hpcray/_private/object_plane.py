@@ -29,7 +29,7 @@ import numpy as np
 from .. import exceptions
 from . import protocol as P
 from .arena import TAG_BYTES
-from .object_ref import object_id_of
+from .object_ref import return_ids_of
 from .serialization import SerializedValue, serialize
 
 #: buffers of at least this many bytes move as raw MPI messages, not inside the pickled header
@@ -100,7 +100,8 @@ class ObjectPlane:
         inline_max = self.inline_max
         if all(v.placement is None and not v.buffers and len(v.data) <= inline_max for v in values):
             return values  # small, inline values: the common case, no object ids needed
-        return [self.keep_if_large(object_id_of(task_id, i + 1), v) for i, v in enumerate(values)]
+        ids = return_ids_of(task_id, len(values))
+        return [self.keep_if_large(object_id, v) for object_id, v in zip(ids, values)]
 
     def resolve(self, object_id: bytes, value: SerializedValue, callback: Callable[[SerializedValue], None]) -> bool:
         """Call ``callback`` with the real value: at once if it is here (True), else after a fetch."""

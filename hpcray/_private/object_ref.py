@@ -23,6 +23,7 @@ INCREF = "incref"
 DECREF = "decref"
 
 _ID = struct.Struct(">IIQI")
+_INDEX = struct.Struct(">I")  # the index part of an object id
 
 
 def make_task_id(job: int, rank: int, seq: int) -> bytes:
@@ -30,17 +31,13 @@ def make_task_id(job: int, rank: int, seq: int) -> bytes:
 
 
 def object_id_of(task_id: bytes, index: int) -> bytes:
-    return task_id + struct.pack(">I", index)
-
-
-_FIRST_INDEXES = [struct.pack(">I", i) for i in range(1, 9)]
+    return task_id + _INDEX.pack(index)
 
 
 def return_ids_of(task_id: bytes, count: int) -> list:
     """The ids of a task's ``count`` return values (indexes 1..count)."""
-    if count <= len(_FIRST_INDEXES):
-        return [task_id + index for index in _FIRST_INDEXES[:count]]
-    return [object_id_of(task_id, i + 1) for i in range(count)]
+    pack = _INDEX.pack
+    return [task_id + pack(i) for i in range(1, count + 1)]
 
 
 def job_of(object_id: bytes) -> int:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import operator
 from typing import Any, Callable, Dict, List, Optional
 
-from .serialization import SerializedValue
+from .serialization import plain_value
 
 # upstream
 SUBMIT = 1
@@ -194,15 +194,12 @@ class RankInfo:
 # CommLoop.send encodes a message for another rank; CommLoop._remote decodes what arrives.
 
 def _flat(value: Any) -> Any:
-    if value is not None and not value.buffers and value.location is None:
-        return (value.data, value.contained, value.is_error)
-    return value  # None, or a value that travels as an object (SerializedValue.__reduce__)
+    state = None if value is None else value.plain_state()
+    return value if state is None else state  # else None, or a value that travels as an object
 
 
 def _value(flat: Any) -> Any:
-    if type(flat) is tuple:
-        return SerializedValue(flat[0], [], flat[1], flat[2])
-    return flat
+    return plain_value(*flat) if type(flat) is tuple else flat
 
 
 _spec_rest = operator.attrgetter(*TaskSpec.__slots__[:-1])  # every slot but args (the last one)

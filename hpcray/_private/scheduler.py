@@ -159,7 +159,7 @@ class Scheduler(ActorDirectory, PlacementGroups):
                 f"Task {spec.name}: NodeAffinitySchedulingStrategy names node {strategy[1]}, "
                 "which is not part of this job")))
             return
-        for dep in set(spec.deps) if spec.deps else ():
+        for dep in set(spec.deps):
             entry = self.objects[dep]
             if entry.value is None:
                 if entry.waiters is None:

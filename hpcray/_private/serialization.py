@@ -42,16 +42,24 @@ class SerializedValue:
     def nbytes(self) -> int:
         return len(self.data) + sum(memoryview(b).nbytes for b in self.buffers)
 
+    def plain_state(self) -> "tuple | None":
+        """(data, contained, is_error) when only the pickle bytes travel (no out-of-band buffers,
+        not a stub), which is most values; ``plain_value(*state)`` rebuilds it. Else None."""
+        if not self.buffers and self.location is None:
+            return (self.data, self.contained, self.is_error)
+        return None
+
     def __reduce__(self):
-        if not self.buffers and self.location is None:  # most values: only pickle bytes travel
-            return (_rebuild_plain, (self.data, self.contained, self.is_error))
+        state = self.plain_state()
+        if state is not None:
+            return (plain_value, state)
         # Protocol 5 keeps large buffers out of band in the transport (comm.MPITransport).
         bufs = [pickle.PickleBuffer(b) for b in self.buffers]
         return (_rebuild_value, (self.data, bufs, self.contained, self.is_error, self.location,
                                  self.placement))
 
 
-def _rebuild_plain(data, contained, is_error):
+def plain_value(data: bytes, contained: List[bytes], is_error: bool) -> SerializedValue:
     return SerializedValue(data, [], contained, is_error)
 
 
