@@ -51,12 +51,17 @@ class CoreClient:
         self.plane = None  # the rank's ObjectPlane, for values that live on other ranks
         self.want_values: set = set()  # ids whose value (not only a stub) a caller waits for
         self.sleepers = 0  # threads asleep on ``cond`` (changed only under it)
+        # rank 0: the scheduler is in this process and delivers the returns of the tasks this
+        # rank submits as they arrive, unasked (Scheduler.on_submit subscribes us)
+        self.returns_pushed = rank == 0
 
     # ---- user threads -----------------------------------------------------------------
     def submit(self, spec: P.TaskSpec, fn_blob: bytes) -> List[ObjectRef]:
         if spec.fn_id not in self.exported:
             self.exported.add(spec.fn_id)
             spec.fn_blob = fn_blob
+        if self.returns_pushed:
+            self.requested.update(spec.return_ids)
         if self.loop.lendable and context.current() is None:
             self.loop.post_and_turn((P.SUBMIT, spec))
         else:

@@ -5,6 +5,7 @@
     HOLD / pins ──► ObjectEntry.refs            TASK_DONE ◄───────────────────────────────┘
                     │                               │ values (or the error) per return id
     GET_REQ ──► subscribers ◄───── OBJECT ◄─────────┘ failed deps fail their dependents
+    (a task submitted on rank 0 itself subscribes its submitter at once: its returns are pushed)
 
 Objects: an entry lives while ``refs`` > 0. Refs count the ranks that hold an ObjectRef (one per
 rank, see comm.py), the submitter of a task or put (until its rank reports the ref), pending tasks
@@ -139,8 +140,11 @@ class Scheduler(ActorDirectory, PlacementGroups):
             self.functions[spec.fn_id] = spec.fn_blob
             spec.fn_blob = None
         record = TaskRecord(spec)
+        objects = self.objects
         for return_id in spec.return_ids:
-            self.objects[return_id] = ObjectEntry(refs=1)  # the submitter's hold
+            objects[return_id] = entry = ObjectEntry(refs=1)  # the submitter's hold
+            if src == 0:  # this rank's client: its returns are delivered as they are set, so its
+                entry.subscribers = {0}  # get() finds them here (no GET_REQ, see CoreClient.submit)
         if spec.kind == P.ACTOR_CREATE and not self.submit_actor_creation(src, record):
             for return_id in spec.return_ids:  # answered without a new actor: nothing to run
                 self._set_value(return_id, serialize(None))
