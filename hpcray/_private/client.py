@@ -303,9 +303,11 @@ class CoreClient:
         for callback in callbacks:
             callback(failure)
 
-    def forget(self, object_id: bytes) -> None:
-        """No ObjectRef to this object is left on this rank: drop the local copy."""
+    def forget(self, object_ids: List[bytes]) -> None:
+        """No ObjectRef to these objects is left on this rank: drop the local copies."""
+        store = self.store
         with self.cond:
-            self.store.pop(object_id, None)
-        self.requested.discard(object_id)
-        self.want_values.discard(object_id)
+            for object_id in object_ids:
+                store.pop(object_id, None)
+        self.requested.difference_update(object_ids)
+        self.want_values.difference_update(object_ids)

@@ -233,7 +233,7 @@ class CommLoop:
         self.scheduler = None
         self.agent: Optional[Callable[[tuple], None]] = None
         self.local_hook: Optional[Callable[[tuple], bool]] = None
-        self.on_forget: Callable[[bytes], None] = lambda object_id: None
+        self.on_forget: Callable[[List[bytes]], None] = lambda object_ids: None
         self.on_failure: Callable[[BaseException], None] = lambda error: None
         self.plane = None  # the rank's ObjectPlane
         self.on_fetch_local: Callable[[List[bytes]], None] = lambda ids: None
@@ -498,8 +498,7 @@ class CommLoop:
             if not self._holding():
                 self._send_outbox()
         if later is not None:
-            for item in later:
-                self._local(item)
+            self._bookkeeping(later)
         if transport is not None:
             if transport.progress_sends():
                 progress = True
@@ -525,6 +524,29 @@ class CommLoop:
             self.outbox_since = now
         return now - self.outbox_since < HOLD_S
 
+    def _bookkeeping(self, items: List[tuple]) -> None:
+        """Dropped refs (and rank 0's own GET_REQs), in order, once the turn's batches are out.
+        The local copies of the objects no ref is left to go in one call (one lock)."""
+        counts = self.counts
+        forgotten = []
+        for item in items:
+            if item[0] != DECREF:
+                self._local(item)
+                continue
+            object_id = item[1]
+            count = counts.get(object_id)
+            if count is None:
+                continue
+            if count > 1:
+                counts[object_id] = count - 1
+                continue
+            del counts[object_id]
+            self.held.discard(object_id)
+            forgotten.append(object_id)
+            self.send(0, (P.HOLD, object_id, -1))
+        if forgotten:
+            self.on_forget(forgotten)
+
     def _local(self, item: tuple) -> None:
         kind = item[0]
         if kind == P.TASK_DONE or kind == P.SUBMIT:
@@ -538,18 +560,6 @@ class CommLoop:
             if object_id not in self.held:
                 self.held.add(object_id)
                 self.send(0, (P.HOLD, object_id, 1))
-        elif kind == DECREF:
-            object_id = item[1]
-            count = self.counts.get(object_id)
-            if count is None:
-                return
-            if count > 1:
-                self.counts[object_id] = count - 1
-                return
-            del self.counts[object_id]
-            self.held.discard(object_id)
-            self.on_forget(object_id)
-            self.send(0, (P.HOLD, object_id, -1))
         elif kind == P.CALL:
             item[1]()
         elif kind == P.FETCH_LOCAL:
