@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ._private import api
 from ._private import options as opt
 from ._private.context import current as current_task_context, current_task_id
-from ._private.executor import ArgRef
+from ._private.executor import NO_ARGUMENTS, ArgRef
 from ._private.object_ref import ObjectRef, return_ids_of
 from ._private.protocol import TaskSpec
 from ._private.serialization import SerializedValue, dumps_function, serialize, try_serialize
@@ -109,7 +109,7 @@ def pack_arguments(args: Tuple[Any, ...], kwargs: Dict[str, Any], owner: str,
     ids of those refs. A call without arguments shares one pickled value (nothing to pickle).
     ``owner`` and ``method`` (the function, or the class and method) name the callee in errors."""
     if not args and not kwargs:
-        return _NO_ARGUMENTS, []
+        return NO_ARGUMENTS, []
     call_args, call_kwargs, deps = split_ref_arguments(args, kwargs)
     callee = owner if method is None else f"{owner}.{method}"
     return try_serialize((call_args, call_kwargs), f"an argument of {callee}():"), deps
@@ -133,9 +133,6 @@ def split_ref_arguments(args: Tuple[Any, ...], kwargs: Dict[str, Any]):
         else:
             out_kwargs[key] = value
     return out_args, out_kwargs, deps
-
-
-_NO_ARGUMENTS = serialize(([], {}))  # never changed after this: calls only read it
 
 
 class _Export:

@@ -281,7 +281,8 @@ class ActorHost:
         env = None
         if actor.gpus:
             env = {"CUDA_VISIBLE_DEVICES": ",".join(actor.gpus)}
-        return context.TaskContext(spec.task_id, spec.name, dict(actor.resources), env,
+        # (the actor's resources are shared: get_assigned_resources() hands out a copy)
+        return context.TaskContext(spec.task_id, spec.name, actor.resources, env,
                                    self.executor.rank, actor.gpus, actor.actor_id, actor.handle,
                                    actor.spec.strategy)
 

@@ -46,7 +46,13 @@ class ArgRef:
         return (ArgRef, (self.index,))
 
 
+NO_ARGUMENTS = serialize(([], {}))  # what every call without arguments carries (never changed)
+_NO_ARGUMENTS_DATA = NO_ARGUMENTS.data
+
+
 def rebuild_arguments(args: SerializedValue, values: List[SerializedValue], ids: List[bytes]):
+    if args.data == _NO_ARGUMENTS_DATA:
+        return [], {}  # (it arrives as a copy: compared by its bytes)
     call_args, call_kwargs = deserialize(args)
     for value in values:
         if value.is_error:  # an argument could not be fetched (ObjectLostError)
@@ -311,8 +317,9 @@ class Executor:
     # ---- pool threads -------------------------------------------------------------------
     def _thread_main(self) -> None:
         self._pool_idents.add(threading.get_ident())
+        finished = False  # (the first work item is the one this thread was made for)
         while True:
-            work = self._next_work()
+            work = self._next_work(finished)
             report = None
             try:
                 report = work()
@@ -323,13 +330,20 @@ class Executor:
                 report = (P.TASK_DONE, interrupted[0], None, cancelled_value(interrupted[0]), False)
             if report is not None:
                 self.report(report)
-            with self._lock:
-                self._idle += 1
+            finished = True
+            if not self.loop.lendable:  # (else _next_work counts it idle, under the lock it takes)
+                with self._lock:
+                    self._idle += 1
 
     def _settle(self) -> Optional[tuple]:
         """After a work item: unregister this thread's task and drop an interrupt (cancel) sent to
         it that has not landed yet, so none can land later in the loop's turns this thread runs.
         Returns (task, session) of a task that ended without reporting, else None."""
+        if not self.threads and not self._targeted:
+            # no task is registered (actor calls never are): nothing can have targeted this
+            # thread, whose own task would be in ``threads`` until this very call removes it
+            context.set_current(None)
+            return None
         ident = threading.get_ident()
         found = None
         while True:
@@ -349,10 +363,11 @@ class Executor:
             except KeyboardInterrupt:
                 continue  # it landed here, meant for the task that just ended
 
-    def _next_work(self) -> Callable[[], None]:
-        """The next task or call for this idle thread. Meanwhile it runs the loop's turns itself
-        (CommLoop.lend): its last result goes out and the next task comes in on this thread, with
-        no hand-off to or from the comm thread. After ``guest_idle_s`` without progress it sleeps."""
+    def _next_work(self, finished: bool) -> Callable[[], None]:
+        """The next task or call for this thread, which becomes idle here when it ``finished`` one.
+        Meanwhile it runs the loop's turns itself (CommLoop.lend): its last result
+        goes out and the next task comes in on this thread, with no hand-off to or from the comm
+        thread. After ``guest_idle_s`` without progress it sleeps."""
         work = self._work
         loop = self.loop
         if not loop.lendable:
@@ -360,6 +375,9 @@ class Executor:
         ident = threading.get_ident()
         while True:
             with self._lock:
+                if finished:
+                    self._idle += 1
+                    finished = False
                 lender = self._lender is None
                 if lender:
                     self._lender = ident  # spawn() hands the next item to this thread
