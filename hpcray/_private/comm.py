@@ -528,6 +528,7 @@ class CommLoop:
         """Dropped refs (and rank 0's own GET_REQs), in order, once the turn's batches are out.
         The local copies of the objects no ref is left to go in one call (one lock)."""
         counts = self.counts
+        scheduler = self.scheduler  # rank 0: the refs' holds are dropped in the scheduler directly
         forgotten = []
         for item in items:
             if item[0] != DECREF:
@@ -543,7 +544,10 @@ class CommLoop:
             del counts[object_id]
             self.held.discard(object_id)
             forgotten.append(object_id)
-            self.send(0, (P.HOLD, object_id, -1))
+            if scheduler is not None:
+                scheduler.on_hold(0, object_id, -1)
+            else:
+                self.send(0, (P.HOLD, object_id, -1))
         if forgotten:
             self.on_forget(forgotten)
 

@@ -275,6 +275,8 @@ def _wire(loop: CommLoop, session: Session) -> None:
     if session.executor is not None:
         session.executor.plane = plane
     loop.scheduler = session.scheduler
+    if session.scheduler is not None:
+        session.scheduler.deliver_here = session.client.deliver
     loop.on_forget = session.client.forget
     loop.on_failure = session.client.fail_all
     loop.on_fetch_local = session.client.fetch_stubs
