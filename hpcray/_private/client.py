@@ -43,7 +43,10 @@ class CoreClient:
         self.loop = loop
         self.store: Dict[bytes, SerializedValue] = {}
         self.requested: set = set()
-        self.cond = threading.Condition(threading.Lock())
+        # ``with self.lock`` where no one waits or is notified: the Condition's own lock, taken
+        # without the Condition's Python-level __enter__/__exit__ (two calls per use)
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
         self.callbacks: Dict[bytes, List[Callable[[SerializedValue], None]]] = {}
         self.exported: set = set()
         self.broken: Optional[BaseException] = None  # set when the comm thread died
@@ -83,7 +86,7 @@ class CoreClient:
     def await_reply(self, reply: bytes, timeout: float = 120.0) -> Any:
         """The scheduler's answer under ``reply``; an error answer is raised."""
         self._wait_for([reply], 1, timeout, fail_fast=False)
-        with self.cond:
+        with self.lock:
             value = self.store.pop(reply)
         self.requested.discard(reply)
         result = deserialize(value)
@@ -97,7 +100,7 @@ class CoreClient:
                             "this, you can wrap the ObjectRef in a list and call 'put' on it.")
         serialized = try_serialize(value, "the value passed to put():", shared=True)
         object_id = object_id_of(self.new_task_id(), 0)
-        with self.cond:
+        with self.lock:
             self.store[object_id] = serialized
         self.post((P.PUT, object_id, serialized))
         return ObjectRef(object_id)
@@ -146,7 +149,7 @@ class CoreClient:
                 future.set_result(result)
 
         object_id = ref.binary()
-        with self.cond:
+        with self.lock:
             value = self.store.get(object_id)
             if value is not None and value.location is not None:
                 value = None  # only a stub is here: the value must be fetched first
@@ -183,14 +186,17 @@ class CoreClient:
         store = self.store
         unique = set(ids)
         count = min(count, len(unique))
-        def here(object_id: bytes) -> bool:
-            value = store.get(object_id)
-            return value is not None and not (need_value and value.location is not None)
-
-        with self.cond:
-            missing = [i for i in unique if not here(i)]
+        with self.lock:
+            missing = []
+            failed = False  # one of them is here and is an error
+            for object_id in unique:
+                value = store.get(object_id)
+                if value is None or (need_value and value.location is not None):
+                    missing.append(object_id)
+                elif value.is_error:
+                    failed = True
             have = len(unique) - len(missing)
-            if have >= count or (fail_fast and have and any(here(i) and store[i].is_error for i in unique)):
+            if have >= count or (fail_fast and failed):
                 return
             waiter = _Waiter(have, need_value)
             for object_id in missing:
@@ -208,7 +214,7 @@ class CoreClient:
             return waiter.have >= count or (fail_fast and waiter.error)
         try:
             while True:
-                with self.cond:
+                with self.lock:
                     if satisfied():
                         break
                     if self.broken is not None:
@@ -236,7 +242,7 @@ class CoreClient:
                     loop.nudge()  # our request waits for the comm thread or another guest
                 lend = None  # once: a long wait sleeps on the condition
         finally:
-            with self.cond:
+            with self.lock:
                 for object_id in missing:
                     registered = self.waiters.get(object_id)
                     if registered and waiter in registered:
@@ -269,7 +275,7 @@ class CoreClient:
         if object_id not in self.requested:
             return
         stub = value.location is not None
-        with self.cond:
+        with self.lock:
             self.store[object_id] = value
             callbacks = None if stub else self.callbacks.pop(object_id, None)
             waiting = self.waiters.get(object_id)
@@ -294,7 +300,7 @@ class CoreClient:
 
     def fail_all(self, error: BaseException) -> None:
         """The comm thread died: every waiting get/wait raises instead of hanging."""
-        with self.cond:
+        with self.lock:
             self.broken = error
             callbacks = [cb for cbs in self.callbacks.values() for cb in cbs]
             self.callbacks.clear()
@@ -306,7 +312,7 @@ class CoreClient:
     def forget(self, object_ids: List[bytes]) -> None:
         """No ObjectRef to these objects is left on this rank: drop the local copies."""
         store = self.store
-        with self.cond:
+        with self.lock:
             for object_id in object_ids:
                 store.pop(object_id, None)
         self.requested.difference_update(object_ids)

@@ -581,11 +581,15 @@ class CommLoop:
         """A local thread's message for the scheduler: note what this rank now holds, let the
         executor see its own reports first, keep large values here; then send it."""
         if kind == P.SUBMIT:
-            return_ids = item[1].return_ids
+            spec = item[1]
+            return_ids = spec.return_ids
             self.held.update(return_ids)
             counts = self.counts
             for object_id in return_ids:  # the submitter's refs (ObjectRef.counted)
                 counts[object_id] = counts.get(object_id, 0) + 1
+            if self.scheduler is not None:  # rank 0
+                self.scheduler.on_submit(0, spec)
+                return
         elif kind == P.PG_READY:
             self.held.add(item[2])
         elif kind == P.PUT:

@@ -231,7 +231,8 @@ class Scheduler(ActorDirectory, PlacementGroups):
             self.dirty = True
         if record is None or record.finished:
             return
-        self._steal_settled(record)
+        if record.stealing:
+            self._steal_settled(record)
         kind = record.spec.kind
         if kind == P.ACTOR_CREATE:
             self.actor_created(src, record, error)

@@ -37,8 +37,8 @@ class WorkerAgent:
 
     def handle(self, msg: tuple) -> None:
         kind = msg[0]
-        session = runtime.current()
         if kind == P.OBJECT:
+            session = runtime.current()
             if session is not None:
                 session.client.deliver(msg[1], msg[2])
         elif kind == P.WELCOME:
