@@ -257,7 +257,9 @@ class CommLoop:
         self.guest_left = 0.0  # when a guest last ran the turns (time.monotonic())
         self.hold_outbox: Optional[Callable[[], bool]] = None  # the guest's lend(hold=...)
         self.outbox_since = 0.0  # when the held outbox was first held, or 0.0
-        self.interrupted = False  # SIGINT arrived while the main thread ran a lent turn
+        self.interrupted = False  # SIGINT arrived while the main thread was in lend()
+        self.main_ident = threading.main_thread().ident
+        self.main_lending = False  # the main thread is inside lend(): a SIGINT waits for its end
         self.burst = 0  # submissions since a guest last waited for something (post_and_turn)
 
     # ---- any thread ----------------------------------------------------------------------
@@ -307,8 +309,25 @@ class CommLoop:
         me = threading.get_ident()
         if finished is not None:
             self.burst = 0  # a wait ends a burst of submissions
-        if not self.running or me == self.thread_ident or not self._gate.acquire(False):
+        if not self.running or me == self.thread_ident:
             return False  # (the comm thread itself, e.g. in a callback it runs: it has the turns)
+        main = me == self.main_ident
+        if main:
+            # A Ctrl-C from here on is held until the end (runtime's SIGINT handler): raised
+            # anywhere in between, it would leave the loop's locks taken.
+            self.main_lending = True
+        try:
+            lent = self._lend(me, finished, until, idle_s, max_turns, hold)
+        finally:
+            if main:
+                self.main_lending = False
+        if interruptible and self.interrupted:
+            self.raise_deferred_interrupt()
+        return lent
+
+    def _lend(self, me, finished, until, idle_s, max_turns, hold) -> bool:
+        if not self._gate.acquire(False):
+            return False
         gone = False
         try:
             self.guest_wanted = True
@@ -336,8 +355,6 @@ class CommLoop:
             if (gone and transport is not None) or self.commands or (self.outbox and not self.outbox_since) \
                     or (transport is not None and transport.moving()):
                 self.wake_event.set()
-        if interruptible and self.interrupted:
-            self.raise_deferred_interrupt()
         return True
 
     def _guest_turns(self, finished, until, idle_s, max_turns) -> bool:

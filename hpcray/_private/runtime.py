@@ -447,8 +447,9 @@ def _install_driver_signals() -> None:
     """SIGTERM ends the driver like an exception would, so the atexit hook ends every rank.
 
     Ctrl-C (SIGINT) raises KeyboardInterrupt as Python's own handler does, except while the main
-    thread runs a lent turn of the loop (comm.CommLoop.lend): a turn cut in the middle could lose a
-    message, so the interrupt is raised when the turn is over."""
+    thread is inside the loop's lend() (comm.CommLoop.lend): a turn cut in the middle could lose a
+    message, and lend's own bookkeeping cut in the middle would leave the loop's locks taken (seen:
+    the job hung at exit), so the interrupt is raised when lend() is over."""
     if threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
@@ -458,7 +459,7 @@ def _install_driver_signals() -> None:
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         def on_interrupt(signum, frame):
             session = _session
-            if session is not None and session.loop.guest == threading.get_ident():
+            if session is not None and session.loop.main_lending:  # (handlers run on the main thread)
                 session.loop.interrupted = True
                 return
             raise KeyboardInterrupt
