@@ -49,6 +49,11 @@ OOB_MIN = 16 * 1024  # buffers from this size leave the pickle stream (no copy i
 BATCH_S = 100e-6  # submissions this close to a lent turn wait for the next one (CommLoop.post_and_turn)
 BATCH_MAX = 64  # ... unless this many commands are already waiting
 HOLD_S = 500e-6  # a guest with more local work queued sends its reports at most this late
+# While a guest runs the turns, the comm thread looks again this often. (Every max_sleep_us, 1 ms,
+# woke the comm thread of a rank whose executor thread runs the turns 1,000 times a second, each
+# time taking a core from a thread at work on a 2-core machine.) A guest that leaves without work
+# left behind (to run a long task) is taken over at most this late, plus max_sleep_us.
+GUEST_WAIT_S = 5e-3
 FRAME_SMALL = b"s"
 FRAME_LARGE = b"L"
 _ARRIVING = object()  # the place of a large batch whose parts are still on their way
@@ -445,12 +450,13 @@ class CommLoop:
                 now = time.monotonic()
                 in_grace = not asked and now - last_activity >= self.spin_s and \
                     now - self.guest_left < self.max_sleep_s
-                if self.guest_wanted or in_grace or not turns.acquire(False):
+                guest = self.guest_wanted
+                if guest or in_grace or not turns.acquire(False):
                     # A guest runs the turns, or ran them just now and is likely back soon (the
                     # driver between two calls): stay out of its way, unless asked (any post
                     # while no guest runs, or a guest that leaves work behind, sets the event)
                     # or busy with an exchange of its own (a task thread's request, say).
-                    self.wake_event.wait(self.max_sleep_s)
+                    self.wake_event.wait(GUEST_WAIT_S if guest else self.max_sleep_s)
                     last_activity = 0.0
                     sleep_s = 50e-6
                     continue
