@@ -25,6 +25,20 @@ def test_task_spec_round_trips_every_slot():
     assert {s: getattr(copy, s) for s in P.TaskSpec.__slots__} == {s: getattr(spec, s) for s in P.TaskSpec.__slots__}
 
 
+def test_ids_follow_their_layout():
+    """Task and object ids: job | rank | sequence number (| index), made without rank 0."""
+    from hpcray._private.object_ref import IdSource, job_of, make_task_id, object_id_of, return_ids_of
+    source = IdSource(7, 3)
+    first, second = source.next_task_id(), source.next_task_id()
+    assert (first, second) == (make_task_id(7, 3, 1), make_task_id(7, 3, 2))
+    assert first[:8] == (7).to_bytes(4, "big") + (3).to_bytes(4, "big") and len(first) == 16
+    assert int.from_bytes(second[8:], "big") == 2
+    assert return_ids_of(first, 1) == [object_id_of(first, 1)]
+    assert return_ids_of(first, 3) == [object_id_of(first, i) for i in (1, 2, 3)]
+    assert return_ids_of(first, 0) == []
+    assert job_of(object_id_of(second, 1)) == 7
+
+
 def test_messages_keep_every_field_in_their_wire_form():
     from hpcray._private.serialization import SerializedValue, serialize
 

@@ -287,12 +287,10 @@ class ActorHost:
                                    actor.spec.strategy)
 
     def run_call(self, actor: HostedActor, spec: P.TaskSpec, values: List[SerializedValue]) -> None:
+        """On a pool thread (Executor.spawn), whose _settle() clears the context afterwards."""
         context.set_current(self._context(actor, spec))
-        try:
-            results, error, retryable = self.executor.call_and_pickle(
-                spec, lambda: self._bound_method(actor, spec), values)
-        finally:
-            context.set_current(None)
+        results, error, retryable = self.executor.call_and_pickle(
+            spec, lambda: self._bound_method(actor, spec), values)
         self._report(actor, spec, results, error, retryable)
 
     async def run_async_call(self, actor: HostedActor, spec: P.TaskSpec, values: List[SerializedValue]) -> None:

@@ -24,6 +24,7 @@ DECREF = "decref"
 
 _ID = struct.Struct(">IIQI")
 _INDEX = struct.Struct(">I")  # the index part of an object id
+_SEQ = struct.Struct(">Q")  # the sequence number part
 
 
 def make_task_id(job: int, rank: int, seq: int) -> bytes:
@@ -34,8 +35,13 @@ def object_id_of(task_id: bytes, index: int) -> bytes:
     return task_id + _INDEX.pack(index)
 
 
+_FIRST = _INDEX.pack(1)
+
+
 def return_ids_of(task_id: bytes, count: int) -> list:
     """The ids of a task's ``count`` return values (indexes 1..count)."""
+    if count == 1:
+        return [task_id + _FIRST]  # (most tasks)
     pack = _INDEX.pack
     return [task_id + pack(i) for i in range(1, count + 1)]
 
@@ -51,9 +57,10 @@ class IdSource:
         self.job = job
         self.rank = rank
         self._seq = itertools.count(1)
+        self._prefix = make_task_id(job, rank, 0)[:8]  # job | rank
 
     def next_task_id(self) -> bytes:
-        return make_task_id(self.job, self.rank, next(self._seq))
+        return self._prefix + _SEQ.pack(next(self._seq))  # = make_task_id(job, rank, seq)
 
 
 class _Session:
