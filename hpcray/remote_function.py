@@ -16,7 +16,7 @@ from ._private.context import current as current_task_context, current_task_id
 from ._private.executor import NO_ARGUMENTS, ArgRef
 from ._private.object_ref import ObjectRef, return_ids_of
 from ._private.protocol import TaskSpec
-from ._private.serialization import SerializedValue, dumps_function, serialize, try_serialize
+from ._private.serialization import SerializedValue, dumps_function, try_serialize
 
 
 class _Plan:
