@@ -147,6 +147,13 @@ def test_interrupts_during_get_lose_no_message(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_ctrl_c_inside_lend_leaves_no_lock_taken(mode):
+    proc = run(mode, "ctrl_c_in_lend.py", timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "CTRL_C_IN_LEND_OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_bad_inline_progress_setting_is_an_error_naming_the_variable(mode):
     code = "import hpcray; hpcray.init()"
     env = {"HPCRAY_INLINE_PROGRESS": "yes"}
