@@ -331,9 +331,6 @@ class Executor:
             if report is not None:
                 self.report(report)
             finished = True
-            if not self.loop.lendable:  # (else _next_work counts it idle, under the lock it takes)
-                with self._lock:
-                    self._idle += 1
 
     def _settle(self) -> Optional[tuple]:
         """After a work item: unregister this thread's task and drop an interrupt (cancel) sent to
@@ -371,6 +368,9 @@ class Executor:
         work = self._work
         loop = self.loop
         if not loop.lendable:
+            if finished:
+                with self._lock:
+                    self._idle += 1
             return work.get()
         ident = threading.get_ident()
         while True:

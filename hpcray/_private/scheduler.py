@@ -231,8 +231,7 @@ class Scheduler(ActorDirectory, PlacementGroups):
             self.dirty = True
         if record is None or record.finished:
             return
-        if record.stealing:
-            self._steal_settled(record)
+        self._steal_settled(record)
         kind = record.spec.kind
         if kind == P.ACTOR_CREATE:
             self.actor_created(src, record, error)
