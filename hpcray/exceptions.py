@@ -87,7 +87,10 @@ class RayTaskError(RayError):
             return self
         try:
             cls = _dual_class(cause_cls)
-            err = cls.__new__(cls)
+            try:
+                err = cls.__new__(cls)
+            except TypeError:  # MemoryError and others refuse __new__ through a subclass of two
+                err = BaseException.__new__(cls)
             RayTaskError.__init__(
                 err, self.function_name, self.traceback_str, self.cause, self.proctitle,
                 self.pid, self.ip, self.actor_repr, self.actor_id, self.rank,

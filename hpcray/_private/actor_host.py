@@ -16,6 +16,7 @@ Concurrency groups have their own limits. Everything here runs in the loop's tur
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
@@ -71,6 +72,7 @@ class ActorHost:
         self.creations: Dict[bytes, HostedActor] = {}  # creation task id -> actor
         self.calls: Dict[bytes, HostedActor] = {}  # running call's task id -> actor
         self.futures: Dict[bytes, Any] = {}  # running async call -> its concurrent future
+        self._loops_lock = threading.Lock()
 
     # ---- comm thread ----------------------------------------------------------------------
     def register(self, spec: P.TaskSpec) -> None:
@@ -255,13 +257,28 @@ class ActorHost:
             actor.gpu_claim = None
 
     def _loop_of(self, actor: HostedActor) -> asyncio.AbstractEventLoop:
-        if actor.loop is None:
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=loop.run_forever, name=f"hpcray-actor-{actor.class_name}",
-                                      daemon=True)
-            thread.start()
-            actor.loop = loop
-        return actor.loop
+        with self._loops_lock:  # (the actor's __init__ asks for it from a pool thread)
+            if actor.loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name=f"hpcray-actor-{actor.class_name}",
+                                          daemon=True)
+                thread.start()
+                actor.loop = loop
+            return actor.loop
+
+    def run_on_loop(self, actor: HostedActor, coroutine: Any) -> Any:
+        """Pool thread: run ``coroutine`` on the actor's event loop and return its result; an
+        actor killed meanwhile (its loop stopped) raises instead of leaving the thread waiting."""
+        loop = self._loop_of(actor)
+        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        while True:
+            try:
+                return future.result(0.1)
+            except concurrent.futures.TimeoutError:
+                if actor.loop is not loop:
+                    future.cancel()
+                    raise exceptions.ActorDiedError(actor_id=actor.actor_id.hex(), error_msg=(
+                        f"The actor {actor.class_name} was killed while its __init__ ran")) from None
 
     @staticmethod
     def _stop_loop(actor: HostedActor) -> None:

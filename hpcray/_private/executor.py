@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import inspect
+import logging
 import os
 import queue
 import socket
@@ -33,6 +34,7 @@ from .protocol import TaskSpec
 from .resources import RankLedger
 from .serialization import SerializedValue, deserialize, loads, serialize
 
+logger = logging.getLogger("hpcray")
 
 class ArgRef:
     """Stands in the pickled arguments for the i-th top-level ObjectRef argument."""
@@ -89,10 +91,13 @@ def error_value(name: str, exc: BaseException, rank: int, ip: str) -> Serialized
         return serialize(exc, is_error=True)
     error = exceptions.RayTaskError(name, text, cause, pid=os.getpid(), ip=ip, rank=rank)
     try:
-        return serialize(error.as_instanceof_cause(), is_error=True)
+        value = serialize(error.as_instanceof_cause(), is_error=True)
+        loads(value.data)  # it must also unpickle (an __init__ that needs more arguments does not)
+        return value
     except Exception as pickling_error:
         substitute = exceptions.RaySystemError(
-            f"{type(cause).__name__}: {cause} (the exception could not be pickled: {pickling_error})")
+            f"{type(cause).__name__}: {cause} (the exception could not be pickled and unpickled: "
+            f"{type(pickling_error).__name__}: {pickling_error})")
         plain = exceptions.RayTaskError(name, text, substitute, pid=os.getpid(), ip=ip, rank=rank)
         return serialize(plain, is_error=True)
 
@@ -325,6 +330,8 @@ class Executor:
                 report = work()
             except KeyboardInterrupt:
                 pass  # a cancel that landed outside the task's call (see _settle)
+            except Exception:  # a bug outside any task's call: the thread lives on
+                logger.exception("hpcray: a pool thread of rank %d failed", self.rank)
             interrupted = self._settle()
             if report is None and interrupted is not None and interrupted[1] == self.session:
                 report = (P.TASK_DONE, interrupted[0], None, cancelled_value(interrupted[0]), False)
@@ -413,7 +420,17 @@ class Executor:
             self.post(item)
 
     def run(self, spec: TaskSpec, values: List[SerializedValue], gpus: List[str], session: int) -> Optional[tuple]:
-        """Run a task on this pool thread; returns its TASK_DONE report (None: no longer wanted)."""
+        """Run a task on this pool thread; returns its TASK_DONE report (None: no longer wanted).
+        A failure outside the task's own call (a bug here) fails the task, not the thread."""
+        try:
+            return self._run(spec, values, gpus, session)
+        except Exception as exc:
+            logger.exception("hpcray: rank %d failed to run %s", self.rank, spec.name)
+            if session != self.session:
+                return None
+            return (P.TASK_DONE, spec.task_id, None, error_value(spec.name, exc, self.rank, self.ip), False)
+
+    def _run(self, spec: TaskSpec, values: List[SerializedValue], gpus: List[str], session: int) -> Optional[tuple]:
         task_id = spec.task_id
         with self._lock:
             self.launched.discard(task_id)
@@ -431,21 +448,25 @@ class Executor:
         if actor is not None:
             ctx.resources = dict(actor.resources)
         context.set_current(ctx)
-        function = self._function(spec.fn_id) if spec.fn_id in self.blobs or spec.fn_id in self.functions \
-            else None
         if spec.kind == P.ACTOR_CREATE:
             results, error, retryable = self.call_and_pickle(
-                spec, lambda: self._constructor(function, actor), values)
+                spec, lambda: self._constructor(self._function(spec), actor), values)
         else:
-            results, error, retryable = self.call_and_pickle(spec, lambda: function, values)
+            results, error, retryable = self.call_and_pickle(spec, lambda: self._function(spec), values)
         if session != self.session:
             return None
         return (P.TASK_DONE, task_id, results, error, retryable)
 
-    @staticmethod
-    def _constructor(cls: Any, actor: Any) -> Callable:
+    def _constructor(self, cls: Any, actor: Any) -> Callable:
+        """The actor's ``__init__`` as a call. An async actor's runs on the actor's own event loop
+        (as its methods do), so ``asyncio.get_event_loop()`` there is the actor's loop."""
         def construct(*args, **kwargs):
-            instance = cls(*args, **kwargs)
+            if actor is not None and actor.is_async:
+                async def on_the_loop():
+                    return cls(*args, **kwargs)
+                instance = self.host.run_on_loop(actor, on_the_loop())
+            else:
+                instance = cls(*args, **kwargs)
             if actor is not None:
                 actor.instance = instance
             return None
@@ -494,10 +515,23 @@ class Executor:
         retryable = RetryPolicy.matches(spec.retry_blob, exc) if isinstance(exc, Exception) else False
         return None, error_value(spec.name, exc, self.rank, self.ip), retryable
 
-    def _function(self, fn_id: bytes) -> Any:
+    def _function(self, spec: TaskSpec) -> Any:
+        """The task's function (or actor class), unpickled once per session. A failure here is
+        the task's error (it names the function), never the pool thread's."""
+        fn_id = spec.fn_id
         function = self.functions.get(fn_id)
         if function is None:
-            function = self.functions[fn_id] = loads(self.blobs[fn_id])
+            blob = self.blobs.get(fn_id)
+            if blob is None:
+                raise exceptions.RaySystemError(
+                    f"The function of {spec.name} never reached rank {self.rank}")
+            try:
+                function = loads(blob)
+            except Exception as exc:
+                raise exceptions.RaySystemError(
+                    f"Could not unpickle the function {spec.name} on rank {self.rank}: "
+                    f"{type(exc).__name__}: {exc}", traceback.format_exc()) from None
+            self.functions[fn_id] = function
         return function
 
     def _pickle_returns(self, spec: TaskSpec, result: Any) -> List[SerializedValue]:
