@@ -10,8 +10,11 @@ thread. The same class serves the driver and tasks running on worker ranks.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
+import queue
 import threading
 import time
+import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .. import exceptions
@@ -19,6 +22,8 @@ from . import context
 from . import protocol as P
 from .object_ref import IdSource, ObjectRef, object_id_of
 from .serialization import SerializedValue, deserialize, serialize, try_serialize
+
+logger = logging.getLogger("hpcray")
 
 
 class _Waiter:
@@ -30,6 +35,54 @@ class _Waiter:
         self.have = have
         self.error = False
         self.need_value = need_value  # False for wait(fetch_local=False): a stub is enough
+
+
+class Completions:
+    """The thread that completes futures (``ref.future()``, ``await ref``) and so runs their
+    done-callbacks: user code, which must never run inside a loop turn (a callback that blocks
+    would stop the rank's progress). Started on first use."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+        self.queue: "queue.SimpleQueue" = queue.SimpleQueue()
+        self.thread: Optional[threading.Thread] = None
+        self.lock = threading.Lock()
+
+    def post(self, callbacks: List[Callable[[SerializedValue], None]], value: SerializedValue) -> None:
+        if self.thread is None:
+            with self.lock:
+                if self.thread is None:
+                    self.thread = threading.Thread(target=self._main, name=f"hpcray-futures-{self.rank}",
+                                                   daemon=True)
+                    self.thread.start()
+        self.queue.put((callbacks, value))
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.queue.put(None)
+
+    def _main(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            callbacks, value = item
+            for callback in callbacks:
+                try:
+                    callback(value)
+                except Exception:  # a user's callback: logged, never the end of this thread
+                    logger.exception("hpcray: a future's done-callback raised")
+
+
+def deserialize_result(value: SerializedValue, object_id: bytes) -> Any:
+    """The value of an object, for get(); one that cannot be unpickled here is a RaySystemError
+    naming the object (as Ray's), not whatever its unpickling raised."""
+    try:
+        return deserialize(value, object_id)
+    except Exception as exc:
+        raise exceptions.RaySystemError(
+            f"Could not deserialize the value of object {object_id.hex()}: {type(exc).__name__}: {exc}",
+            traceback.format_exc()) from exc
 
 
 class CoreClient:
@@ -57,6 +110,7 @@ class CoreClient:
         # rank 0: the scheduler is in this process and delivers the returns of the tasks this
         # rank submits as they arrive, unasked (Scheduler.on_submit subscribes us)
         self.returns_pushed = rank == 0
+        self.completions = Completions(rank)
 
     # ---- user threads -----------------------------------------------------------------
     def submit(self, spec: P.TaskSpec, fn_blob: bytes) -> List[ObjectRef]:
@@ -113,8 +167,8 @@ class CoreClient:
         for object_id, value in zip(ids, found):
             if value is not None and value.is_error:
                 self.post((P.HANDLED, object_id))
-                raise deserialize(value)  # the first error in list order, as soon as it is known
-        return [deserialize(value, object_id) for value, object_id in zip(found, ids)]
+                raise deserialize_result(value, object_id)  # the first error in list order, at once
+        return [deserialize_result(value, object_id) for value, object_id in zip(found, ids)]
 
     def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: Optional[float],
              fetch_local: bool = True):
@@ -137,8 +191,10 @@ class CoreClient:
 
         def complete(value: SerializedValue) -> None:
             _ = keep
+            if not future.set_running_or_notify_cancel():
+                return  # cancelled (asyncio.wait_for timed out, say): nobody wants it
             try:
-                result = deserialize(value, object_id)
+                result = deserialize_result(value, object_id)
             except BaseException as exc:  # a value that cannot be unpickled fails the future
                 future.set_exception(exc)
                 return
@@ -156,7 +212,7 @@ class CoreClient:
             if value is None:
                 self.callbacks.setdefault(object_id, []).append(complete)
         if value is not None:
-            complete(value)
+            complete(value)  # (on this thread: it is the caller's, not a loop turn)
         else:
             self._request([object_id])
         return future
@@ -295,8 +351,7 @@ class CoreClient:
                 if self.sleepers:  # (a waiter running the loop's turns itself is not asleep)
                     self.cond.notify_all()
         if callbacks:
-            for callback in callbacks:
-                callback(value)
+            self.completions.post(callbacks, value)
 
     def fail_all(self, error: BaseException) -> None:
         """The comm thread died: every waiting get/wait raises instead of hanging."""
@@ -306,8 +361,8 @@ class CoreClient:
             self.callbacks.clear()
             self.cond.notify_all()
         failure = serialize(exceptions.RaySystemError(f"hpcray's comm thread failed: {error!r}"), is_error=True)
-        for callback in callbacks:
-            callback(failure)
+        if callbacks:
+            self.completions.post(callbacks, failure)
 
     def forget(self, object_ids: List[bytes]) -> None:
         """No ObjectRef to these objects is left on this rank: drop the local copies."""
