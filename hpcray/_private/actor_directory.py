@@ -173,11 +173,7 @@ class ActorDirectory:
         actor = self.actors.get(record.spec.actor_id)
         if actor is not None:
             actor.inflight.discard(record.spec.task_id)
-        if error is not None and retryable and record.retries_left != 0 and actor is not None \
-                and actor.state != DEAD:
-            if record.retries_left > 0:
-                record.retries_left -= 1
-            record.spec.attempt += 1
+        if error is not None and actor is not None and actor.state != DEAD and record.take_retry(retryable):
             self._send_call(actor, record)
             return
         self._finish(record, error, values)

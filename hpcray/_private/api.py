@@ -79,14 +79,18 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[float] = None, num
             raise ValueError(f"init(): {problem}")
         job_env = runtime_env.get("env_vars")
     with runtime._lock:
-        if runtime.current() is not None:
-            if ignore_reinit_error:
-                return _info(runtime.current())
-            raise RuntimeError("Maybe you called hpcray.init twice by accident? This error can be "
-                               "suppressed by passing in 'ignore_reinit_error=True' or by calling "
-                               "'hpcray.shutdown()' prior to 'hpcray.init()'.")
-        session = runtime.init_session(num_cpus, num_gpus, resources, namespace, job_env)
-    return _info(session)
+        existing = runtime.current()
+        if existing is None:
+            session = runtime.init_session(num_cpus, num_gpus, resources, namespace, job_env)
+    if existing is None:
+        if session is None:  # a worker rank: it serves tasks until the driver's process ends
+            runtime.serve_worker_rank()
+        return _info(session)
+    if ignore_reinit_error:
+        return _info(existing)
+    raise RuntimeError("Maybe you called hpcray.init twice by accident? This error can be "
+                       "suppressed by passing in 'ignore_reinit_error=True' or by calling "
+                       "'hpcray.shutdown()' prior to 'hpcray.init()'.")
 
 
 def _info(session: runtime.Session) -> RuntimeInfo:
@@ -107,11 +111,22 @@ def is_initialized() -> bool:
 
 
 def ensure_session() -> runtime.Session:
-    """The live session; like recent Ray, the first ``.remote()``/``put``/``get`` starts one."""
+    """The live session; like recent Ray, the first ``.remote()`` or ``put`` starts one."""
     session = runtime.current()
     if session is None:
         init()
         session = runtime.current()
+    return session
+
+
+def live_session(call: str) -> runtime.Session:
+    """The live session for a call on existing refs (``get``, ``wait``, ``cancel``): without one,
+    those refs belong to a session that ended, and a new session would not know them."""
+    session = runtime.current()
+    if session is None:
+        raise exceptions.RaySystemError(
+            f"{call}: hpcray is not initialized. The ObjectRefs given belong to a session that "
+            "ended with shutdown() (or was never started); call hpcray.init() and make new ones.")
     return session
 
 
@@ -138,7 +153,9 @@ def get(object_refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional
     else:
         raise ValueError(f"Invalid type of object refs, {type(object_refs).__name__}, is given. "
                          "'object_refs' must either be an ObjectRef or a list of ObjectRefs.")
-    session = ensure_session()
+    if not refs:
+        return []
+    session = live_session("get()")
     values = session.client.get(refs, timeout)
     return values[0] if single else values
 
@@ -174,7 +191,7 @@ def wait(object_refs: List[ObjectRef], *, num_returns: int = 1, timeout: Optiona
     if num_returns > len(object_refs):
         raise ValueError("num_returns cannot be greater than the number of objects provided to wait: "
                          f"{num_returns} > {len(object_refs)}")
-    session = ensure_session()
+    session = live_session("wait()")
     return session.client.wait(object_refs, num_returns, timeout, fetch_local)
 
 
@@ -192,7 +209,7 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
         raise TypeError(f"cancel() only supports ObjectRefs of tasks, got {type(object_ref).__name__}")
     if not isinstance(force, bool) or not isinstance(recursive, bool):
         raise TypeError("cancel(): force and recursive must be bools")
-    session = ensure_session()
+    session = live_session("cancel()")
     session.client.post((P.CANCEL, object_ref.task_id(), force, recursive))
 
 

@@ -3,7 +3,7 @@
     start-up (every rank, once per job): host communicator = Split_type(COMM_TYPE_SHARED)
         [split further into pretend hosts with HPCRAY_RANKS_PER_HOST]; one segment per rank,
         every segment of a host mapped by every rank of that host: either one Win.Allocate
-        window on COMM_WORLD (when Shared_query maps it; other hosts Rget from it) or
+        window on the job's communicator (when Shared_query maps it; other hosts Rget from it) or
         Win.Allocate_shared on the host communicator (see create_arena)
 
     producer: put()/task return > inline_max ─► SegmentAllocator.allocate(total) ─► one copy of
@@ -26,19 +26,17 @@ import itertools
 import logging
 import os
 import threading
-import time
 from collections import deque
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .comm import wait_request
+from .config import MIN_SEGMENT, SHM_SHARE
+
 logger = logging.getLogger("hpcray")
 
 ALIGN = 64
-#: below this many bytes per rank an arena is not worth having
-MIN_SEGMENT = 64 << 20
-#: the arena takes at most this share of the free space in /dev/shm (split among the host's ranks)
-SHM_SHARE = 0.5
 
 #: (producer rank, ((offset, nbytes), ...), tag): the pickle stream's span first, then each
 #: buffer's; the block starts with ``tag`` while it holds this value (checked before mapping)
@@ -225,12 +223,8 @@ class SharedArena:
         self.end_reads()
         mine = np.array([1 if busy else 0], dtype=np.int32)
         anyone = np.zeros(1, dtype=np.int32)
-        request = comm.Iallreduce(mine, anyone, op=MPI.MAX)
-        deadline = time.monotonic() + timeout_s
-        while not request.Test():
-            if time.monotonic() > deadline:
-                return
-            time.sleep(1e-3)
+        if not wait_request(comm.Iallreduce(mine, anyone, op=MPI.MAX), timeout_s):
+            return
         if anyone[0] == 0:
             self.world_window = None
             world_window.Free()
@@ -259,7 +253,7 @@ def create_arena(comm: Any, ranks_per_host: int, requested: Optional[int], remot
                  timeout_s: float) -> Optional[SharedArena]:
     """Collective over ``comm`` (every rank, once per job): make the host arenas, or None.
 
-    With ``remote_fetch`` "auto" it first tries one ``Win.Allocate`` window on COMM_WORLD whose
+    With ``remote_fetch`` "auto" it first tries one ``Win.Allocate`` window on the job's communicator whose
     same-host segments ``Shared_query`` can map (MPI 4.1; MPICH here): the same memory gives
     zero-copy views on the host and ``Rget`` from other hosts, without the producer taking part.
     Where the MPI cannot map it, or with "p2p", the arena is ``Win.Allocate_shared`` on the host
@@ -309,12 +303,6 @@ def _query_size(window: Any, rank: int) -> int:
 
 def _barrier_with_timeout(comm: Any, timeout_s: float) -> None:
     """Wait until every rank reached init(), polling: a missing rank is an error, not a hang."""
-    request = comm.Ibarrier()
-    deadline = time.monotonic() + timeout_s
-    sleep_s = 1e-4
-    while not request.Test():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"hpcray.init(): not every rank called hpcray.init() within {timeout_s:.0f} s; "
-                               "every rank must reach init() (call it near the top of the program)")
-        time.sleep(sleep_s)
-        sleep_s = min(sleep_s * 2, 0.01)
+    if not wait_request(comm.Ibarrier(), timeout_s):
+        raise RuntimeError(f"hpcray.init(): not every rank called hpcray.init() within {timeout_s:.0f} s; "
+                           "every rank must reach init() (call it near the top of the program)")

@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from . import protocol as P
+from .config import BATCH_MAX, BATCH_S, GUEST_WAIT_S, HOLD_S, OOB_MIN, SMALL_FRAME
 from .object_ref import DECREF, INCREF, job_of
 from .serialization import contiguous
 
@@ -44,19 +45,58 @@ TAG = 7  # control batches: one pickled frame each (see MPITransport)
 TAG_DATA = 8  # raw buffers of large values (object_plane.py), in posting order per pair of ranks
 TAG_BIG = 9  # the pickle stream and out-of-band buffers of a large control batch, in order
 CHUNK = 1 << 30  # MPI counts are 32-bit: buffers move in pieces of at most 1 GiB
-SMALL_FRAME = 64 * 1024  # a batch up to this size travels as one message
-OOB_MIN = 16 * 1024  # buffers from this size leave the pickle stream (no copy into it)
-BATCH_S = 100e-6  # submissions this close to a lent turn wait for the next one (CommLoop.post_and_turn)
-BATCH_MAX = 64  # ... unless this many commands are already waiting
-HOLD_S = 500e-6  # a guest with more local work queued sends its reports at most this late
-# While a guest runs the turns, the comm thread looks again this often. (Every max_sleep_us, 1 ms,
-# woke the comm thread of a rank whose executor thread runs the turns 1,000 times a second, each
-# time taking a core from a thread at work on a 2-core machine.) A guest that leaves without work
-# left behind (to run a long task) is taken over at most this late, plus max_sleep_us.
-GUEST_WAIT_S = 5e-3
 FRAME_SMALL = b"s"
 FRAME_LARGE = b"L"
 _ARRIVING = object()  # the place of a large batch whose parts are still on their way
+
+
+class Backoff:
+    """Sleeps between polls that grow from ``first_s`` to ``max_s`` (never a blocking MPI wait,
+    never a spin): ``backoff.sleep()`` after a poll that found nothing, ``reset()`` after one
+    that found something."""
+
+    __slots__ = ("first_s", "max_s", "delay_s")
+
+    def __init__(self, first_s: float = 1e-4, max_s: float = 0.01):
+        self.first_s = first_s
+        self.max_s = max_s
+        self.delay_s = first_s
+
+    def reset(self) -> None:
+        self.delay_s = self.first_s
+
+    def sleep(self) -> None:
+        time.sleep(self.delay_s)
+        self.delay_s = min(self.delay_s * 2, self.max_s)
+
+
+def wait_request(request: Any, timeout_s: float) -> bool:
+    """Poll a non-blocking MPI request until it completes (True) or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    backoff = Backoff()
+    while not request.Test():
+        if time.monotonic() > deadline:
+            return False
+        backoff.sleep()
+    return True
+
+
+def job_communicator(timeout_s: float) -> Optional[Any]:
+    """hpcray's own communicator, or None when the world has one process.
+
+    A duplicate of the world's: nothing a task does with MPI (a send on any tag, a wildcard
+    receive, a collective on ``COMM_WORLD``) can meet hpcray's messages or windows. Every rank
+    makes it in ``init()``; a rank that never gets there is an error after ``timeout_s``, not a
+    hang. The rest of the runtime is given this communicator and never names the world's."""
+    from mpi4py import MPI
+    world = MPI.COMM_WORLD
+    if world.Get_size() == 1:
+        return None
+    comm, request = world.Idup()
+    if not wait_request(request, timeout_s):
+        raise RuntimeError(f"hpcray.init(): not every rank called hpcray.init() within {timeout_s:.0f} s; "
+                           "every rank must reach init() (call it near the top of the program)")
+    return comm
 
 
 class MPITransport:
@@ -240,6 +280,7 @@ class CommLoop:
         self.local_hook: Optional[Callable[[tuple], bool]] = None
         self.on_forget: Callable[[List[bytes]], None] = lambda object_ids: None
         self.on_failure: Callable[[BaseException], None] = lambda error: None
+        self.on_fatal: Optional[Callable[[BaseException], None]] = None  # ends the job (runtime)
         self.plane = None  # the rank's ObjectPlane
         self.on_fetch_local: Callable[[List[bytes]], None] = lambda ids: None
         self.on_remote: Optional[Callable[[int, tuple], bool]] = None
@@ -480,11 +521,16 @@ class CommLoop:
             self._failed(exc)
 
     def _failed(self, exc: BaseException) -> None:
-        """A turn failed (a bug): stop the loop and fail every waiter instead of hanging."""
+        """A turn failed (a bug in hpcray): stop the loop, fail every waiter instead of hanging,
+        then end the job (``on_fatal``) with this rank's traceback: a rank without its loop
+        cannot take part in the job any more."""
         self.error = exc
-        logger.exception("hpcray: the loop of rank %d failed", self.rank)
+        logger.error("hpcray: the loop of rank %d failed (a bug in hpcray); the job ends", self.rank,
+                     exc_info=exc)
         self.running = False
         self.on_failure(exc)
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
 
     def turn(self) -> bool:
         """One pass: local commands (what they make for other ranks leaves at once), incoming

@@ -1,4 +1,5 @@
-"""The one place that reads ``HPCRAY_*`` environment settings.
+"""The one place that reads ``HPCRAY_*`` environment settings, and the home of every tuning
+constant.
 
 Every setting is read when ``init()`` runs (``Config.from_env()``), so tests can change the
 environment between sessions. A malformed value is an error that names the variable.
@@ -10,6 +11,34 @@ import json
 import os
 from dataclasses import dataclass, field
 from typing import Dict, Optional
+
+
+# ---- tuning constants (not settings: change them here, measured, with the benchmark) ----------
+#: a control batch up to this many bytes travels as one message (comm.MPITransport)
+SMALL_FRAME = 64 * 1024
+#: buffers from this size leave a batch's pickle stream (no copy into it)
+OOB_MIN = 16 * 1024
+#: submissions this close to a lent turn wait for the next one (comm.CommLoop.post_and_turn) ...
+BATCH_S = 100e-6
+#: ... unless this many commands are already waiting
+BATCH_MAX = 64
+#: a guest with more local work queued sends its reports at most this late
+HOLD_S = 500e-6
+#: while a guest runs the turns, the comm thread looks again this often. (Every max_sleep_us,
+#: 1 ms, woke the comm thread of a rank whose executor thread runs the turns 1,000 times a
+#: second, each time taking a core from a thread at work on a 2-core machine.) A guest that leaves
+#: without work left behind (to run a long task) is taken over at most this late, plus max_sleep_us.
+GUEST_WAIT_S = 5e-3
+#: buffers of at least this many bytes move as raw MPI messages, not inside a pickled header
+RAW_MIN = 64 * 1024
+#: a busy rank is sent enough queued tasks to keep it going this long (scheduler.RankState.depth) ...
+LOOKAHEAD_S = 2e-3
+#: ... but at most this many beyond those it runs (at least HPCRAY_PREFETCH)
+DEPTH_MAX = 64
+#: below this many bytes per rank an object arena is not worth having
+MIN_SEGMENT = 64 << 20
+#: the arena takes at most this share of the free space in /dev/shm (split among the host's ranks)
+SHM_SHARE = 0.5
 
 
 def _env_float(name: str, default: float, minimum: float = 0.0) -> float:

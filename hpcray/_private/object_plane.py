@@ -27,13 +27,12 @@ from typing import Callable, Dict, List
 import numpy as np
 
 from .. import exceptions
+from .config import RAW_MIN
 from . import protocol as P
 from .arena import TAG_BYTES
 from .object_ref import return_ids_of
 from .serialization import SerializedValue, serialize
 
-#: buffers of at least this many bytes move as raw MPI messages, not inside the pickled header
-RAW_MIN = 64 * 1024
 
 
 class BufferPool:

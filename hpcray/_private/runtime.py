@@ -16,6 +16,8 @@ atexit hook tells every rank EXIT; each acknowledges, finalizes MPI and leaves w
 from __future__ import annotations
 
 import atexit
+import importlib
+import faulthandler
 import logging
 import os
 import signal
@@ -23,13 +25,14 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from typing import Any, Dict, List, Optional
 
 from . import context, object_ref, serialization
 from .arena import create_arena
 from . import protocol as P
 from .client import CoreClient
-from .comm import CommLoop, MPITransport
+from .comm import Backoff, CommLoop, MPITransport, job_communicator
 from .config import Config, launched_by_mpi, slurm_cpus_per_task
 from .executor import Executor, host_address
 from .object_plane import ObjectPlane
@@ -40,6 +43,7 @@ from .scheduler import Scheduler, node_id_of
 logger = logging.getLogger("hpcray")
 
 HEAD_RESOURCE = "node:__internal_head__"
+_PRIVATE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class Session:
@@ -163,15 +167,15 @@ def _connect_mpi(config: Config):
     if config.mpi == "0" or (config.mpi == "auto" and not launched_by_mpi()):
         return None
     try:
-        from mpi4py import MPI
+        importlib.import_module("mpi4py.MPI")  # loads the MPI library
     except Exception as exc:  # no MPI library at all: single rank
         if config.mpi == "1":
             raise RuntimeError(f"HPCRAY_MPI=1 but mpi4py cannot load an MPI library: {exc}") from exc
         logger.warning("hpcray: launched by an MPI launcher but mpi4py failed to load (%s); "
                        "running single-rank", exc)
         return None
-    comm = MPI.COMM_WORLD
-    if comm.Get_size() == 1:
+    comm = job_communicator(config.init_timeout_s)
+    if comm is None:
         return None
     return comm, comm.Get_rank(), comm.Get_size()
 
@@ -180,14 +184,17 @@ def _connect_mpi(config: Config):
 # Driver side
 # ---------------------------------------------------------------------------------------------
 def init_session(num_cpus: Optional[float], num_gpus: Optional[float], resources: Optional[Dict[str, float]],
-                 namespace: Optional[str], job_env: Optional[Dict[str, str]]) -> Session:
+                 namespace: Optional[str], job_env: Optional[Dict[str, str]]) -> Optional[Session]:
+    """Start a session on the driver; None on a worker rank (then ``serve_worker_rank``)."""
     global _session, _jobs
     config = Config.from_env()
     _configure_logging(config)
+    install_fork_guard()
+    install_crash_reports()
     mpi = _connect_mpi(config) if _world is None else (_world.comm, 0, _world.comm.Get_size())
     if mpi is not None and mpi[1] != 0:
-        from .worker_rank import serve_worker
-        serve_worker(mpi[0], config)  # never returns
+        _worker_start.append((mpi[0], config))
+        return None  # the caller serves (serve_worker_rank), outside the init lock
     _jobs += 1
     job = _jobs
     if namespace is None:  # like Ray: each driver gets an anonymous namespace of its own
@@ -205,6 +212,16 @@ def init_session(num_cpus: Optional[float], num_gpus: Optional[float], resources
     return session
 
 
+_worker_start: List[tuple] = []  # (comm, config) of a worker rank, between init_session and serving
+
+
+def serve_worker_rank() -> None:
+    """A worker rank's init(): serve the driver's sessions until its process ends; never returns."""
+    from .worker_rank import serve_worker
+    comm, config = _worker_start.pop()
+    serve_worker(comm, config)
+
+
 def _configure_logging(config: Config) -> None:
     if not logger.handlers:
         handler = logging.StreamHandler()
@@ -219,10 +236,11 @@ def _start_single(config: Config, job: int, num_cpus, num_gpus, resources, names
     info = local_rank_info(0, config, num_cpus, num_gpus, resources)
     _finish_resources(info, info.gpu_ids, host_memory_bytes() * 0.7, info.host)
     loop = CommLoop(0, None, config.spin_us, config.max_sleep_us, config.inline_progress)
+    end_job_on_loop_failure(loop, None)
     loop.job = job
     client = CoreClient(0, job, loop)
     session = Session("driver", 0, job, loop, client, config, namespace, job_env)
-    session.scheduler = Scheduler(loop.send, [info], config.prefetch)
+    session.scheduler = Scheduler(loop.send, [info], config.prefetch, job)
     session.executor = Executor(0, info.resources, info.gpu_ids, loop)
     session.host, session.node_id = info.host, node_id_of(info.host)
     _wire(loop, session)
@@ -246,10 +264,11 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env) -> Se
     world.job = job
     head_host = host_name(0, config.ranks_per_host)
     loop = CommLoop(0, world.transport, config.spin_us, config.max_sleep_us, config.inline_progress)
+    end_job_on_loop_failure(loop, world.comm)
     loop.job = job
     client = CoreClient(0, job, loop)
     session = Session("driver", 0, job, loop, client, config, namespace, job_env)
-    session.scheduler = Scheduler(loop.send, world.workers, config.prefetch)
+    session.scheduler = Scheduler(loop.send, world.workers, config.prefetch, job)
     session.host, session.node_id = head_host, node_id_of(head_host)
     _wire(loop, session)
     for info in world.workers:
@@ -300,7 +319,7 @@ def _gather_workers(transport: MPITransport, config: Config) -> List[RankInfo]:
     expected = transport.size - 1
     infos: Dict[int, RankInfo] = {}
     deadline = time.monotonic() + config.init_timeout_s
-    sleep_s = 1e-4
+    backoff = Backoff()
     while len(infos) < expected:
         got = transport.receive()
         for source, batch in got:
@@ -312,8 +331,7 @@ def _gather_workers(transport: MPITransport, config: Config) -> List[RankInfo]:
                 missing = sorted(set(range(1, transport.size)) - set(infos))
                 raise RuntimeError(f"hpcray.init(): ranks {missing} did not call hpcray.init() in time; "
                                    "every rank must reach init() (call it near the top of the program)")
-            time.sleep(sleep_s)
-            sleep_s = min(sleep_s * 2, 0.01)
+            backoff.sleep()
     workers = [infos[r] for r in sorted(infos)]
     if config.gpus_per_rank is not None:  # HPCRAY_NUM_GPUS: each rank has that many, no sharing out
         gpus = {info.rank: list(info.gpu_ids) for info in workers}
@@ -328,25 +346,31 @@ def _gather_workers(transport: MPITransport, config: Config) -> List[RankInfo]:
     return workers
 
 
-def shutdown_session() -> None:
-    """End the session on the driver; worker ranks forget it and wait for the next one."""
+def shutdown_session(deadline: Optional[float] = None) -> List[int]:
+    """End the session on the driver; worker ranks forget it and wait for the next one. Returns
+    the ranks that did not confirm by ``deadline`` (default: ``HPCRAY_EXIT_TIMEOUT_S`` from now)."""
     global _session
     with _lock:
         session = _session
         if session is None:
-            return
+            return []
         _session = None
         object_ref.current.sink = None
         object_ref.current.client = None
         loop = session.loop
+        silent: List[int] = []
         if _world is not None and not _world.exited:
-            _reset_workers(loop, session.config.exit_timeout_s)
+            if deadline is None:
+                deadline = time.monotonic() + session.config.exit_timeout_s
+            silent = _reset_workers(loop, deadline)
         loop.stop()
+        session.client.completions.close()
         if _world is None:
             context.uninstall_task_io()
+        return silent
 
 
-def _reset_workers(loop: CommLoop, timeout: float) -> None:
+def _reset_workers(loop: CommLoop, deadline: float) -> List[int]:
     acks: set = set()
     workers = [info.rank for info in _world.workers]
 
@@ -361,56 +385,100 @@ def _reset_workers(loop: CommLoop, timeout: float) -> None:
             loop.send(rank, (P.RESET,))
 
     try:
-        loop.call(begin, timeout)
+        loop.call(begin, max(0.1, deadline - time.monotonic()))
     except TimeoutError:
-        return
-    deadline = time.monotonic() + timeout
+        return workers
     while len(acks) < len(workers) and time.monotonic() < deadline and loop.running:
         time.sleep(0.001)
-    if len(acks) < len(workers):
-        logger.warning("hpcray: ranks %s did not confirm the end of the session",
-                       sorted(set(workers) - acks))
+    silent = sorted(set(workers) - acks)
+    if silent:
+        logger.warning("hpcray: %s did not confirm the end of the session", _describe_ranks(silent))
+    return silent
+
+
+def _describe_ranks(ranks: List[int]) -> str:
+    infos = {info.rank: info for info in (_world.workers if _world is not None else [])}
+    parts = [f"rank {r} (pid {infos[r].pid} on {infos[r].host})" if r in infos else f"rank {r}"
+             for r in ranks]
+    return ", ".join(parts)
 
 
 def _at_exit() -> None:
-    """The driver's process is ending: end every rank, then let MPI finalize."""
+    """The driver's process is ending: end every rank, then let MPI finalize. Ranks that do not
+    answer within ``HPCRAY_EXIT_TIMEOUT_S`` (stopped, or stuck in C code holding the GIL) are named
+    and the job is aborted: nothing here waits on a rank that may never answer."""
     world = _world
     if world is None or world.exited:
         return
-    shutdown_session()
-    world.exited = True
-    if world.arena is not None:
-        world.arena.end_reads()
-    transport = world.transport
-    for info in world.workers:
-        transport.send(info.rank, [(P.EXIT,)])
-    acks: set = set()
     deadline = time.monotonic() + world.config.exit_timeout_s
-    while len(acks) < len(world.workers) and time.monotonic() < deadline:
+    silent = set(shutdown_session(deadline))
+    world.exited = True
+    transport = world.transport
+    waiting = {info.rank for info in world.workers} - silent
+    for rank in waiting:
+        transport.send(rank, [(P.EXIT,)])
+    deadline = max(deadline, time.monotonic() + 0.5)  # (ranks that answered the reset answer at once)
+    while waiting and time.monotonic() < deadline:
         got = transport.receive()
         for source, batch in got:
             if any(msg[0] == P.EXIT_ACK for msg in batch):
-                acks.add(source)
+                waiting.discard(source)
         transport.progress_sends()
         if not got:
             time.sleep(0.001)
+    silent |= waiting
     while transport.busy() and time.monotonic() < deadline:
         transport.progress_sends()
         time.sleep(0.001)
-    if len(acks) == len(world.workers):
-        # MPI_Finalize waits for every rank's (MPICH); after it the ranks only have to exit
+    if not silent:
+        # Every rank is alive and still makes MPI progress while it leaves: the job-long RMA
+        # epoch can end (MPICH's Unlock_all waits for the targets), then MPI_Finalize, which
+        # waits for every rank (MPICH); after it the ranks only have to exit.
         from mpi4py import MPI
         if world.arena is not None:
             world.arena.close(world.comm, busy=False)
         if not MPI.Is_finalized():
+            world.comm.Free()
             MPI.Finalize()
         _wait_until_gone(world.workers, time.monotonic() + world.config.exit_timeout_s)
         return
-    if len(acks) < len(world.workers):
-        sys.stderr.write(f"hpcray: ranks {sorted({i.rank for i in world.workers} - acks)} did not "
-                         "leave in time; aborting the job\n")
-        sys.stderr.flush()
-        world.comm.Abort(_exit_code or 1)
+    sys.stderr.write(f"hpcray: {_describe_ranks(sorted(silent))} did not answer within "
+                     f"HPCRAY_EXIT_TIMEOUT_S={world.config.exit_timeout_s:g} s as the driver ended "
+                     "(stopped, or stuck in a call that holds the GIL); aborting the job\n")
+    sys.stderr.flush()
+    abort_job(world.comm, _exit_code or 1)
+
+
+#: exit status of a job whose rank's loop failed (a bug in hpcray): EX_SOFTWARE
+LOOP_FAILURE_EXIT = 70
+
+
+def end_job_on_loop_failure(loop: CommLoop, comm: Any) -> None:
+    """A rank whose loop failed ends the whole job at once, its traceback already logged: under
+    MPI by MPI_Abort (the launcher ends every rank), single rank by ending the process."""
+    def fatal(exc: BaseException) -> None:
+        sys.__stderr__.flush()
+        if comm is not None:
+            abort_job(comm, LOOP_FAILURE_EXIT)
+        os._exit(LOOP_FAILURE_EXIT)
+    loop.on_fatal = fatal
+
+
+def abort_job(comm: Any, code: int) -> None:
+    """End the whole MPI job now. MPI_Abort leaves the job's shared-memory files in /dev/shm
+    (MPI_Finalize would have removed them): this process maps all of them, so it unlinks what
+    it maps there first (the mappings stay valid until the processes end)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split(None, 5)[5].strip() for line in maps if "/dev/shm/" in line}
+    except OSError:
+        paths = set()
+    for path in paths:
+        try:
+            os.unlink(path.replace(" (deleted)", ""))
+        except OSError:
+            pass
+    comm.Abort(code)
 
 
 def _wait_until_gone(workers: List[RankInfo], deadline: float) -> None:
@@ -441,6 +509,67 @@ def _process_alive(pid: int) -> bool:
             return True
         except OSError:
             return False
+
+
+_fork_guard = []
+
+
+def install_fork_guard() -> None:
+    """A process forked from a rank (``multiprocessing`` with fork, in a task) is not a rank: it
+    gets the default signal handlers back (the rank's would keep a pool's worker from ending on
+    SIGTERM, and its pool from ever joining) and never touches the parent's runtime or MPI.
+
+    The forking thread blocks SIGTERM and SIGINT around the fork: a signal that reaches the child
+    before its handlers are reset stays pending (the interpreter drops any it caught in that
+    window) and is delivered, with the default action, once the child unblocks it."""
+    if _fork_guard or not hasattr(os, "register_at_fork"):
+        return
+    _fork_guard.append(True)
+    guarded = {signal.SIGTERM, signal.SIGINT}
+    masks = threading.local()
+
+    def before() -> None:
+        masks.previous = signal.pthread_sigmask(signal.SIG_BLOCK, guarded)
+
+    def in_parent() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, masks.previous)
+
+    def in_child() -> None:
+        global _session, _world
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, masks.previous)
+        _session = None
+        _world = None
+        context.set_current(None)  # (the forking thread may be running a task)
+        object_ref.current.sink = None
+        object_ref.current.client = None
+    os.register_at_fork(before=before, after_in_parent=in_parent, after_in_child=in_child)
+
+
+def install_crash_reports() -> None:
+    """Every rank: a crash in C code (a segfault) dumps the Python stack of every thread
+    (faulthandler), and ``os._exit`` called by a task says which task called it, with its stack,
+    before the process goes (the MPI launcher then ends the job)."""
+    if not faulthandler.is_enabled():
+        faulthandler.enable(file=sys.__stderr__, all_threads=True)
+    if getattr(os._exit, "__hpcray__", False):
+        return
+    real_exit = os._exit
+    pid = os.getpid()
+
+    def _exit(code: int) -> None:
+        task = context.current()
+        if task is not None and os.getpid() == pid:
+            frames = [f for f in traceback.extract_stack(sys._getframe(1))
+                      if not f.filename.startswith((_PRIVATE_DIR, threading.__file__))]
+            stack = "".join(traceback.format_list(frames))
+            sys.__stderr__.write(f"hpcray: the task {task.name} (task {task.task_id.hex()}) on rank "
+                                 f"{task.rank} (pid {pid}) called os._exit({code}); its stack:\n{stack}")
+            sys.__stderr__.flush()
+        real_exit(code)
+    _exit.__hpcray__ = True
+    os._exit = _exit
 
 
 def _install_driver_signals() -> None:

@@ -23,8 +23,10 @@ from collections import deque
 from typing import Callable, Deque, Dict, List, Optional
 
 from .. import exceptions
+from .config import DEPTH_MAX, LOOKAHEAD_S
 from . import protocol as P
 from .actor_directory import ActorDirectory
+from .object_ref import job_of
 from .placement_groups import PlacementGroups
 from .protocol import RankInfo, TaskSpec
 from .resources import RankLedger
@@ -33,8 +35,6 @@ from .serialization import SerializedValue, deserialize, serialize
 
 logger = logging.getLogger("hpcray")
 
-LOOKAHEAD_S = 2e-3  # a busy rank is sent enough queued tasks to keep it going this long ...
-DEPTH_MAX = 64  # ... but at most this many beyond those it runs (at least HPCRAY_PREFETCH)
 
 
 def node_id_of(host: str) -> str:
@@ -64,6 +64,16 @@ class TaskRecord:
         self.finished = False
         self.stealing = False
         self.cancelled = False
+
+    def take_retry(self, retryable: bool) -> bool:
+        """Whether the task (or actor call) runs again after this failure, which then uses one of
+        its retries (-1: no limit): the one retry rule of tasks and actor calls."""
+        if not retryable or self.retries_left == 0 or self.cancelled:
+            return False
+        if self.retries_left > 0:
+            self.retries_left -= 1
+        self.spec.attempt += 1
+        return True
 
 
 class RankState:
@@ -101,8 +111,9 @@ class RankState:
 class Scheduler(ActorDirectory, PlacementGroups):
     """Places tasks on ranks and keeps the object table. Every method runs in the loop's turns (one thread at a time)."""
 
-    def __init__(self, send: Callable[[int, tuple], None], workers: List[RankInfo], prefetch: int):
+    def __init__(self, send: Callable[[int, tuple], None], workers: List[RankInfo], prefetch: int, job: int = 0):
         self.send = send
+        self.job = job  # the session's job number: the first field of every id it makes
         # rank 0's own client, which takes the values it subscribed to without a message
         self.deliver_here: Optional[Callable[[bytes, SerializedValue], None]] = None
         self.prefetch = prefetch
@@ -240,10 +251,7 @@ class Scheduler(ActorDirectory, PlacementGroups):
             self.actor_call_done(record, error, retryable, values)
             return
         if error is not None:
-            if retryable and record.retries_left != 0 and not record.cancelled:
-                if record.retries_left > 0:
-                    record.retries_left -= 1
-                record.spec.attempt += 1
+            if record.take_retry(retryable):
                 record.rank = None
                 self._make_ready(record)
                 return
@@ -282,14 +290,20 @@ class Scheduler(ActorDirectory, PlacementGroups):
             entry = self.objects.get(object_id)
             if entry is None:
                 self.send(src, (P.OBJECT, object_id, self._error_value(exceptions.ObjectLostError(
-                    object_id.hex(), message=f"Object {object_id.hex()} was freed or never existed "
-                                             "in this session"))))
+                    object_id.hex(), message=self._lost_message(object_id)))))
             elif entry.value is not None:
                 self.send(src, (P.OBJECT, object_id, entry.value))
             else:
                 if entry.subscribers is None:
                     entry.subscribers = set()
                 entry.subscribers.add(src)
+
+    def _lost_message(self, object_id: bytes) -> str:
+        job = job_of(object_id)
+        if job != self.job:
+            return (f"Object {object_id.hex()} belongs to an earlier session (job {job}), which ended "
+                    "with shutdown(): its values are gone")
+        return f"Object {object_id.hex()} was freed or never existed in this session"
 
     @staticmethod
     def new_entry(refs: int) -> ObjectEntry:

@@ -84,6 +84,8 @@ class WorkerAgent:
         self.loop.counts.clear()
         self.loop.held.clear()
         self.loop.job = 0
+        if runtime._session is not None:
+            runtime._session.client.completions.close()
         runtime._session = None
         object_ref.current.client = None
 
@@ -98,6 +100,7 @@ def serve_worker(comm: Any, config: Config) -> None:
     transport = MPITransport(comm)
     arena = runtime.start_arena(comm, config)
     loop = CommLoop(rank, transport, config.spin_us, config.max_sleep_us, config.inline_progress)
+    runtime.end_job_on_loop_failure(loop, comm)
     agent = WorkerAgent(rank, loop, config, arena)
     loop.agent = agent.handle
     loop.send(0, (P.HELLO, runtime.local_rank_info(rank, config)))
@@ -136,6 +139,8 @@ def _leave_process(code: int, comm: Any = None, arena: Any = None, busy: bool = 
         if arena is not None:
             arena.close(comm, busy)
         if not MPI.Is_finalized():
+            if comm is not None:
+                comm.Free()
             MPI.Finalize()
         import ctypes
         ctypes.CDLL(None).exit(code)
