@@ -69,7 +69,7 @@ def mpi_case_results(module_name, env=None, ranks=MPI_RANKS, timeout=300):
         for line in proc.stdout.splitlines():
             if line.startswith("CASE "):
                 parts = line.split(" ", 3)
-                results[parts[1]] = (parts[2] == "PASS", json.loads(parts[3]) if parts[2] == "FAIL" else "")
+                results[parts[1]] = (parts[2], json.loads(parts[3]) if parts[2] in ("FAIL", "SKIP") else "")
         tail = (f"exit {proc.returncode} after {time.monotonic() - started:.1f} s\n"
                 f"stdout tail:\n{proc.stdout[-3000:]}\nstderr tail:\n{proc.stderr[-3000:]}")
         _mpi_cache[key] = (results, tail)
@@ -80,6 +80,8 @@ def check_mpi_case(module_name, case, env=None, ranks=MPI_RANKS):
     results, tail = mpi_case_results(module_name, env=env, ranks=ranks)
     if case not in results:
         pytest.fail(f"case {case} did not report under mpiexec -n {ranks}\n{tail}")
-    passed, detail = results[case]
-    if not passed:
+    outcome, detail = results[case]
+    if outcome == "SKIP":
+        pytest.skip(detail)
+    if outcome != "PASS":
         pytest.fail(f"case {case} failed under mpiexec -n {ranks}:\n{detail}")

@@ -3,7 +3,8 @@
     python tests/run_cases.py MODULE              (single rank)
     mpiexec -n 4 python tests/run_cases.py MODULE (rank 0 drives, ranks 1-3 serve)
 
-Prints one line per case: ``CASE <name> PASS`` or ``CASE <name> FAIL <json traceback>``, so the
+Prints one line per case: ``CASE <name> PASS``, ``CASE <name> SKIP <json reason>`` or
+``CASE <name> FAIL <json traceback>``, so the
 pytest side can report each case on its own.
 """
 
@@ -18,6 +19,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import hpcray  # noqa: E402
+from cases.helpers import CaseSkipped  # noqa: E402
 
 
 def main() -> int:
@@ -34,6 +36,8 @@ def main() -> int:
         try:
             getattr(module, case)()
             print(f"CASE {case} PASS {time.monotonic() - started:.2f}", flush=True)
+        except CaseSkipped as why:
+            print(f"CASE {case} SKIP {json.dumps(str(why))}", flush=True)
         except BaseException:  # report every failure, keep going
             failures += 1
             print(f"CASE {case} FAIL {json.dumps(traceback.format_exc())}", flush=True)

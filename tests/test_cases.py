@@ -3,12 +3,14 @@
 import pytest
 
 from conftest import check_mpi_case, case_names
-from cases import (actors, arena, cancel, errors, handoff, hosts, hosts_p2p, objects, options, placement,
-                   resources, tasks, waiting)
+from cases.helpers import CaseSkipped
+from cases import (actors, arena, cancel, errors, failures, handoff, hosts, hosts_p2p, mpi_use, objects, options,
+                   placement, resources, tasks, waiting)
 
 MODULES = {"tasks": tasks, "errors": errors, "options": options, "resources": resources,
            "waiting": waiting, "actors": actors, "objects": objects, "cancel": cancel, "arena": arena,
-           "hosts": hosts, "hosts_p2p": hosts_p2p, "placement": placement, "handoff": handoff}
+           "hosts": hosts, "hosts_p2p": hosts_p2p, "placement": placement, "handoff": handoff,
+           "mpi_use": mpi_use, "failures": failures}
 PARAMS = [(m, c) for m, module in MODULES.items() for c in case_names(module)]
 
 
@@ -49,7 +51,10 @@ def sessions():
 @pytest.mark.parametrize("module_name,case", PARAMS)
 def test_single_rank(module_name, case, sessions):
     sessions(module_name)
-    getattr(MODULES[module_name], case)()
+    try:
+        getattr(MODULES[module_name], case)()
+    except CaseSkipped as why:
+        pytest.skip(str(why))
 
 
 @pytest.mark.parametrize("module_name,case", PARAMS)

@@ -82,20 +82,28 @@ def make_loop():
 
 
 def test_a_waiting_thread_runs_the_turns_itself():
-    loop, ran_on = make_loop()
-    try:
-        assert loop.lendable
-        time.sleep(0.01)  # the comm thread is idle
-        for _ in range(20):
-            time.sleep(0.002)  # not a burst (a burst goes out in batches: comm.BATCH_S)
-            loop.post_and_turn((P.CALL, lambda: ran_on.append(threading.current_thread().name)))
-        assert ran_on.count("MainThread") >= 15, ran_on  # (the comm thread may take a few)
-        done = []
-        loop.post((P.CALL, lambda: done.append(threading.current_thread().name)))
-        assert loop.lend(lambda: bool(done), time.monotonic() + 5, 0.0)
-        assert done == ["MainThread"] or done == [loop.thread.name]
-    finally:
-        loop.stop()
+    """With no comm thread to compete (the loop runs, its thread is not started), every command
+    a submitting or waiting thread posts runs on that thread, in its own turns."""
+    loop = CommLoop(0, None, spin_us=2000.0, max_sleep_us=1000.0)
+    loop.agent = lambda msg: None
+    loop.running = True
+    assert loop.lendable
+    ran_on = []
+    for _ in range(20):
+        time.sleep(0.002)  # not a burst (a burst goes out in batches: config.BATCH_S)
+        loop.post_and_turn((P.CALL, lambda: ran_on.append(threading.current_thread().name)))
+    assert ran_on == ["MainThread"] * 20, ran_on
+    done = []
+    loop.post((P.CALL, lambda: done.append(threading.current_thread().name)))
+    assert loop.lend(lambda: bool(done), time.monotonic() + 5, 0.0)
+    assert done == ["MainThread"]
+    helper = threading.Thread(target=lambda: loop.lend(lambda: len(done) == 2, time.monotonic() + 5, 0.0),
+                              name="waiter")
+    loop.commands.append((P.CALL, lambda: done.append(threading.current_thread().name)))
+    helper.start()
+    helper.join(5)
+    assert done == ["MainThread", "waiter"]
+    loop.running = False
 
 
 def test_one_guest_at_a_time_and_the_comm_thread_steps_back():

@@ -331,7 +331,7 @@ def case_threaded_actor_runs_calls_concurrently():
 
 
 def case_results_are_not_held_behind_a_long_call():
-    # results of a burst may wait to leave together (comm.HOLD_S), but not behind a long call
+    # results of a burst may wait to leave together (config.HOLD_S), but not behind a long call
     counter = Counter.remote()
     ray.get(counter.read.remote())
     for _ in range(3):

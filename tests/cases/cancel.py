@@ -6,7 +6,7 @@ import time
 import hpcray as ray
 from hpcray import exceptions
 
-from .helpers import SignalActor, raises
+from .helpers import SignalActor, append_line, count_lines, raises, scratch_file, wait_for_condition
 
 
 @ray.remote
@@ -26,12 +26,22 @@ CANCELLED = (exceptions.TaskCancelledError, exceptions.RayTaskError)
 def case_cancel_running_task_blocked_in_get():
     for force in (False, True):
         signal = SignalActor.remote()
-        ref = wait_for.remote(signal)
-        time.sleep(0.5)  # it is running, blocked in get()
+        marker = scratch_file("blocked")
+
+        @ray.remote
+        def blocked(signal):
+            append_line(marker, "started")
+            ray.get(signal.wait.remote())
+            append_line(marker, "finished")
+
+        ref = blocked.remote(signal)
+        wait_for_condition(lambda: count_lines(marker) == 1, timeout=20)  # running, in get()
         started = time.monotonic()
         ray.cancel(ref, force=force)
         raises(exceptions.TaskCancelledError, ray.get, ref, timeout=20)
         assert time.monotonic() - started < 10
+        ray.get(signal.send.remote())
+        assert count_lines(marker) == 1  # the cancelled task never went past its get()
 
 
 def case_cancel_pending_task_never_runs_and_others_finish():
@@ -143,9 +153,11 @@ def case_many_cancels_nothing_hangs():
     cancelled = set(range(0, 100, 5))
     for i in cancelled:
         ray.cancel(refs[i])
+    # every cancelled task is still waiting for the signal (running, or queued): each must fail,
+    # every other one must return its value
     ray.get(signal.send.remote())
     for i, ref in enumerate(refs):
-        try:
+        if i in cancelled:
+            raises(exceptions.TaskCancelledError, ray.get, ref, timeout=30)
+        else:
             assert ray.get(ref, timeout=30) == i
-        except exceptions.TaskCancelledError:
-            assert i in cancelled

@@ -8,6 +8,14 @@ import uuid
 import hpcray as ray
 
 
+class CaseSkipped(Exception):
+    """Raised by a case that cannot apply in this launch mode; reported as skipped, with why."""
+
+
+def skip(reason: str) -> None:
+    raise CaseSkipped(reason)
+
+
 def wait_for_condition(predicate, timeout=10.0, retry_interval_ms=20):
     deadline = time.monotonic() + timeout
     last = None

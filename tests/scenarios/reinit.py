@@ -26,10 +26,18 @@ for round_number in range(3):
         try:
             ray.get(old, timeout=10)
             raise AssertionError("a ref from an ended session returned a value")
-        except exceptions.ObjectLostError:
-            pass
+        except exceptions.ObjectLostError as exc:
+            assert "earlier session" in str(exc), exc
     old = square.remote(3)
     ray.get(old)
     ray.shutdown()
     assert not ray.is_initialized()
+    for call in (lambda: ray.get(old, timeout=10), lambda: ray.wait([old], timeout=1),
+                 lambda: ray.cancel(old)):
+        try:  # no session: a clear error, and no new session started behind the caller's back
+            call()
+            raise AssertionError("a call on a ref of an ended session did not raise")
+        except exceptions.RaySystemError as exc:
+            assert "not initialized" in str(exc) and "shutdown()" in str(exc), exc
+        assert not ray.is_initialized()
 print("REINIT_OK", flush=True)
