@@ -168,7 +168,12 @@ class CoreClient:
             if value is not None and value.is_error:
                 self.post((P.HANDLED, object_id))
                 raise deserialize_result(value, object_id)  # the first error in list order, at once
-        return [deserialize_result(value, object_id) for value, object_id in zip(found, ids)]
+        try:
+            return [deserialize(value, object_id) for value, object_id in zip(found, ids)]
+        except Exception:  # (the happy path pays no extra call) name the value that failed
+            for value, object_id in zip(found, ids):
+                deserialize_result(value, object_id)
+            raise
 
     def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: Optional[float],
              fetch_local: bool = True):

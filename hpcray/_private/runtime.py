@@ -186,7 +186,7 @@ def _connect_mpi(config: Config):
 def init_session(num_cpus: Optional[float], num_gpus: Optional[float], resources: Optional[Dict[str, float]],
                  namespace: Optional[str], job_env: Optional[Dict[str, str]]) -> Optional[Session]:
     """Start a session on the driver; None on a worker rank (then ``serve_worker_rank``)."""
-    global _session, _jobs
+    global _jobs
     config = Config.from_env()
     _configure_logging(config)
     install_fork_guard()
@@ -206,10 +206,33 @@ def init_session(num_cpus: Optional[float], num_gpus: Optional[float], resources
             logger.warning("hpcray: init(num_cpus/num_gpus/resources) is ignored under MPI; the job's "
                            "ranks and Slurm decide the resources (see HPCRAY_NUM_CPUS, HPCRAY_RESOURCES)")
         session = _start_driver(mpi[0], config, job, namespace, job_env)
-    _session = session
-    object_ref.current.sink = session.loop.commands.append
-    object_ref.current.client = session.client
     return session
+
+
+def open_session(session: Session, plane: ObjectPlane) -> None:
+    """Make ``session`` this process's live session, on any rank (the one place that wires one):
+    its client reads values through the rank's object plane, the loop tells it of dropped refs,
+    of its own failure and of stubs someone now wants, and ObjectRefs count themselves on its
+    loop."""
+    global _session
+    loop, client = session.loop, session.client
+    client.plane = plane
+    loop.on_forget = client.forget
+    loop.on_failure = client.fail_all
+    loop.on_fetch_local = client.fetch_stubs
+    _session = session
+    object_ref.current.sink = loop.commands.append
+    object_ref.current.client = client
+
+
+def close_session(session: Session) -> None:
+    """This process's live session is over (``shutdown()``, or RESET on a worker rank)."""
+    global _session
+    if _session is session:
+        _session = None
+        object_ref.current.sink = None
+        object_ref.current.client = None
+    session.client.completions.close()
 
 
 _worker_start: List[tuple] = []  # (comm, config) of a worker rank, between init_session and serving
@@ -290,15 +313,12 @@ def _wire(loop: CommLoop, session: Session) -> None:
                         session.config.pool_bytes)
     plane.arena = _world.arena if _world is not None else None
     loop.plane = plane
-    session.client.plane = plane
     if session.executor is not None:
         session.executor.plane = plane
     loop.scheduler = session.scheduler
     if session.scheduler is not None:
         session.scheduler.deliver_here = session.client.deliver
-    loop.on_forget = session.client.forget
-    loop.on_failure = session.client.fail_all
-    loop.on_fetch_local = session.client.fetch_stubs
+    open_session(session, plane)
     executor = session.executor
 
     def agent(msg: tuple) -> None:
@@ -349,14 +369,11 @@ def _gather_workers(transport: MPITransport, config: Config) -> List[RankInfo]:
 def shutdown_session(deadline: Optional[float] = None) -> List[int]:
     """End the session on the driver; worker ranks forget it and wait for the next one. Returns
     the ranks that did not confirm by ``deadline`` (default: ``HPCRAY_EXIT_TIMEOUT_S`` from now)."""
-    global _session
     with _lock:
         session = _session
         if session is None:
             return []
-        _session = None
-        object_ref.current.sink = None
-        object_ref.current.client = None
+        close_session(session)
         loop = session.loop
         silent: List[int] = []
         if _world is not None and not _world.exited:
@@ -364,7 +381,6 @@ def shutdown_session(deadline: Optional[float] = None) -> List[int]:
                 deadline = time.monotonic() + session.config.exit_timeout_s
             silent = _reset_workers(loop, deadline)
         loop.stop()
-        session.client.completions.close()
         if _world is None:
             context.uninstall_task_io()
         return silent

@@ -13,7 +13,7 @@ import signal
 import time
 from typing import Any, Dict, List, Optional
 
-from . import context, object_ref, runtime
+from . import context, runtime
 from . import protocol as P
 from .client import CoreClient
 from .comm import CommLoop, MPITransport
@@ -65,17 +65,11 @@ class WorkerAgent:
         loop = self.loop
         loop.job = job
         client = CoreClient(self.rank, job, loop)
-        client.plane = self.plane
         session = runtime.Session("worker", self.rank, job, loop, client, self.config, namespace)
         session.executor = self.executor
         session.host = host_name(self.rank, self.config.ranks_per_host)
         session.node_id = node_id_of(session.host)
-        loop.on_forget = client.forget
-        loop.on_failure = client.fail_all
-        loop.on_fetch_local = client.fetch_stubs
-        runtime._session = session
-        object_ref.current.sink = loop.commands.append
-        object_ref.current.client = client
+        runtime.open_session(session, self.plane)
 
     def _reset(self) -> None:
         if self.executor is not None:
@@ -84,10 +78,9 @@ class WorkerAgent:
         self.loop.counts.clear()
         self.loop.held.clear()
         self.loop.job = 0
-        if runtime._session is not None:
-            runtime._session.client.completions.close()
-        runtime._session = None
-        object_ref.current.client = None
+        session = runtime.current()
+        if session is not None:
+            runtime.close_session(session)
 
 
 def serve_worker(comm: Any, config: Config) -> None:
