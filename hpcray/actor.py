@@ -18,6 +18,7 @@ from ._private import api
 from ._private import options as opt
 from ._private import protocol as P
 from ._private.object_ref import ObjectRef, object_id_of, return_ids_of
+from ._private.placement import InGroup
 from ._private.serialization import dumps_function, loads
 from .remote_function import _Export, group_demand, inherited_strategy, pack_arguments, strategy_key
 
@@ -161,7 +162,7 @@ class ActorClass:
         placement = opt.resource_demand(options, default_cpus=1.0)
         lifetime = dict(placement) if explicit_cpus else {k: v for k, v in placement.items() if k != "CPU"}
         strategy = inherited_strategy(strategy_key(options))
-        if strategy is not None and strategy[0] == "PG":  # placed in, and holding, bundle resources
+        if type(strategy) is InGroup:  # placed in, and holding, bundle resources
             placement = group_demand(placement, strategy)
             lifetime = group_demand(lifetime, strategy, wildcard=False)
         groups = options.get("concurrency_groups") or {}

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ._private import api
 from ._private import options as opt
 from ._private.context import current as current_task_context, current_task_id
 from ._private.executor import NO_ARGUMENTS, ArgRef
 from ._private.object_ref import ObjectRef, return_ids_of
+from ._private.placement import InGroup, OnHost, Spread
 from ._private.protocol import TaskSpec
 from ._private.serialization import SerializedValue, dumps_function, try_serialize
+
+
+Placement = Union[Spread, OnHost, InGroup]
 
 
 class _Plan:
@@ -41,7 +45,7 @@ class _Plan:
         self.env_vars = dict(env) if env else None
         self.strategy = strategy_key(options)
         self.plain_demand = self.demand
-        if self.strategy is not None and self.strategy[0] == "PG":
+        if type(self.strategy) is InGroup:
             self.demand = group_demand(self.demand, self.strategy)
         self.name = options.get("name") or default_name
         if options.get("max_calls"):
@@ -49,7 +53,7 @@ class _Plan:
                           "replaced: tasks keep running in the same long-lived rank process")
 
 
-def strategy_key(options: Dict[str, Any]) -> Optional[tuple]:
+def strategy_key(options: Dict[str, Any]) -> Optional[Placement]:
     """The scheduler's form of a scheduling strategy; unsupported ones raise here."""
     from .util.placement_group import PlacementGroup
     from .util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
@@ -65,9 +69,9 @@ def strategy_key(options: Dict[str, Any]) -> Optional[tuple]:
     if strategy is None or strategy == "DEFAULT":
         return None
     if strategy == "SPREAD":
-        return ("SPREAD",)
+        return Spread()
     if isinstance(strategy, NodeAffinitySchedulingStrategy):
-        return ("NODE", strategy.node_id, bool(strategy.soft))
+        return OnHost(strategy.node_id, bool(strategy.soft))
     if isinstance(strategy, PlacementGroupSchedulingStrategy):
         group = strategy.placement_group
         if group is None:
@@ -79,27 +83,27 @@ def strategy_key(options: Dict[str, Any]) -> Optional[tuple]:
         if not isinstance(index, int) or not -1 <= index < group.bundle_count:
             raise ValueError(f"placement_group_bundle_index={index!r}: must be -1 or between 0 and "
                              f"{group.bundle_count - 1} (the group has {group.bundle_count} bundles)")
-        return ("PG", group.id.binary(), index, bool(strategy.placement_group_capture_child_tasks))
+        return InGroup(group.id.binary(), index, bool(strategy.placement_group_capture_child_tasks))
     if isinstance(strategy, NodeLabelSchedulingStrategy):
         raise NotImplementedError("NodeLabelSchedulingStrategy: hpcray hosts carry no labels yet")
     raise ValueError(f"scheduling_strategy={strategy!r} is not supported")
 
 
-def group_demand(demand: Dict[str, float], strategy: tuple, wildcard: bool = True) -> Dict[str, float]:
+def group_demand(demand: Dict[str, float], strategy: InGroup, wildcard: bool = True) -> Dict[str, float]:
     """A demand renamed to the bundle resources of a placement group (see placement_groups.py)."""
     from ._private.placement_groups import bundle_demand
-    return bundle_demand(demand, strategy[1].hex(), strategy[2], wildcard)
+    return bundle_demand(demand, strategy.group_id.hex(), strategy.bundle_index, wildcard)
 
 
-def inherited_strategy(strategy: Optional[tuple]) -> Optional[tuple]:
+def inherited_strategy(strategy: Optional[Placement]) -> Optional[Placement]:
     """A task without a strategy, submitted by a task in a placement group that captures its
     child tasks, goes into the same group (any bundle)."""
     if strategy is not None:
         return strategy
     ctx = current_task_context()
     group = ctx.group if ctx is not None else None
-    if group is not None and group[3]:
-        return ("PG", group[1], -1, True)
+    if group is not None and group.capture:
+        return InGroup(group.group_id, -1, True)
     return None
 
 

@@ -11,6 +11,7 @@ import pytest
 from conftest import run_mpi, run_single
 from hpcray._private import protocol as P
 from hpcray._private.comm import CommLoop
+from hpcray._private.placement import InGroup, Spread
 
 from test_lifecycle import run, MODES
 
@@ -18,7 +19,7 @@ from test_lifecycle import run, MODES
 def test_task_spec_round_trips_every_slot():
     assert list(inspect.signature(P._rebuild_spec).parameters) == list(P.TaskSpec.__slots__)
     spec = P.TaskSpec(b"t" * 16, b"f" * 16, b"blob", "name", ("args",), [b"d"], [b"r"], 1, {"CPU": 1.0},
-                      3, b"retry", {"A": "1"}, ("SPREAD",), 2)
+                      3, b"retry", {"A": "1"}, InGroup(b"g" * 16, 1, True), 2)
     for value, slot in enumerate(("attempt", "kind", "actor_id", "method", "extra", "parent")):
         setattr(spec, slot, f"{slot}-{value}")
     copy = pickle.loads(pickle.dumps(spec, protocol=5))
@@ -57,7 +58,7 @@ def test_messages_keep_every_field_in_their_wire_form():
     with_buffer = SerializedValue(b"data", [memoryview(b"x" * 64)], [b"c" * 20], False)
     stub = plain.stub(3)
     spec = P.TaskSpec(b"t" * 16, b"f" * 16, None, "name", plain, [b"d" * 20], [b"r" * 20], 1, {"CPU": 1.0},
-                      3, b"retry", {"A": "1"}, ("SPREAD",), 2)
+                      3, b"retry", {"A": "1"}, Spread(), 2)
     spec.kind, spec.actor_id, spec.method, spec.extra = P.ACTOR_METHOD, b"a" * 16, "m", {"group": "g"}
     messages = [
         (P.SUBMIT, spec), (P.EXECUTE, spec, b"blob", [plain, stub, with_buffer]), (P.EXECUTE, spec, None, []),

@@ -17,6 +17,7 @@ from typing import Deque, Dict, List, Optional, Tuple
 
 from .. import exceptions
 from . import protocol as P
+from .placement import InGroup
 from .serialization import SerializedValue, serialize
 
 PENDING, ALIVE, DEAD = "PENDING", "ALIVE", "DEAD"
@@ -46,7 +47,7 @@ class ActorRecord:
         self.meta_blob: bytes = extra.get("meta_blob", b"")
         self.callers: Dict[int, Deque] = {}
         self.inflight: set = set()
-        self.group = spec.strategy[1] if spec.strategy and spec.strategy[0] == "PG" else None
+        self.group = spec.strategy.group_id if type(spec.strategy) is InGroup else None
 
 
 def death_value(actor: ActorRecord, message: str, init_failed: bool = False) -> SerializedValue:

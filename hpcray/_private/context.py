@@ -17,6 +17,8 @@ import sys
 import threading
 from typing import Any, Dict, Optional
 
+from .placement import InGroup
+
 # A ContextVar, not a thread-local: each thread has its own context, and so does each asyncio
 # task of an async actor, so concurrent calls on one event loop see their own context.
 _current: "contextvars.ContextVar[Optional[TaskContext]]" = contextvars.ContextVar("hpcray_task", default=None)
@@ -40,8 +42,8 @@ class TaskContext:
         self.gpu_ids = gpu_ids or []
         self.actor_id = actor_id
         self.actor_handle = actor_handle
-        # ("PG", group id, bundle index, capture child tasks) when it runs in a placement group
-        self.group = strategy if strategy and strategy[0] == "PG" else None
+        # the placement.InGroup it runs in, or None
+        self.group = strategy if type(strategy) is InGroup else None
 
     @property
     def prefix(self) -> str:

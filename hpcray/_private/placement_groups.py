@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .. import exceptions
 from . import protocol as P
+from .placement import InGroup
 from .actor_directory import death_value
 from .resources import fits
 
@@ -121,7 +122,7 @@ class PlacementGroups:
         for queue in self.ready.values():
             for record in list(queue):
                 strategy = record.spec.strategy
-                if strategy and strategy[0] == "PG" and strategy[1] == group_id and not record.finished:
+                if type(strategy) is InGroup and strategy.group_id == group_id and not record.finished:
                     self._finish(record, gone)
         for object_id, _ in group.ready_ids:
             self._set_value(object_id, gone)
@@ -172,22 +173,22 @@ class PlacementGroups:
 
     def group_of(self, spec: P.TaskSpec) -> Optional[GroupRecord]:
         strategy = spec.strategy
-        if strategy and strategy[0] == "PG":
-            return self.groups.get(strategy[1])
+        if type(strategy) is InGroup:
+            return self.groups.get(strategy.group_id)
         return None
 
     def group_removed(self, spec: P.TaskSpec) -> bool:
-        group = self.groups.get(spec.strategy[1])
+        group = self.groups.get(spec.strategy.group_id)
         return group is None or group.state == REMOVED
 
     def fail_outside_group(self, record) -> None:
         """A task or actor whose group is gone: it fails (an actor dies) instead of waiting."""
-        gone = self._group_gone(record.spec.strategy[1])
+        gone = self._group_gone(record.spec.strategy.group_id)
         if record.spec.kind == P.ACTOR_CREATE:
             actor = self.actors.get(record.spec.actor_id)
             if actor is not None and actor.state != "DEAD":
                 gone = death_value(actor, f"The actor {actor.class_name} was created in placement group "
-                                          f"{record.spec.strategy[1].hex()}, which was removed")
+                                          f"{record.spec.strategy.group_id.hex()}, which was removed")
                 self._actor_died(actor, gone)
         self._finish(record, gone)
 
@@ -195,7 +196,7 @@ class PlacementGroups:
         group = self.group_of(spec)
         if group is None or group.state != CREATED:
             return []
-        index = spec.strategy[2]
+        index = spec.strategy.bundle_index
         ranks = group.ranks if index < 0 else [group.ranks[index]]
         return [self.ranks[r] for r in dict.fromkeys(ranks)]
 

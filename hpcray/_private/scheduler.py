@@ -27,6 +27,7 @@ from .config import DEPTH_MAX, LOOKAHEAD_S
 from . import protocol as P
 from .actor_directory import ActorDirectory
 from .object_ref import job_of
+from .placement import InGroup, OnHost, Spread
 from .placement_groups import PlacementGroups
 from .protocol import RankInfo, TaskSpec
 from .resources import RankLedger
@@ -168,12 +169,12 @@ class Scheduler(ActorDirectory, PlacementGroups):
         if (spec.deps or spec.args.contained) and not self._pin_arguments(record):
             return
         strategy = spec.strategy
-        if strategy and strategy[0] == "PG" and self.group_removed(spec):
+        if type(strategy) is InGroup and self.group_removed(spec):
             self.fail_outside_group(record)
             return
-        if strategy and strategy[0] == "NODE" and not strategy[2] and strategy[1] not in self.by_node:
+        if type(strategy) is OnHost and not strategy.soft and strategy.node_id not in self.by_node:
             self._finish(record, self._error_value(exceptions.TaskUnschedulableError(
-                f"Task {spec.name}: NodeAffinitySchedulingStrategy names node {strategy[1]}, "
+                f"Task {spec.name}: NodeAffinitySchedulingStrategy names node {strategy.node_id}, "
                 "which is not part of this job")))
             return
         for dep in set(spec.deps):
@@ -350,7 +351,7 @@ class Scheduler(ActorDirectory, PlacementGroups):
     # ---- placement ------------------------------------------------------------------------
     def _make_ready(self, record: TaskRecord, front: bool = False) -> None:
         spec = record.spec
-        if spec.strategy and spec.strategy[0] == "PG" and self.group_removed(spec):
+        if type(spec.strategy) is InGroup and self.group_removed(spec):
             self.fail_outside_group(record)  # e.g. a retry, or deps ready, after the removal
             return
         shape = (tuple(sorted(spec.demand.items())), spec.strategy)
@@ -378,11 +379,11 @@ class Scheduler(ActorDirectory, PlacementGroups):
 
     def _candidates(self, spec: TaskSpec, soft_ok: bool) -> List[RankState]:
         strategy = spec.strategy
-        if strategy and strategy[0] == "PG":
+        if type(strategy) is InGroup:
             return self.group_candidates(spec)
-        if strategy and strategy[0] == "NODE":
-            ranks = self.by_node.get(strategy[1], [])
-            if strategy[2] and soft_ok and not any(s.ledger.can_ever_fit(spec.demand) for s in ranks):
+        if type(strategy) is OnHost:
+            ranks = self.by_node.get(strategy.node_id, [])
+            if strategy.soft and soft_ok and not any(s.ledger.can_ever_fit(spec.demand) for s in ranks):
                 return self.order
             return ranks
         return self.order
@@ -445,7 +446,7 @@ class Scheduler(ActorDirectory, PlacementGroups):
             return None
         # SPREAD: round robin. DEFAULT: the first rank with room, so a trickle of tasks keeps
         # hitting one warm rank while idle ranks sleep (they do not compete for cores).
-        spread = spec.strategy is not None and spec.strategy[0] == "SPREAD"
+        spread = type(spec.strategy) is Spread
         start = self._next % count if spread else 0
         for i in range(count):
             state = candidates[(start + i) % count]
@@ -453,8 +454,8 @@ class Scheduler(ActorDirectory, PlacementGroups):
                 if spread:
                     self._next = start + i + 1
                 return state
-        if spec.strategy and spec.strategy[0] == "NODE" and spec.strategy[2]:
-            preferred = self.by_node.get(spec.strategy[1], [])
+        if type(spec.strategy) is OnHost and spec.strategy.soft:
+            preferred = self.by_node.get(spec.strategy.node_id, [])
             if any(s.ledger.fits_now(spec.demand) for s in preferred):
                 return None
         best = None

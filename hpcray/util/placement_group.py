@@ -163,7 +163,7 @@ def get_current_placement_group() -> Optional[PlacementGroup]:
     ctx = context.current()
     if ctx is None or ctx.group is None:
         return None
-    return PlacementGroup(PlacementGroupID(ctx.group[1]))
+    return PlacementGroup(PlacementGroupID(ctx.group.group_id))
 
 
 __all__ = ["PlacementGroup", "PlacementGroupID", "placement_group", "remove_placement_group",
