@@ -199,7 +199,7 @@ class ActorClass:
         answer = client.await_reply(extra["reply"])
         if answer[0] == "exists":
             del ref  # our creation was not needed: drop its handle object
-            client.post((P.ADOPT, answer[2]))  # the scheduler counted this handle for us
+            client.adopt(answer[2])  # the scheduler counted this handle for us
             return ActorHandle(answer[1], meta, ObjectRef(answer[2]))
         return ActorHandle(task_id, meta, ref)
 
@@ -311,7 +311,7 @@ class ActorHandle:
         refs = client.submit(spec, None)
         if meta.max_pending_calls > 0 and return_ids:
             self._pending.extend(return_ids)
-            client._request(return_ids)
+            client.want(return_ids)
         if num_returns == 1:
             return refs[0]
         return None if num_returns == 0 else refs
@@ -382,10 +382,7 @@ def get_actor(name: str, namespace: Optional[str] = None) -> ActorHandle:
         raise TypeError(f"get_actor(): namespace must be a str, got {type(namespace).__name__}")
     session = api.ensure_session()
     client = session.client
-    reply = client.new_reply_id()
-    client.post((P.GET_ACTOR, name, namespace or session.namespace, reply))
-    actor_id, handle_id, meta_blob = client.await_reply(reply)
-    client.post((P.ADOPT, handle_id))  # the scheduler counted this handle for us
+    actor_id, handle_id, meta_blob = client.lookup_actor(name, namespace or session.namespace)
     return ActorHandle(actor_id, loads(meta_blob), ObjectRef(handle_id))
 
 
@@ -396,4 +393,4 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     if not isinstance(no_restart, bool):
         raise TypeError("kill(): no_restart must be a bool")
     session = api.ensure_session()
-    session.client.post((P.KILL, actor._actor_id, no_restart))
+    session.client.kill_actor(actor._actor_id, no_restart)

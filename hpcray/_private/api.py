@@ -9,7 +9,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .. import exceptions
 from . import context, runtime
-from . import protocol as P
 from .object_ref import ObjectRef
 
 _INIT_KEYWORDS = {
@@ -210,7 +209,7 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     if not isinstance(force, bool) or not isinstance(recursive, bool):
         raise TypeError("cancel(): force and recursive must be bools")
     session = live_session("cancel()")
-    session.client.post((P.CANCEL, object_ref.task_id(), force, recursive))
+    session.client.cancel(object_ref.task_id(), force, recursive)
 
 
 def remote(*args: Any, **kwargs: Any) -> Any:
@@ -240,10 +239,7 @@ def _make_remote(target: Any, options: Dict[str, Any]) -> Any:
 
 def query(name: str) -> Any:
     """Ask the scheduler for a view of its state ("resources", "nodes", "stats")."""
-    client = ensure_session().client
-    reply = client.new_reply_id()
-    client.post((P.QUERY, name, reply))
-    return client.await_reply(reply, timeout=60.0)
+    return ensure_session().client.query(name)
 
 
 def cluster_resources() -> Dict[str, float]:

@@ -128,6 +128,51 @@ class CoreClient:
         self.loop.raise_deferred_interrupt()  # after the refs exist: they free the returns
         return refs
 
+    # ---- requests of the public layer (it builds no message itself) ------------------------
+    def cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
+        self.post((P.CANCEL, task_id, force, recursive))
+
+    def query(self, name: Any, timeout: float = 60.0) -> Any:
+        """A view of the scheduler's state ("resources", "nodes", ...)."""
+        reply = self.new_reply_id()
+        self.post((P.QUERY, name, reply))
+        return self.await_reply(reply, timeout)
+
+    def lookup_actor(self, name: str, namespace: str) -> tuple:
+        """(actor id, handle object id, class metadata) of a named actor; its handle is ours."""
+        reply = self.new_reply_id()
+        self.post((P.GET_ACTOR, name, namespace, reply))
+        found = self.await_reply(reply)
+        self.adopt(found[1])
+        return found
+
+    def adopt(self, handle_id: bytes) -> None:
+        """The scheduler counted a hold of this handle object for this rank (get_actor, an
+        existing named actor): the ObjectRef about to be made must not count it again."""
+        self.post((P.ADOPT, handle_id))
+
+    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        self.post((P.KILL, actor_id, no_restart))
+
+    def want(self, object_ids: List[bytes]) -> None:
+        """Ask for these objects now (their values come here as they are set)."""
+        self._request(object_ids)
+
+    def create_group(self, bundles: List[Dict[str, float]], strategy: str, name: str) -> bytes:
+        group_id = self.new_task_id()
+        self.post((P.PG_CREATE, group_id, bundles, strategy, name))
+        return group_id
+
+    def group_ready(self, group_id: bytes, handle: Any) -> ObjectRef:
+        """A ref that gets ``handle`` as its value once the group is placed."""
+        object_id = object_id_of(self.new_task_id(), 0)
+        # posted before the ref exists, like a submit
+        self.post((P.PG_READY, group_id, object_id, serialize(handle)))
+        return ObjectRef(object_id)
+
+    def remove_group(self, group_id: bytes) -> None:
+        self.post((P.PG_REMOVE, group_id))
+
     def new_task_id(self) -> bytes:
         return self.ids.next_task_id()
 

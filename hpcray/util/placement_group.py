@@ -59,14 +59,7 @@ class PlacementGroup:
     def ready(self):
         """An ObjectRef whose value (this group) is there once every bundle is reserved."""
         from .._private import api
-        from .._private import protocol as P
-        from .._private.object_ref import ObjectRef, object_id_of
-        from .._private.serialization import serialize
-        session = api.ensure_session()
-        object_id = object_id_of(session.client.new_task_id(), 0)
-        # posted before the ref exists, like a submit; the value is this handle, as in Ray
-        session.client.post((P.PG_READY, self.id.binary(), object_id, serialize(self)))
-        return ObjectRef(object_id)
+        return api.ensure_session().client.group_ready(self.id.binary(), self)  # (Ray's value: the handle)
 
     def wait(self, timeout_seconds: float = 30) -> bool:
         """True when the group is placed within ``timeout_seconds``."""
@@ -93,7 +86,6 @@ def placement_group(bundles: List[Dict[str, float]], strategy: str = "PACK", nam
                     bundle_label_selector: Optional[List[Dict[str, str]]] = None) -> PlacementGroup:
     """Reserve ``bundles`` (a list of resource dicts) with ``strategy``; returns at once."""
     from .._private import api
-    from .._private import protocol as P
     session = api.ensure_session()
     checked = _check_bundles(bundles)
     if strategy not in STRATEGIES:
@@ -104,8 +96,7 @@ def placement_group(bundles: List[Dict[str, float]], strategy: str = "PACK", nam
         raise ValueError(f"placement_group(lifetime={lifetime!r}): must be None or 'detached'")
     if bundle_label_selector or _soft_target_node_id:
         raise NotImplementedError("bundle_label_selector/_soft_target_node_id: hpcray hosts carry no labels")
-    group_id = session.client.new_task_id()
-    session.client.post((P.PG_CREATE, group_id, checked, strategy, name))
+    group_id = session.client.create_group(checked, strategy, name)
     return PlacementGroup(PlacementGroupID(group_id), checked)
 
 
@@ -131,11 +122,10 @@ def _check_bundles(bundles: Any) -> List[Dict[str, float]]:
 def remove_placement_group(placement_group: PlacementGroup) -> None:
     """Give the bundles back; actors in the group are killed, tasks waiting for it fail."""
     from .._private import api
-    from .._private import protocol as P
     if not isinstance(placement_group, PlacementGroup):
         raise TypeError(f"remove_placement_group({placement_group!r}): expected a PlacementGroup")
     session = api.ensure_session()
-    session.client.post((P.PG_REMOVE, placement_group.id.binary()))
+    session.client.remove_group(placement_group.id.binary())
 
 
 def get_placement_group(placement_group_name: str) -> PlacementGroup:
