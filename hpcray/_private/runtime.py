@@ -567,8 +567,11 @@ def install_crash_reports() -> None:
     """Every rank: a crash in C code (a segfault) dumps the Python stack of every thread
     (faulthandler), and ``os._exit`` called by a task says which task called it, with its stack,
     before the process goes (the MPI launcher then ends the job)."""
-    if not faulthandler.is_enabled():
-        faulthandler.enable(file=sys.__stderr__, all_threads=True)
+    if not faulthandler.is_enabled() and sys.__stderr__ is not None:
+        try:
+            faulthandler.enable(file=sys.__stderr__, all_threads=True)
+        except (RuntimeError, ValueError, OSError):  # a stderr without a file descriptor (some notebooks)
+            pass
     if getattr(os._exit, "__hpcray__", False):
         return
     real_exit = os._exit
@@ -576,7 +579,7 @@ def install_crash_reports() -> None:
 
     def _exit(code: int) -> None:
         task = context.current()
-        if task is not None and os.getpid() == pid:
+        if task is not None and os.getpid() == pid and sys.__stderr__ is not None:
             frames = [f for f in traceback.extract_stack(sys._getframe(1))
                       if not f.filename.startswith((_PRIVATE_DIR, threading.__file__))]
             stack = "".join(traceback.format_list(frames))
