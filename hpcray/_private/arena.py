@@ -249,9 +249,10 @@ def segment_bytes(requested: Optional[int], host_size: int, shm_dir: str = "/dev
     return wanted, ""
 
 
-def create_arena(comm: Any, ranks_per_host: int, requested: Optional[int], remote_fetch: str,
-                 timeout_s: float) -> Optional[SharedArena]:
-    """Collective over ``comm`` (every rank, once per job): make the host arenas, or None.
+def create_arena(comm: Any, ranks_per_host: int, requested: Optional[int],
+                 remote_fetch: str) -> Optional[SharedArena]:
+    """Collective over ``comm`` (every rank, once per job, once every rank has reached ``init()``:
+    comm.job_communicator waited for that): make the host arenas, or None.
 
     With ``remote_fetch`` "auto" it first tries one ``Win.Allocate`` window on the job's communicator whose
     same-host segments ``Shared_query`` can map (MPI 4.1; MPICH here): the same memory gives
@@ -262,7 +263,6 @@ def create_arena(comm: Any, ranks_per_host: int, requested: Optional[int], remot
     Every decision is agreed by all ranks, as the windows are collective.
     """
     from mpi4py import MPI
-    _barrier_with_timeout(comm, timeout_s)
     rank = comm.Get_rank()
     host_comm = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
     if ranks_per_host > 0:  # pretend hosts (tests): never share across them
@@ -300,9 +300,3 @@ def _query_size(window: Any, rank: int) -> int:
     except Exception:  # this MPI cannot map that rank's part of a window from Win.Allocate
         return -1
 
-
-def _barrier_with_timeout(comm: Any, timeout_s: float) -> None:
-    """Wait until every rank reached init(), polling: a missing rank is an error, not a hang."""
-    if not wait_request(comm.Ibarrier(), timeout_s):
-        raise RuntimeError(f"hpcray.init(): not every rank called hpcray.init() within {timeout_s:.0f} s; "
-                           "every rank must reach init() (call it near the top of the program)")

@@ -52,8 +52,7 @@ _ARRIVING = object()  # the place of a large batch whose parts are still on thei
 
 class Backoff:
     """Sleeps between polls that grow from ``first_s`` to ``max_s`` (never a blocking MPI wait,
-    never a spin): ``backoff.sleep()`` after a poll that found nothing, ``reset()`` after one
-    that found something."""
+    never a spin): ``backoff.sleep()`` after each poll that found nothing."""
 
     __slots__ = ("first_s", "max_s", "delay_s")
 
@@ -61,9 +60,6 @@ class Backoff:
         self.first_s = first_s
         self.max_s = max_s
         self.delay_s = first_s
-
-    def reset(self) -> None:
-        self.delay_s = self.first_s
 
     def sleep(self) -> None:
         time.sleep(self.delay_s)

@@ -302,8 +302,7 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env) -> Se
 
 def start_arena(comm: Any, config: Config):
     """Every rank, once per job, collectively: the node-shared object arena (arena.py)."""
-    arena = create_arena(comm, config.ranks_per_host, config.arena_bytes, config.remote_fetch,
-                         config.init_timeout_s)
+    arena = create_arena(comm, config.ranks_per_host, config.arena_bytes, config.remote_fetch)
     serialization.use_arena(arena, config.inline_max)
     return arena
 
