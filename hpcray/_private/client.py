@@ -70,7 +70,7 @@ class Completions:
             for callback in callbacks:
                 try:
                     callback(value)
-                except Exception:  # a user's callback: logged, never the end of this thread
+                except BaseException:  # a user's callback, even SystemExit: logged; the thread lives on
                     logger.exception("hpcray: a future's done-callback raised")
 
 

@@ -210,3 +210,22 @@ def case_multiprocessing_fork_pool_inside_tasks():
 
     for _ in range(3):
         assert ray.get([pool_sum.remote(10) for _ in range(4)], timeout=60) == [100] * 4
+
+
+def case_a_raising_done_callback_leaves_later_callbacks_running():
+    @ray.remote
+    def later(value):
+        time.sleep(0.3)
+        return value
+
+    def exits(future):
+        raise SystemExit("a done-callback that exits")
+
+    first = later.remote(1).future()
+    first.add_done_callback(exits)  # (added while pending: it runs on the futures thread)
+    assert first.result(timeout=20) == 1
+    got = []
+    done = threading.Event()
+    second = later.remote(2).future()
+    second.add_done_callback(lambda future: (got.append(future.result()), done.set()))
+    assert done.wait(20) and got == [2]
