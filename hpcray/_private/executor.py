@@ -455,6 +455,14 @@ class Executor:
             results, error, retryable = self.call_and_pickle(spec, lambda: self._function(spec), values)
         if session != self.session:
             return None
+        if error is None and spec.kind == P.TASK:
+            with self._lock:
+                cancelled = task_id in self.cancelled
+                self.cancelled.discard(task_id)
+            if cancelled:
+                # cancelled while it ran, but its interrupt was lost: it can land inside a
+                # __del__ the collector runs on this thread, which swallows it (seen in CI)
+                return (P.TASK_DONE, task_id, None, cancelled_value(task_id), False)
         return (P.TASK_DONE, task_id, results, error, retryable)
 
     def _constructor(self, cls: Any, actor: Any) -> Callable:
