@@ -11,15 +11,18 @@ Waiting: after any progress the loop keeps polling for ``spin_us``; then it slee
 with a timeout that doubles up to ``max_sleep_us``. A command from a local thread sets the event,
 so local work never waits for the backoff. It never blocks inside MPI.
 
-Lent turns: one thread at a time runs ``turn()`` (``_turns`` lock), so MPI is called from one
-thread at a time (MPI_THREAD_SERIALIZED). A thread that would otherwise sleep until the loop
-brings it something (the driver in ``get``/``wait``, an idle executor thread waiting for its next
-task, the user thread right after ``remote()``) runs the turns itself meanwhile: ``lend()``. The
-comm thread steps back while such a guest holds the loop and takes over when it leaves. This takes
-the thread hand-offs (a wake-up plus a GIL switch each, 20-40 µs here) out of a task's round trip.
+Lent turns (lending.py): one thread at a time runs ``turn()``, the comm thread or a thread that
+would otherwise sleep until the loop brings it something, which runs the turns itself meanwhile
+(``lend()``). This takes the thread hand-offs (a wake-up plus a GIL switch each, 20-40 µs here)
+out of a task's round trip.
 
     user thread:  remote() ─► commands ─► lend(): turn() ─► Isend ...... Improbe ─► deliver ─► get returns
     worker:       idle executor thread: lend(): Improbe ─► EXECUTE ─► runs it ─► TASK_DONE ─► turn() ─► Isend
+
+Reference counting is the RefTable's (ref_table.py); the loop only turns its answers into HOLD
+messages. Messages within rank 0 (its own submissions and holds to its scheduler, the
+scheduler's values and calls for rank 0) take one path: ``send`` to our own rank handles them
+at once, in the turn.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ import numpy as np
 
 from . import protocol as P
 from .config import BATCH_MAX, BATCH_S, GUEST_WAIT_S, HOLD_S, OOB_MIN, SMALL_FRAME
+from .lending import FREE, GUEST, Lending
 from .object_ref import DECREF, INCREF, job_of
+from .ref_table import RefTable
 from .serialization import contiguous
 
 logger = logging.getLogger("hpcray")
@@ -281,28 +286,17 @@ class CommLoop:
         self.on_fetch_local: Callable[[List[bytes]], None] = lambda ids: None
         self.on_remote: Optional[Callable[[int, tuple], bool]] = None
         self.outbox: Dict[int, List[tuple]] = {}
-        self.counts: Dict[bytes, int] = {}
-        self.held: set = set()
-        self.job = 0
+        self.outbox_since = 0.0  # when a guest's hold first kept the outbox back, or 0.0
+        self.refs = RefTable()
         self.running = False
         self.thread: Optional[threading.Thread] = None
         self.thread_ident: Optional[int] = None  # the comm thread's, once it runs
         self.error: Optional[BaseException] = None
-        # lent turns (see the module docstring)
-        # HPCRAY_INLINE_PROGRESS, where the MPI allows calls from several threads one at a time
+        # lent turns (lending.py), where the MPI allows calls from several threads one at a time
+        # and HPCRAY_INLINE_PROGRESS allows them
         self.lendable = inline_progress and (transport is None or transport.serialized)
         self.guest_idle_s = self.spin_s if transport is not None else 0.0
-        self._turns = threading.Lock()  # held by whichever thread runs turn()
-        self._gate = threading.Lock()  # one guest at a time
-        self.guest: Optional[int] = None  # the thread ident of the guest running the turns
-        self.guest_wanted = False  # a guest waits for the comm thread to step back
-        self.guest_left = 0.0  # when a guest last ran the turns (time.monotonic())
-        self.hold_outbox: Optional[Callable[[], bool]] = None  # the guest's lend(hold=...)
-        self.outbox_since = 0.0  # when the held outbox was first held, or 0.0
-        self.interrupted = False  # SIGINT arrived while the main thread was in lend()
-        self.main_ident = threading.main_thread().ident
-        self.main_lending = False  # the main thread is inside lend(): a SIGINT waits for its end
-        self.burst = 0  # submissions since a guest last waited for something (post_and_turn)
+        self.lending = Lending()
 
     # ---- any thread ----------------------------------------------------------------------
     def post(self, item: tuple) -> None:
@@ -312,7 +306,7 @@ class CommLoop:
     def nudge(self) -> None:
         """Wake the comm thread for what is queued, unless a guest runs the turns (it sees the
         queue in its next turn)."""
-        if self.guest is None:
+        if self.lending.state != GUEST:
             self.wake_event.set()
 
     def post_and_turn(self, item: tuple) -> None:
@@ -324,18 +318,19 @@ class CommLoop:
         comm thread within ``max_sleep_us``."""
         commands = self.commands
         commands.append(item)
-        first = self.burst == 0
-        self.burst += 1
+        lending = self.lending
+        first = lending.count_submission()
         if not self.lendable:
             self.nudge()
-        elif first or time.monotonic() - self.guest_left >= BATCH_S or len(commands) >= BATCH_MAX:
+        elif first or time.monotonic() - lending.left_at >= BATCH_S or len(commands) >= BATCH_MAX:
             if not self.lend(None, None, 0.0, max_turns=1, interruptible=False):
                 self.nudge()
 
     def raise_deferred_interrupt(self) -> None:
         """Raise a Ctrl-C that arrived in the middle of a lent turn (see runtime.py), if any."""
-        if self.interrupted and threading.current_thread() is threading.main_thread():
-            self.interrupted = False
+        lending = self.lending
+        if lending.interrupted and threading.get_ident() == lending.main_ident:
+            lending.interrupted = False
             raise KeyboardInterrupt
 
     def lend(self, finished: Optional[Callable[[], bool]], until: Optional[float], idle_s: float,
@@ -349,55 +344,43 @@ class CommLoop:
         While ``hold()`` is true (the guest has more work of its own queued) outgoing batches
         wait, up to ``HOLD_S``, so a burst of results leaves as a few messages."""
         me = threading.get_ident()
+        lending = self.lending
         if finished is not None:
-            self.burst = 0  # a wait ends a burst of submissions
+            lending.end_burst()  # a wait ends a burst of submissions
         if not self.running or me == self.thread_ident:
             return False  # (the comm thread itself, e.g. in a callback it runs: it has the turns)
-        main = me == self.main_ident
+        main = me == lending.main_ident
         if main:
             # A Ctrl-C from here on is held until the end (runtime's SIGINT handler): raised
             # anywhere in between, it would leave the loop's locks taken.
-            self.main_lending = True
+            lending.main_inside = True
         try:
             lent = self._lend(me, finished, until, idle_s, max_turns, hold)
         finally:
             if main:
-                self.main_lending = False
-        if interruptible and self.interrupted:
+                lending.main_inside = False
+        if interruptible and lending.interrupted:
             self.raise_deferred_interrupt()
         return lent
 
     def _lend(self, me, finished, until, idle_s, max_turns, hold) -> bool:
-        if not self._gate.acquire(False):
-            return False
-        gone = False
-        try:
-            self.guest_wanted = True
-            wait = -1 if until is None else max(0.0, until - time.monotonic())
-            if not self._turns.acquire(True, wait):
-                return False
-            self.guest = me
-            self.hold_outbox = hold
-            gone = True
+        wait = -1 if until is None else max(0.0, until - time.monotonic())
+        entered = self.lending.enter(me, wait, hold)
+        if entered is None:
+            return False  # another thread is the guest
+        gone = True
+        if entered:
             try:
                 gone = self._guest_turns(finished, until, idle_s, max_turns)
             finally:
-                self.hold_outbox = None
-                self.guest = None
-                # a guest that gave up waiting is not back soon: no grace, the comm thread polls
-                self.guest_left = 0.0 if gone else time.monotonic()
-                self._turns.release()
-        finally:
-            self.guest_wanted = False
-            self._gate.release()
-            transport = self.transport
-            # the comm thread goes on polling for a guest that gave up, or with what one left
-            # behind (a held outbox goes with the guest's next turn, or the comm thread's after
-            # its grace)
-            if (gone and transport is not None) or self.commands or (self.outbox and not self.outbox_since) \
-                    or (transport is not None and transport.moving()):
-                self.wake_event.set()
-        return True
+                self.lending.leave(gone)
+        transport = self.transport
+        # the comm thread goes on polling for a guest that gave up, or with what one left behind
+        # (a held outbox goes with the guest's next turn, or the comm thread's after its grace)
+        if (gone and transport is not None) or self.commands or (self.outbox and not self.outbox_since) \
+                or (transport is not None and transport.moving()):
+            self.wake_event.set()
+        return entered
 
     def _guest_turns(self, finished, until, idle_s, max_turns) -> bool:
         """The guest's turns; True when it stops for lack of progress or time (it will not be
@@ -457,12 +440,15 @@ class CommLoop:
         self.wake_event.set()
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout)
-        if self.guest != threading.get_ident() and self._turns.acquire(True, timeout):
-            self._turns.release()  # a guest's last turn has ended: MPI is free for the caller
+        turns = self.lending.turns
+        if self.lending.guest != threading.get_ident() and turns.acquire(True, timeout):
+            turns.release()  # a guest's last turn has ended: MPI is free for the caller
 
-    # ---- comm thread ---------------------------------------------------------------------
+    # ---- the thread running the turns ------------------------------------------------------
     def send(self, dest: int, msg: tuple) -> None:
-        """Send a downstream message (scheduler → rank) or upstream one (rank → rank 0)."""
+        """Send a downstream message (scheduler → rank) or upstream one (rank → rank 0). This
+        is the one path for messages within a rank too: rank 0's own messages to its scheduler,
+        and the scheduler's to rank 0's client and executor, are handled here at once."""
         if dest == self.rank:
             if P.is_upstream(msg[0]):
                 if self.scheduler is not None:  # None while a session is being ended
@@ -479,21 +465,19 @@ class CommLoop:
         self.thread_ident = threading.get_ident()
         sleep_s = 50e-6
         last_activity = time.monotonic()
-        turns = self._turns
+        lending = self.lending
+        turns = lending.turns
         try:
             while self.running:
                 asked = self.wake_event.is_set()
                 self.wake_event.clear()
-                now = time.monotonic()
-                in_grace = not asked and now - last_activity >= self.spin_s and \
-                    now - self.guest_left < self.max_sleep_s
-                guest = self.guest_wanted
-                if guest or in_grace or not turns.acquire(False):
+                if lending.comm_steps_back(asked, self.spin_s, self.max_sleep_s, last_activity,
+                                           time.monotonic()) or not turns.acquire(False):
                     # A guest runs the turns, or ran them just now and is likely back soon (the
                     # driver between two calls): stay out of its way, unless asked (any post
                     # while no guest runs, or a guest that leaves work behind, sets the event)
                     # or busy with an exchange of its own (a task thread's request, say).
-                    self.wake_event.wait(GUEST_WAIT_S if guest else self.max_sleep_s)
+                    self.wake_event.wait(GUEST_WAIT_S if lending.state != FREE else self.max_sleep_s)
                     last_activity = 0.0
                     sleep_s = 50e-6
                     continue
@@ -529,47 +513,58 @@ class CommLoop:
             self.on_fatal(exc)
 
     def turn(self) -> bool:
-        """One pass: local commands (what they make for other ranks leaves at once), incoming
-        messages, scheduling, outgoing batches, then local bookkeeping (dropped refs)."""
-        progress = False
-        commands = self.commands
-        later = None
-        if commands:
-            progress = True
-            popleft = commands.popleft
-            local_scheduler = self.scheduler is not None
-            while commands:
-                item = popleft()
-                kind = item[0]
-                if kind == DECREF or (kind == P.GET_REQ and local_scheduler):
-                    # bookkeeping that sends nothing urgent: after this turn's batches are out
-                    if later is None:
-                        later = []
-                    later.append(item)
-                else:
-                    self._local(item)
+        """One pass of named steps; True when any of them made progress.
+
+        1. ``_run_commands``: local threads' commands; what they make for other ranks (a call,
+           a result) leaves at once, before anything arrives. Bookkeeping that sends nothing
+           urgent (dropped refs, rank 0's own GET_REQs) is set aside for step 5.
+        2. ``_receive``: incoming batches, handled as they come.
+        3. ``_schedule``: rank 0 places what became ready.
+        4. ``_flush``: this turn's outgoing batches (unless a guest holds them back).
+        5. ``_bookkeeping``: what step 1 set aside.
+        6. ``_progress_transfers``: completes sends and large receives."""
+        later: List[tuple] = []
+        progress = self._run_commands(later) if self.commands else False
         transport = self.transport
         if transport is not None:
-            if self.outbox and not self._holding():
-                self._send_outbox()  # what the commands made (calls, results) leaves first
-            for source, batch in transport.receive():
+            if self.outbox:
+                self._flush()
+            if self._receive(transport):
                 progress = True
-                self._remote(source, batch)
-        scheduler = self.scheduler
-        if scheduler is not None and scheduler.dirty:
-            scheduler.dispatch()
+        if self.scheduler is not None and self.scheduler.dirty:
+            self.scheduler.dispatch()
         if self.outbox:
             progress = True
-            if not self._holding():
-                self._send_outbox()
-        if later is not None:
+            self._flush()
+        if later:
             self._bookkeeping(later)
-        if transport is not None:
-            if transport.progress_sends():
-                progress = True
-            if transport.receiving and transport.progress_receives():
-                progress = True
+        if transport is not None and self._progress_transfers(transport):
+            progress = True
         return progress
+
+    def _run_commands(self, later: List[tuple]) -> bool:
+        commands = self.commands
+        popleft = commands.popleft
+        local_scheduler = self.scheduler is not None
+        while commands:
+            item = popleft()
+            kind = item[0]
+            if kind == DECREF or (kind == P.GET_REQ and local_scheduler):
+                later.append(item)
+            else:
+                self._local(item)
+        return True
+
+    def _receive(self, transport: MPITransport) -> bool:
+        got = transport.receive()
+        for source, batch in got:
+            self._remote(source, batch)
+        return bool(got)
+
+    def _flush(self) -> None:
+        """Send the outbox, one batch per destination, unless the guest holds it back."""
+        if not self._holding():
+            self._send_outbox()
 
     def _send_outbox(self) -> None:
         transport = self.transport
@@ -578,10 +573,17 @@ class CommLoop:
         self.outbox = {}
         self.outbox_since = 0.0
 
+    @staticmethod
+    def _progress_transfers(transport: MPITransport) -> bool:
+        progress = transport.progress_sends()
+        if transport.receiving and transport.progress_receives():
+            progress = True
+        return progress
+
     def _holding(self) -> bool:
         """Whether the outbox waits for the guest's next results (``lend(hold=...)``), which it
         does for at most ``HOLD_S``."""
-        hold = self.hold_outbox
+        hold = self.lending.hold
         if hold is None or not hold():
             return False
         now = time.monotonic()
@@ -592,27 +594,14 @@ class CommLoop:
     def _bookkeeping(self, items: List[tuple]) -> None:
         """Dropped refs (and rank 0's own GET_REQs), in order, once the turn's batches are out.
         The local copies of the objects no ref is left to go in one call (one lock)."""
-        counts = self.counts
-        scheduler = self.scheduler  # rank 0: the refs' holds are dropped in the scheduler directly
+        decref = self.refs.decref
         forgotten = []
         for item in items:
             if item[0] != DECREF:
                 self._local(item)
-                continue
-            object_id = item[1]
-            count = counts.get(object_id)
-            if count is None:
-                continue
-            if count > 1:
-                counts[object_id] = count - 1
-                continue
-            del counts[object_id]
-            self.held.discard(object_id)
-            forgotten.append(object_id)
-            if scheduler is not None:
-                scheduler.on_hold(0, object_id, -1)
-            else:
-                self.send(0, (P.HOLD, object_id, -1))
+            elif decref(item[1]):
+                forgotten.append(item[1])
+                self.send(0, (P.HOLD, item[1], -1))
         if forgotten:
             self.on_forget(forgotten)
 
@@ -622,23 +611,15 @@ class CommLoop:
             self._upstream(kind, item)
         elif kind == INCREF:
             object_id = item[1]
-            if job_of(object_id) != self.job:
-                return
-            count = self.counts.get(object_id, 0)
-            self.counts[object_id] = count + 1
-            if object_id not in self.held:
-                self.held.add(object_id)
+            if job_of(object_id) == self.refs.job and self.refs.incref(object_id):
                 self.send(0, (P.HOLD, object_id, 1))
         elif kind == P.CALL:
             item[1]()
         elif kind == P.FETCH_LOCAL:
             self.on_fetch_local(item[1])
         elif kind == P.ADOPT:
-            object_id = item[1]
-            if object_id in self.held:
-                self.send(0, (P.HOLD, object_id, -1))  # we held it already: undo the extra count
-            else:
-                self.held.add(object_id)
+            if not self.refs.adopt(item[1]):
+                self.send(0, (P.HOLD, item[1], -1))  # we held it already: undo the extra count
         else:
             self._upstream(kind, item)
 
@@ -646,19 +627,11 @@ class CommLoop:
         """A local thread's message for the scheduler: note what this rank now holds, let the
         executor see its own reports first, keep large values here; then send it."""
         if kind == P.SUBMIT:
-            spec = item[1]
-            return_ids = spec.return_ids
-            self.held.update(return_ids)
-            counts = self.counts
-            for object_id in return_ids:  # the submitter's refs (ObjectRef.counted)
-                counts[object_id] = counts.get(object_id, 0) + 1
-            if self.scheduler is not None:  # rank 0
-                self.scheduler.on_submit(0, spec)
-                return
+            self.refs.submitted(item[1].return_ids)
         elif kind == P.PG_READY:
-            self.held.add(item[2])
+            self.refs.made(item[2])
         elif kind == P.PUT:
-            self.held.add(item[1])
+            self.refs.made(item[1])
             if self.plane is not None:
                 item = (P.PUT, item[1], self.plane.keep_if_large(item[1], item[2]))
         elif kind == P.TASK_DONE or kind == P.BLOCKED or kind == P.UNBLOCKED:

@@ -260,7 +260,7 @@ def _start_single(config: Config, job: int, num_cpus, num_gpus, resources, names
     _finish_resources(info, info.gpu_ids, host_memory_bytes() * 0.7, info.host)
     loop = CommLoop(0, None, config.spin_us, config.max_sleep_us, config.inline_progress)
     end_job_on_loop_failure(loop, None)
-    loop.job = job
+    loop.refs.job = job
     client = CoreClient(0, job, loop)
     session = Session("driver", 0, job, loop, client, config, namespace, job_env)
     session.scheduler = Scheduler(loop.send, [info], config.prefetch, job)
@@ -288,7 +288,7 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env) -> Se
     head_host = host_name(0, config.ranks_per_host)
     loop = CommLoop(0, world.transport, config.spin_us, config.max_sleep_us, config.inline_progress)
     end_job_on_loop_failure(loop, world.comm)
-    loop.job = job
+    loop.refs.job = job
     client = CoreClient(0, job, loop)
     session = Session("driver", 0, job, loop, client, config, namespace, job_env)
     session.scheduler = Scheduler(loop.send, world.workers, config.prefetch, job)
@@ -315,8 +315,6 @@ def _wire(loop: CommLoop, session: Session) -> None:
     if session.executor is not None:
         session.executor.plane = plane
     loop.scheduler = session.scheduler
-    if session.scheduler is not None:
-        session.scheduler.deliver_here = session.client.deliver
     open_session(session, plane)
     executor = session.executor
 
@@ -606,8 +604,8 @@ def _install_driver_signals() -> None:
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         def on_interrupt(signum, frame):
             session = _session
-            if session is not None and session.loop.main_lending:  # (handlers run on the main thread)
-                session.loop.interrupted = True
+            if session is not None and session.loop.lending.main_inside:  # (handlers run on the main thread)
+                session.loop.lending.interrupted = True
                 return
             raise KeyboardInterrupt
         signal.signal(signal.SIGINT, on_interrupt)

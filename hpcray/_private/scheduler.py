@@ -115,8 +115,6 @@ class Scheduler(ActorDirectory, PlacementGroups):
     def __init__(self, send: Callable[[int, tuple], None], workers: List[RankInfo], prefetch: int, job: int = 0):
         self.send = send
         self.job = job  # the session's job number: the first field of every id it makes
-        # rank 0's own client, which takes the values it subscribed to without a message
-        self.deliver_here: Optional[Callable[[bytes, SerializedValue], None]] = None
         self.prefetch = prefetch
         self.ranks: Dict[int, RankState] = {info.rank: RankState(info) for info in workers}
         self.order: List[RankState] = list(self.ranks.values())
@@ -507,12 +505,8 @@ class Scheduler(ActorDirectory, PlacementGroups):
                 inner.refs += 1
                 inner.seen = True
         if entry.subscribers:
-            deliver_here = self.deliver_here
             for rank in entry.subscribers:
-                if rank == 0 and deliver_here is not None:
-                    deliver_here(object_id, value)
-                else:
-                    self.send(rank, (P.OBJECT, object_id, value))
+                self.send(rank, (P.OBJECT, object_id, value))
         entry.subscribers = None
         if entry.waiters:
             entry.seen = True

@@ -63,7 +63,7 @@ class WorkerAgent:
             self.executor.plane = self.plane
             self.loop.local_hook = self.executor.on_local
         loop = self.loop
-        loop.job = job
+        loop.refs.job = job
         client = CoreClient(self.rank, job, loop)
         session = runtime.Session("worker", self.rank, job, loop, client, self.config, namespace)
         session.executor = self.executor
@@ -75,9 +75,8 @@ class WorkerAgent:
         if self.executor is not None:
             self.executor.reset()
         self.plane.reset()
-        self.loop.counts.clear()
-        self.loop.held.clear()
-        self.loop.job = 0
+        self.loop.refs.clear()
+        self.loop.refs.job = 0
         session = runtime.current()
         if session is not None:
             runtime.close_session(session)

@@ -44,14 +44,14 @@ def add_one(x):
 
 
 ray.get(add_one.remote(0))
-loop._turns = SignallingLock(loop._turns)
+loop.lending.turns = SignallingLock(loop.lending.turns)
 interrupted = False
 try:
     ray.get(add_one.remote(1))
 except KeyboardInterrupt:
     interrupted = True
 assert interrupted, "the SIGINT was lost"
-assert not loop._turns.armed
-assert not loop._turns.locked() and not loop._gate.locked(), "a Ctrl-C left the loop's locks taken"
+assert not loop.lending.turns.armed
+assert not loop.lending.turns.locked() and not loop.lending._gate.locked(), "a Ctrl-C left the loop's locks taken"
 assert ray.get([add_one.remote(i) for i in range(10)], timeout=30) == list(range(1, 11))
 print("CTRL_C_IN_LEND_OK", flush=True)
