@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import inspect
 from collections import deque
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 from . import exceptions
-from ._private import context
-from ._private import api
+from ._private import api, calls, context
 from ._private import options as opt
-from ._private import protocol as P
-from ._private.object_ref import ObjectRef, object_id_of, return_ids_of
-from ._private.placement import InGroup
+from ._private.object_ref import ObjectRef
 from ._private.serialization import dumps_function, loads
-from .remote_function import _Export, group_demand, inherited_strategy, pack_arguments, strategy_key
 
 _SPECIAL_METHODS = ("__ray_terminate__", "__ray_ready__")
 
@@ -63,7 +59,7 @@ class _ActorMeta:
     def __init__(self, cls: type, options: Dict[str, Any]):
         self.class_name = cls.__name__
         self.methods: Dict[str, _MethodMeta] = {}
-        self.plans: Dict[str, tuple] = {}  # per method, for calls without options (ActorHandle._plan)
+        self.plans: Dict[str, calls.MethodPlan] = {}  # per method, for calls without options
         for name, member in inspect.getmembers(cls, predicate=callable):
             if name.startswith("__") and name != "__call__":
                 continue
@@ -106,7 +102,7 @@ class ActorClass:
         self._cls = cls
         self._default_options = checked
         self._meta = _ActorMeta(cls, checked)
-        self._export = _Export(cls)
+        self._export = calls.Export(cls)
         try:
             self._init_signature: Optional[inspect.Signature] = inspect.signature(cls)
         except (TypeError, ValueError):
@@ -158,50 +154,10 @@ class ActorClass:
         meta = self._meta
         if options.keys() & {"max_task_retries", "retry_exceptions", "max_pending_calls"}:
             meta = _ActorMeta(self._cls, options)
-        explicit_cpus = options.get("num_cpus") is not None
-        placement = opt.resource_demand(options, default_cpus=1.0)
-        lifetime = dict(placement) if explicit_cpus else {k: v for k, v in placement.items() if k != "CPU"}
-        strategy = inherited_strategy(strategy_key(options))
-        if type(strategy) is InGroup:  # placed in, and holding, bundle resources
-            placement = group_demand(placement, strategy)
-            lifetime = group_demand(lifetime, strategy, wildcard=False)
-        groups = options.get("concurrency_groups") or {}
-        if isinstance(groups, list):
-            groups = {name: 1 for name in groups}
-        for group, limit in groups.items():
-            if not isinstance(limit, int) or limit < 1:
-                raise ValueError(f"concurrency_groups[{group!r}]={limit!r}: a group's limit must be an int >= 1")
-        serialized, deps = pack_arguments(args, kwargs, self.__name__, "__init__")
-        fn_id, blob = self._export.get()
-        client = session.client
-        task_id = client.new_task_id()
-        handle_id = object_id_of(task_id, 0)
-        name = options.get("name")
-        namespace = options.get("namespace") or session.namespace
-        meta_blob = meta.blob()
-        extra = {
-            "name": name, "namespace": namespace, "detached": options.get("lifetime") == "detached",
-            "lifetime": lifetime, "class_name": self.__name__, "meta_blob": meta_blob,
-            "max_concurrency": options.get("max_concurrency"), "groups": groups,
-            "is_async": meta.is_async, "get_if_exists": options.get("get_if_exists", False),
-        }
-        if name is not None:
-            extra["reply"] = client.new_reply_id()
-        spec = P.TaskSpec(task_id, fn_id, None, f"{self.__name__}.__init__", serialized, deps, [handle_id],
-                          1, placement, 0, False, None, strategy, client.rank)
-        spec.kind = P.ACTOR_CREATE
-        spec.actor_id = task_id
-        spec.extra = extra
-        if name is None:
-            ref = client.submit(spec, blob)[0]
-            return ActorHandle(task_id, meta, ref)
-        ref = client.submit(spec, blob)[0]
-        answer = client.await_reply(extra["reply"])
-        if answer[0] == "exists":
-            del ref  # our creation was not needed: drop its handle object
-            client.adopt(answer[2])  # the scheduler counted this handle for us
-            return ActorHandle(answer[1], meta, ObjectRef(answer[2]))
-        return ActorHandle(task_id, meta, ref)
+        plan = calls.ActorPlan(options, session.namespace)
+        actor_id, ref = calls.create_actor(session, self._export, self.__name__, meta.blob(), meta.is_async,
+                                           plan, args, kwargs)
+        return ActorHandle(actor_id, meta, ref)
 
 
 class _ActorClassWithOptions:
@@ -254,26 +210,17 @@ class ActorHandle:
     def _ray_actor_id(self) -> "ActorID":
         return ActorID(self._actor_id)
 
-    def _plan(self, name: str, method_meta: Optional[_MethodMeta], call_options: Dict[str, Any]) -> tuple:
-        """(num_returns, max_retries, retry_blob, concurrency group, name) of a call: the call's
-        options, else the method's decorator, else the actor's; cached per method when the call
-        has no options of its own."""
+    def _plan(self, name: str, method_meta: Optional[_MethodMeta], call_options: Dict[str, Any]) -> calls.MethodPlan:
+        """What a call's options mean; cached per method when the call has none of its own."""
         meta = self._meta
-        decorated = method_meta.options if method_meta is not None else {}
-
-        def pick(key, default):
-            for source in (call_options, decorated):
-                if source.get(key) is not None:
-                    return source[key]
-            return default
-
-        num_returns = pick("num_returns", 1)
-        if isinstance(num_returns, str):
-            raise NotImplementedError(f"num_returns={num_returns!r} (generator methods) is not supported "
-                                      "by hpcray yet")
-        max_retries = pick("max_task_retries", meta.max_task_retries)
-        retry_blob = opt.RetryPolicy(pick("retry_exceptions", meta.retry_exceptions)).blob
-        return num_returns, max_retries, retry_blob, pick("concurrency_group", None), f"{meta.class_name}.{name}"
+        plan = meta.plans.get(name) if not call_options else None
+        if plan is None:
+            plan = calls.MethodPlan(f"{meta.class_name}.{name}", call_options,
+                                    method_meta.options if method_meta is not None else {},
+                                    meta.max_task_retries, meta.retry_exceptions)
+            if not call_options:
+                meta.plans[name] = plan
+        return plan
 
     def _call(self, name: str, method_meta: Optional[_MethodMeta], args, kwargs, call_options):
         session = api.ensure_session()
@@ -284,12 +231,7 @@ class ActorHandle:
                 method_meta.signature.bind(*args, **kwargs)
             except TypeError as exc:
                 raise TypeError(f"{meta.class_name}.{name}.remote(): {exc}") from None
-        plan = meta.plans.get(name) if not call_options else None
-        if plan is None:
-            plan = self._plan(name, method_meta, call_options)
-            if not call_options:
-                meta.plans[name] = plan
-        num_returns, max_retries, retry_blob, group, display_name = plan
+        plan = self._plan(name, method_meta, call_options)
         client = session.client
         if meta.max_pending_calls > 0:
             store = client.store
@@ -298,23 +240,11 @@ class ActorHandle:
                 raise exceptions.PendingCallsLimitExceeded(
                     f"Too many pending calls ({len(self._pending)}) on actor {meta.class_name}: "
                     f"max_pending_calls={meta.max_pending_calls}")
-        serialized, deps = pack_arguments(args, kwargs, meta.class_name, name)
-        task_id = client.new_task_id()
-        return_ids = return_ids_of(task_id, num_returns)
-        spec = P.TaskSpec(task_id, b"", None, display_name, serialized, deps, return_ids,
-                          num_returns, {}, max_retries, retry_blob, None, None, client.rank)
-        spec.kind = P.ACTOR_METHOD
-        spec.parent = context.current_task_id()
-        spec.actor_id = self._actor_id
-        spec.method = name
-        spec.extra = {"group": group} if group else None
-        refs = client.submit(spec, None)
+        refs, return_ids = calls.call_actor(session, self._actor_id, name, plan, meta.class_name, args, kwargs)
         if meta.max_pending_calls > 0 and return_ids:
             self._pending.extend(return_ids)
             client.want(return_ids)
-        if num_returns == 1:
-            return refs[0]
-        return None if num_returns == 0 else refs
+        return refs
 
 
 def _rebuild_handle(actor_id: bytes, meta_blob: bytes, ref: ObjectRef) -> ActorHandle:
@@ -367,11 +297,6 @@ class ActorID:
 
     def __repr__(self) -> str:
         return f"ActorID({self.hex()})"
-
-
-def handle_from_spec(spec: P.TaskSpec) -> Tuple[bytes, bytes, bytes]:
-    """(actor id, meta blob, handle object id) of a creation spec, for ``current_actor``."""
-    return spec.actor_id, spec.extra.get("meta_blob", b""), spec.return_ids[0]
 
 
 def get_actor(name: str, namespace: Optional[str] = None) -> ActorHandle:

@@ -56,7 +56,10 @@ class RuntimeContext:
         ctx = context.current()
         if ctx is None or ctx.actor_handle is None:
             raise RuntimeError("This method is only available in an actor.")
-        return ctx.actor_handle()
+        from .actor import _rebuild_handle
+        from ._private.object_ref import ObjectRef
+        actor_id, meta_blob, handle_id = ctx.actor_handle
+        return _rebuild_handle(actor_id, meta_blob, ObjectRef(handle_id))
 
     @property
     def namespace(self) -> Optional[str]:

@@ -12,6 +12,7 @@ forwarded, and only once its top-level arguments are ready. Used as a mixin of S
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from typing import Deque, Dict, List, Optional, Tuple
 
@@ -20,7 +21,17 @@ from . import protocol as P
 from .placement import InGroup
 from .serialization import SerializedValue, serialize
 
-PENDING, ALIVE, DEAD = "PENDING", "ALIVE", "DEAD"
+
+class Life(enum.Enum):
+    """An actor as the scheduler sees it: PENDING (created, ``__init__`` not yet done) → ALIVE →
+    DEAD (killed, exited, its rank gone, or its last handle dropped); PENDING → DEAD when
+    ``__init__`` fails."""
+    PENDING = 1
+    ALIVE = 2
+    DEAD = 3
+
+
+PENDING, ALIVE, DEAD = Life.PENDING, Life.ALIVE, Life.DEAD
 
 
 def actor_key(actor_id: bytes) -> bytes:
@@ -33,18 +44,18 @@ class ActorRecord:
                  "lifetime", "callers", "class_name", "meta_blob", "inflight", "group")
 
     def __init__(self, spec: P.TaskSpec):
-        extra = spec.extra
+        options = spec.actor_options
         self.actor_id = spec.actor_id
         self.handle_id = spec.return_ids[0]
         self.rank: Optional[int] = None
         self.state = PENDING
         self.death: Optional[SerializedValue] = None
-        self.name: Optional[str] = extra.get("name")
-        self.namespace: str = extra.get("namespace") or ""
-        self.detached: bool = extra.get("detached", False)
-        self.lifetime: Dict[str, float] = extra.get("lifetime", {})
-        self.class_name: str = extra.get("class_name", "Actor")
-        self.meta_blob: bytes = extra.get("meta_blob", b"")
+        self.name: Optional[str] = options.name
+        self.namespace: str = options.namespace
+        self.detached: bool = options.detached
+        self.lifetime: Dict[str, float] = options.lifetime
+        self.class_name: str = options.class_name
+        self.meta_blob: bytes = options.meta_blob
         self.callers: Dict[int, Deque] = {}
         self.inflight: set = set()
         self.group = spec.strategy.group_id if type(spec.strategy) is InGroup else None
@@ -68,14 +79,14 @@ class ActorDirectory:
     def submit_actor_creation(self, src: int, record) -> bool:
         """Register a new actor; False when the spec was answered without creating one."""
         spec = record.spec
-        extra = spec.extra
-        reply = extra.get("reply")
-        name = extra.get("name")
+        options = spec.actor_options
+        reply = options.reply
+        name = options.name
         if name is not None:
-            key = (extra.get("namespace") or "", name)
+            key = (options.namespace, name)
             existing = self.names.get(key)
             if existing is not None and existing.state != DEAD and existing.handle_id in self.objects:
-                if extra.get("get_if_exists"):
+                if options.get_if_exists:
                     self._hold_for(existing)
                     self.send(src, (P.OBJECT, reply, serialize(("exists", existing.actor_id, existing.handle_id))))
                 else:

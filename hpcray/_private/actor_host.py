@@ -16,6 +16,7 @@ Concurrency groups have their own limits. Everything here runs in the loop's tur
 from __future__ import annotations
 
 import asyncio
+import enum
 import concurrent.futures
 import threading
 from collections import deque
@@ -32,6 +33,16 @@ from .serialization import SerializedValue, serialize
 DEFAULT_GROUP = "_default"
 
 
+class Hosted(enum.Enum):
+    """An actor's life on its rank: CREATING (``__init__`` queued or running) → ALIVE →
+    EXIT_REQUESTED (``exit_actor()`` in a call that has not returned yet) → DEAD; CREATING → DEAD
+    when ``__init__`` fails or the actor is killed first."""
+    CREATING = 1
+    ALIVE = 2
+    EXIT_REQUESTED = 3
+    DEAD = 4
+
+
 class ActorExit(SystemExit):
     """Raised by ``exit_actor()``: ends the actor after the current call."""
 
@@ -42,24 +53,24 @@ class HostedActor:
                  "handle", "gpu_claim")
 
     def __init__(self, spec: P.TaskSpec):
-        extra = spec.extra
+        options = spec.actor_options
         self.actor_id = spec.actor_id
         self.spec = spec
         self.instance: Any = None
-        self.state = "creating"
-        self.is_async: bool = extra.get("is_async", False)
-        default_limit = extra.get("max_concurrency") or (1000 if self.is_async else 1)
+        self.state = Hosted.CREATING
+        self.is_async: bool = options.is_async
+        default_limit = options.max_concurrency or (1000 if self.is_async else 1)
         self.limits: Dict[str, int] = {DEFAULT_GROUP: default_limit}
-        self.limits.update(extra.get("groups") or {})
+        self.limits.update(options.groups)
         self.mailboxes: Dict[str, Deque] = {}
         self.running: Dict[str, int] = {}
         self.loop: Optional[asyncio.AbstractEventLoop] = None
-        self.resources: Dict[str, float] = extra.get("lifetime", {})
+        self.resources: Dict[str, float] = options.lifetime
         self.gpus: List[str] = []
         self.inflight: Dict[bytes, P.TaskSpec] = {}
         self.terminating = False
-        self.class_name: str = extra.get("class_name", "Actor")
-        self.handle: Any = None
+        self.class_name: str = options.class_name
+        self.handle: Optional[tuple] = None  # (actor id, meta blob, handle object id)
         self.gpu_claim: Optional[tuple] = None
 
 
@@ -77,13 +88,9 @@ class ActorHost:
     # ---- comm thread ----------------------------------------------------------------------
     def register(self, spec: P.TaskSpec) -> None:
         actor = HostedActor(spec)
-        actor_id, meta_blob, handle_id = spec.actor_id, spec.extra.get("meta_blob", b""), spec.return_ids[0]
-
-        def make_handle():  # built on demand: a handle held by the actor itself would keep it alive
-            from ..actor import _rebuild_handle
-            from .object_ref import ObjectRef
-            return _rebuild_handle(actor_id, meta_blob, ObjectRef(handle_id))
-        actor.handle = make_handle
+        # what current_actor needs to build a handle on demand (a handle held by the actor
+        # itself would keep it alive)
+        actor.handle = (spec.actor_id, spec.actor_options.meta_blob, spec.return_ids[0])
         self.actors[spec.actor_id] = actor
         self.creations[spec.task_id] = actor
 
@@ -94,16 +101,16 @@ class ActorHost:
             return False
         ledger = self.executor.ledger
         claim = self.executor.take_claim(task_id)
-        if actor.state == "creating" and not failed:
-            actor.state = "alive"
+        if actor.state == Hosted.CREATING and not failed:
+            actor.state = Hosted.ALIVE
             actor.gpu_claim = claim
             actor.gpus = list(claim[0]) if claim else []
             started = ledger.transfer(task_id, actor_key(actor.actor_id), actor.resources)
         else:
             self.executor.release_claim(claim)
             started = ledger.finish(task_id)
-            if actor.state == "creating":
-                actor.state = "dead"
+            if actor.state == Hosted.CREATING:
+                actor.state = Hosted.DEAD
                 self._drop(actor, release=False)
         for tid in started:
             self.executor.launch(tid)
@@ -117,10 +124,10 @@ class ActorHost:
 
     def on_call(self, spec: P.TaskSpec, values: List[SerializedValue]) -> None:
         actor = self.actors.get(spec.actor_id)
-        if actor is None or actor.state == "dead" or actor.terminating:
+        if actor is None or actor.state == Hosted.DEAD or actor.terminating:
             self._fail(spec, "The actor is dead or exiting; this call was not run")
             return
-        group = (spec.extra or {}).get("group") or DEFAULT_GROUP
+        group = spec.group or DEFAULT_GROUP
         if group not in actor.limits:
             group = DEFAULT_GROUP
         box = actor.mailboxes.get(group)
@@ -148,11 +155,11 @@ class ActorHost:
         spec = actor.inflight.pop(task_id, None)
         if spec is None:  # failed already (kill): this is the late real result
             return True
-        group = (spec.extra or {}).get("group") or DEFAULT_GROUP
+        group = spec.group or DEFAULT_GROUP
         if group not in actor.limits:
             group = DEFAULT_GROUP
         actor.running[group] -= 1
-        if actor.state == "exit-requested":
+        if actor.state == Hosted.EXIT_REQUESTED:
             self._exit(actor, "The actor exited by calling exit_actor()")
         else:
             self._pump(actor)
@@ -169,8 +176,8 @@ class ActorHost:
             self._post_error(spec, death)
         actor.mailboxes.clear()
         actor.inflight.clear()
-        was_alive = actor.state == "alive"
-        actor.state = "dead"
+        was_alive = actor.state == Hosted.ALIVE
+        actor.state = Hosted.DEAD
         self._drop(actor, release=was_alive)
 
     def on_cancel(self, task_id: bytes) -> None:
@@ -190,15 +197,15 @@ class ActorHost:
 
     def on_terminate(self, actor_id: bytes) -> None:
         actor = self.actors.get(actor_id)
-        if actor is None or actor.state == "dead":
+        if actor is None or actor.state == Hosted.DEAD:
             return
         actor.terminating = True
         self._pump(actor)
 
     def request_exit(self, actor_id: bytes) -> None:
         actor = self.actors.get(actor_id)
-        if actor is not None and actor.state == "alive":
-            actor.state = "exit-requested"
+        if actor is not None and actor.state == Hosted.ALIVE:
+            actor.state = Hosted.EXIT_REQUESTED
 
     def reset(self) -> None:
         for actor in self.actors.values():
@@ -208,7 +215,7 @@ class ActorHost:
         self.calls.clear()
 
     def _pump(self, actor: HostedActor) -> None:
-        if actor.state != "alive":
+        if actor.state != Hosted.ALIVE:
             return
         for group, box in actor.mailboxes.items():
             limit = actor.limits.get(group, 1)
@@ -242,7 +249,7 @@ class ActorHost:
             for entry in box:
                 self._post_error(entry[0], reason)
         actor.mailboxes.clear()
-        actor.state = "dead"
+        actor.state = Hosted.DEAD
         self._drop(actor, release=True)
         self.executor.post((P.ACTOR_EXITED, actor.actor_id, reason))
 

@@ -3,7 +3,6 @@ session's client. ``hpcray/__init__.py`` re-exports these names."""
 
 from __future__ import annotations
 
-import inspect
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -212,31 +211,6 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     session.client.cancel(object_ref.task_id(), force, recursive)
 
 
-def remote(*args: Any, **kwargs: Any) -> Any:
-    """``@remote``, ``@remote(**options)`` or ``remote(function_or_class)``."""
-    if len(args) == 1 and not kwargs and callable(args[0]):
-        return _make_remote(args[0], {})
-    if args or not kwargs:
-        raise TypeError("The @hpcray.remote decorator must be applied either with no arguments and no "
-                        "parentheses, for example '@hpcray.remote', or it must be applied using some of "
-                        "the arguments in the list of remote() options, for example "
-                        "'@hpcray.remote(num_returns=2, resources={\"CustomResource\": 1})'.")
-
-    def decorator(function_or_class: Any) -> Any:
-        return _make_remote(function_or_class, kwargs)
-    return decorator
-
-
-def _make_remote(target: Any, options: Dict[str, Any]) -> Any:
-    from ..remote_function import RemoteFunction
-    if inspect.isclass(target):
-        from ..actor import ActorClass
-        return ActorClass(target, options)
-    if inspect.isfunction(target) or inspect.isbuiltin(target) or callable(target):
-        return RemoteFunction(target, options)
-    raise TypeError("The @hpcray.remote decorator must be applied to either a function or a class.")
-
-
 def query(name: str) -> Any:
     """Ask the scheduler for a view of its state ("resources", "nodes", "stats")."""
     return ensure_session().client.query(name)
@@ -268,5 +242,5 @@ def get_gpu_ids() -> List[Union[int, str]]:
     return [int(i) if str(i).isdigit() else i for i in ids]
 
 
-__all__ = ["init", "shutdown", "is_initialized", "get", "put", "wait", "remote", "cancel", "cluster_resources",
+__all__ = ["init", "shutdown", "is_initialized", "get", "put", "wait", "cancel", "cluster_resources",
            "available_resources", "nodes", "get_gpu_ids", "exceptions"]

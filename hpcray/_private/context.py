@@ -32,7 +32,8 @@ class TaskContext:
 
     def __init__(self, task_id: bytes, name: str, resources: Dict[str, float],
                  env: Optional[Dict[str, str]], rank: int, gpu_ids: Optional[list] = None,
-                 actor_id: Optional[bytes] = None, actor_handle: Any = None, strategy: Any = None):
+                 actor_id: Optional[bytes] = None, actor_handle: Optional[tuple] = None,
+                 strategy: Any = None):
         self.task_id = task_id
         self.name = name
         self.resources = resources
@@ -41,7 +42,7 @@ class TaskContext:
         self._prefix: Optional[str] = None  # made when the task first prints
         self.gpu_ids = gpu_ids or []
         self.actor_id = actor_id
-        self.actor_handle = actor_handle
+        self.actor_handle = actor_handle  # (actor id, meta blob, handle object id)
         # the placement.InGroup it runs in, or None
         self.group = strategy if type(strategy) is InGroup else None
 

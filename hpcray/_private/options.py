@@ -11,6 +11,7 @@ import warnings
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from . import serialization
+from .placement import Strategy
 
 _NUMBER = (int, float)
 
@@ -97,13 +98,9 @@ def _check_runtime_env(value: Any) -> Optional[str]:
 
 
 def _check_scheduling_strategy(value: Any) -> Optional[str]:
-    from ..util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
-                                              NodeLabelSchedulingStrategy,
-                                              PlacementGroupSchedulingStrategy)
     if value is None or value in ("DEFAULT", "SPREAD"):
         return None
-    if isinstance(value, (NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy,
-                          NodeLabelSchedulingStrategy)):
+    if isinstance(value, Strategy):
         return None
     return (f"scheduling_strategy={value!r}: must be None, 'DEFAULT', 'SPREAD' or a strategy from "
             "hpcray.util.scheduling_strategies")

@@ -1,10 +1,11 @@
 """Where a task or actor may run, as the scheduler reads it: small typed values that travel in a
-TaskSpec's ``strategy`` slot (None: anywhere, first fit). Made from the public scheduling
-strategies by ``remote_function.strategy_key``."""
+TaskSpec's ``strategy`` slot (None: anywhere, first fit), made from a call's options by
+``strategy_of``. The public strategy classes and placement groups derive from ``Strategy`` and
+``GroupHandle`` below, so this module reads them without importing the public layer."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, Dict, NamedTuple, Optional, Union
 
 
 class Spread(NamedTuple):
@@ -26,3 +27,56 @@ class InGroup(NamedTuple):
     group_id: bytes
     bundle_index: int
     capture: bool
+
+
+Placement = Union[Spread, OnHost, InGroup]
+
+
+class GroupHandle:
+    """Base of the public ``PlacementGroup``: what a strategy needs to know of a group."""
+
+    def _group_id(self) -> bytes:
+        raise NotImplementedError
+
+    def _bundle_total(self) -> int:
+        raise NotImplementedError
+
+
+class Strategy:
+    """Base of the public scheduling strategies: each says where it places, as a typed value."""
+
+    def _placement(self) -> Optional[Placement]:
+        raise NotImplementedError
+
+
+def in_group(group: Any, bundle_index: Any, capture: Any) -> Optional[InGroup]:
+    """``InGroup`` for a placement group and bundle index (-1: any), checked; None: no group."""
+    if group is None:
+        return None
+    if not isinstance(group, GroupHandle):
+        raise TypeError(f"placement_group={group!r}: must be a PlacementGroup from "
+                        "hpcray.util.placement_group()")
+    count = group._bundle_total()
+    if not isinstance(bundle_index, int) or not -1 <= bundle_index < count:
+        raise ValueError(f"placement_group_bundle_index={bundle_index!r}: must be -1 or between 0 and "
+                         f"{count - 1} (the group has {count} bundles)")
+    return InGroup(group._group_id(), bundle_index, bool(capture))
+
+
+def strategy_of(options: Dict[str, Any]) -> Optional[Placement]:
+    """Where a call's options place it (``scheduling_strategy``, or Ray's older
+    ``placement_group=`` options); unsupported ones raise here, at the call."""
+    if options.get("label_selector") or options.get("fallback_strategy"):
+        raise NotImplementedError("label_selector/fallback_strategy: hpcray hosts carry no labels yet")
+    legacy = options.get("placement_group", "default")
+    if legacy not in ("default", None):
+        return in_group(legacy, options.get("placement_group_bundle_index", -1),
+                        options.get("placement_group_capture_child_tasks"))
+    strategy = options.get("scheduling_strategy")
+    if strategy is None or strategy == "DEFAULT":
+        return None
+    if strategy == "SPREAD":
+        return Spread()
+    if isinstance(strategy, Strategy):
+        return strategy._placement()
+    raise ValueError(f"scheduling_strategy={strategy!r} is not supported")

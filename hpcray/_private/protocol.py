@@ -36,7 +36,7 @@ specs of kind ACTOR_METHOD, which the scheduler forwards to the actor's rank in 
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from .serialization import plain_value
 
@@ -102,12 +102,27 @@ def is_peer(kind: int) -> bool:
     return kind >= 300
 
 
+class ActorOptions(NamedTuple):
+    """What an actor's creation carries besides its class and arguments."""
+    class_name: str
+    meta_blob: bytes  # the handles' view of the class (hpcray.actor._ActorMeta), pickled
+    name: Optional[str]
+    namespace: str
+    detached: bool
+    lifetime: Dict[str, float]  # resources the living actor holds
+    max_concurrency: Optional[int]  # None: 1, or 1000 for an async actor
+    groups: Dict[str, int]  # concurrency groups and their limits
+    is_async: bool
+    get_if_exists: bool
+    reply: Optional[bytes]  # where a named actor's creation is answered
+
+
 class TaskSpec:
     """Everything a rank needs to run one task, and the scheduler needs to place it."""
 
     __slots__ = ("task_id", "fn_id", "fn_blob", "name", "deps", "return_ids", "num_returns",
                  "demand", "max_retries", "retry_blob", "env_vars", "strategy", "owner", "attempt",
-                 "kind", "actor_id", "method", "extra", "parent", "args")  # args last: see _flat_spec
+                 "kind", "actor_id", "method", "actor_options", "group", "parent", "args")  # args last: see _flat_spec
 
     def __init__(self, task_id: bytes, fn_id: bytes, fn_blob: Optional[bytes], name: str, args: Any,
                  deps: List[bytes], return_ids: List[bytes], num_returns: int, demand: Dict[str, float],
@@ -131,7 +146,8 @@ class TaskSpec:
         self.kind = TASK
         self.actor_id: Optional[bytes] = None
         self.method: Optional[str] = None
-        self.extra: Optional[Dict[str, Any]] = None
+        self.actor_options: Optional[ActorOptions] = None  # an actor's creation
+        self.group: Optional[str] = None  # an actor call's concurrency group (None: the default)
         self.parent: Optional[bytes] = None  # the task that submitted this one (for cancel)
 
     def __reduce__(self):
@@ -142,7 +158,8 @@ _spec_state = operator.attrgetter(*TaskSpec.__slots__)  # every slot, in order, 
 
 
 def _rebuild_spec(task_id, fn_id, fn_blob, name, deps, return_ids, num_returns, demand, max_retries,
-                  retry_blob, env_vars, strategy, owner, attempt, kind, actor_id, method, extra, parent, args):
+                  retry_blob, env_vars, strategy, owner, attempt, kind, actor_id, method, actor_options, group, parent,
+                 args):
     # plain attribute stores: 3x faster than a loop over the slots' setters (one per message)
     spec = TaskSpec.__new__(TaskSpec)
     spec.task_id = task_id
@@ -163,7 +180,8 @@ def _rebuild_spec(task_id, fn_id, fn_blob, name, deps, return_ids, num_returns, 
     spec.kind = kind
     spec.actor_id = actor_id
     spec.method = method
-    spec.extra = extra
+    spec.actor_options = actor_options
+    spec.group = group
     spec.parent = parent
     return spec
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, Dict, List, Optional
 
+from .._private.placement import GroupHandle
 from .._private.placement_groups import STRATEGIES
 
 
@@ -38,7 +39,7 @@ class PlacementGroupID:
         return f"PlacementGroupID({self.hex()})"
 
 
-class PlacementGroup:
+class PlacementGroup(GroupHandle):
     """A handle to a placement group; it pickles into tasks and actors."""
 
     def __init__(self, id: PlacementGroupID, bundle_specs: Optional[List[Dict[str, float]]] = None):
@@ -55,6 +56,12 @@ class PlacementGroup:
     @property
     def bundle_count(self) -> int:
         return len(self.bundle_specs)
+
+    def _group_id(self) -> bytes:
+        return self.id.binary()
+
+    def _bundle_total(self) -> int:
+        return self.bundle_count
 
     def ready(self):
         """An ObjectRef whose value (this group) is there once every bundle is reserved."""

@@ -28,7 +28,7 @@ class Queue:
     def __init__(self, maxsize: int = 0, actor_options: Optional[Dict[str, Any]] = None):
         if not isinstance(maxsize, int):
             raise TypeError(f"maxsize must be an int, got {type(maxsize).__name__}")
-        from .._private.api import remote
+        from .. import remote
         self.maxsize = maxsize
         options = dict(actor_options or {})
         self.actor = remote(_QueueActor).options(**options).remote(maxsize)

@@ -1,0 +1,262 @@
+"""Packing calls: the one place that turns a public call (a task, an actor's creation, an actor
+method call) into the TaskSpec the scheduler reads, and submits it.
+
+The public layer (``remote_function.py``, ``actor.py``) checks the call against the callee's
+signature, keeps the plans below per function, class and method, and asks for
+``submit_task``, ``create_actor`` or ``call_actor``; it never builds a TaskSpec itself.
+
+    options ──► TaskPlan / MethodPlan (once per set of options)
+    args    ──► pack_arguments: top-level ObjectRefs become ArgRef placeholders + dependencies
+    both    ──► TaskSpec ──► CoreClient.submit ──► ObjectRefs
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import context
+from . import options as opt
+from . import protocol as P
+from .executor import NO_ARGUMENTS, ArgRef
+from .object_ref import ObjectRef, object_id_of, return_ids_of
+from .placement import InGroup, Placement, strategy_of
+from .placement_groups import bundle_demand
+from .serialization import SerializedValue, dumps_function, try_serialize
+
+DEFAULT_TASK_RETRIES = 3  # Ray's default max_retries of a task
+
+
+# ---- arguments ------------------------------------------------------------------------------
+def pack_arguments(args: Tuple[Any, ...], kwargs: Dict[str, Any], owner: str,
+                   method: Optional[str] = None) -> Tuple[SerializedValue, List[bytes]]:
+    """A call's arguments as they travel, top-level ObjectRefs replaced by placeholders, and the
+    ids of those refs. A call without arguments shares one pickled value (nothing to pickle).
+    ``owner`` and ``method`` (the function, or the class and method) name the callee in errors."""
+    if not args and not kwargs:
+        return NO_ARGUMENTS, []
+    call_args, call_kwargs, deps = split_ref_arguments(args, kwargs)
+    callee = owner if method is None else f"{owner}.{method}"
+    return try_serialize((call_args, call_kwargs), f"an argument of {callee}():"), deps
+
+
+def split_ref_arguments(args: Tuple[Any, ...], kwargs: Dict[str, Any]):
+    """Replace top-level ObjectRefs with placeholders; return (args, kwargs, dependency ids)."""
+    deps = []
+    out_args = []
+    for value in args:
+        if type(value) is ObjectRef:
+            out_args.append(ArgRef(len(deps)))
+            deps.append(value.binary())
+        else:
+            out_args.append(value)
+    out_kwargs = {}
+    for key, value in kwargs.items():
+        if type(value) is ObjectRef:
+            out_kwargs[key] = ArgRef(len(deps))
+            deps.append(value.binary())
+        else:
+            out_kwargs[key] = value
+    return out_args, out_kwargs, deps
+
+
+class Export:
+    """A function or class pickled once per process, content-addressed by its hash; each rank
+    receives it with the first call that needs it (``CoreClient.submit``)."""
+
+    __slots__ = ("target", "blob", "fn_id")
+
+    def __init__(self, target: Any):
+        self.target = target
+        self.blob: Optional[bytes] = None
+        self.fn_id: Optional[bytes] = None
+
+    def get(self) -> Tuple[bytes, bytes]:
+        if self.blob is None:
+            try:
+                blob = dumps_function(self.target)
+            except Exception as exc:
+                raise TypeError(f"Could not serialize the function {self.target!r}: "
+                                f"{type(exc).__name__}: {exc}") from exc
+            self.fn_id = hashlib.sha1(blob).digest()[:16]
+            self.blob = blob
+        return self.fn_id, self.blob
+
+
+# ---- where a call runs -----------------------------------------------------------------------
+def group_demand(demand: Dict[str, float], strategy: InGroup, wildcard: bool = True) -> Dict[str, float]:
+    """A demand renamed to the bundle resources of a placement group (see placement_groups.py)."""
+    return bundle_demand(demand, strategy.group_id.hex(), strategy.bundle_index, wildcard)
+
+
+def inherited_strategy(strategy: Optional[Placement]) -> Optional[Placement]:
+    """A call without a strategy, made by a task in a placement group that captures its child
+    tasks, goes into the same group (any bundle)."""
+    if strategy is not None:
+        return strategy
+    ctx = context.current()
+    group = ctx.group if ctx is not None else None
+    if group is not None and group.capture:
+        return InGroup(group.group_id, -1, True)
+    return None
+
+
+# ---- tasks ------------------------------------------------------------------------------------
+class TaskPlan:
+    """What a set of task options means for each call, worked out once."""
+
+    __slots__ = ("options", "num_returns", "demand", "max_retries", "retry_blob", "env_vars",
+                 "strategy", "name", "plain_demand")
+
+    def __init__(self, options: Dict[str, Any], default_name: str):
+        self.options = options
+        num_returns = options.get("num_returns", 1)
+        self.num_returns = 1 if num_returns is None else num_returns
+        if isinstance(self.num_returns, str):
+            raise NotImplementedError(
+                f"num_returns={self.num_returns!r} (generator tasks) is not supported by hpcray yet")
+        self.plain_demand = opt.resource_demand(options, default_cpus=1.0)
+        max_retries = options.get("max_retries")
+        self.max_retries = DEFAULT_TASK_RETRIES if max_retries is None else max_retries
+        self.retry_blob = opt.RetryPolicy(options.get("retry_exceptions", False)).blob
+        env = (options.get("runtime_env") or {}).get("env_vars")
+        self.env_vars = dict(env) if env else None
+        self.strategy = strategy_of(options)
+        self.demand = self.plain_demand
+        if type(self.strategy) is InGroup:
+            self.demand = group_demand(self.plain_demand, self.strategy)
+        self.name = options.get("name") or default_name
+        if options.get("max_calls"):
+            opt.warn_once("max_calls", "hpcray: max_calls is accepted but a rank's process is never "
+                          "replaced: tasks keep running in the same long-lived rank process")
+
+
+def submit_task(session: Any, export: Export, plan: TaskPlan, args: Tuple[Any, ...],
+                kwargs: Dict[str, Any]) -> Any:
+    """Submit a task; its ObjectRef, a list of them (num_returns > 1) or None (num_returns=0)."""
+    serialized, deps = pack_arguments(args, kwargs, plan.name)
+    fn_id, blob = export.get()
+    client = session.client
+    task_id = client.new_task_id()
+    count = plan.num_returns
+    env = plan.env_vars
+    if session.job_env:
+        env = dict(session.job_env, **(env or {}))
+    strategy, demand = plan.strategy, plan.demand
+    if strategy is None:
+        strategy = inherited_strategy(None)
+        if strategy is not None:
+            demand = group_demand(plan.plain_demand, strategy)
+    spec = P.TaskSpec(task_id, fn_id, None, plan.name, serialized, deps, return_ids_of(task_id, count),
+                      count, demand, plan.max_retries, plan.retry_blob, env, strategy, client.rank)
+    spec.parent = context.current_task_id()
+    refs = client.submit(spec, blob)
+    if count == 1:
+        return refs[0]
+    return None if count == 0 else refs
+
+
+# ---- actors -----------------------------------------------------------------------------------
+class ActorPlan:
+    """An actor's creation options, checked and worked out (``create_actor``)."""
+
+    __slots__ = ("placement", "lifetime", "strategy", "groups", "name", "namespace", "detached",
+                 "max_concurrency", "get_if_exists")
+
+    def __init__(self, options: Dict[str, Any], namespace: str):
+        explicit_cpus = options.get("num_cpus") is not None
+        placement = opt.resource_demand(options, default_cpus=1.0)
+        # a living actor holds CPUs only when asked for them (Ray: 1 CPU to be placed, 0 held)
+        lifetime = dict(placement) if explicit_cpus else {k: v for k, v in placement.items() if k != "CPU"}
+        strategy = inherited_strategy(strategy_of(options))
+        if type(strategy) is InGroup:  # placed in, and holding, bundle resources
+            placement = group_demand(placement, strategy)
+            lifetime = group_demand(lifetime, strategy, wildcard=False)
+        groups = options.get("concurrency_groups") or {}
+        if isinstance(groups, list):
+            groups = {name: 1 for name in groups}
+        for group, limit in groups.items():
+            if not isinstance(limit, int) or limit < 1:
+                raise ValueError(f"concurrency_groups[{group!r}]={limit!r}: a group's limit must be an int >= 1")
+        self.placement = placement
+        self.lifetime = lifetime
+        self.strategy = strategy
+        self.groups = dict(groups)
+        self.name: Optional[str] = options.get("name")
+        self.namespace: str = options.get("namespace") or namespace or ""
+        self.detached = options.get("lifetime") == "detached"
+        self.max_concurrency = options.get("max_concurrency")
+        self.get_if_exists = bool(options.get("get_if_exists", False))
+
+
+def create_actor(session: Any, export: Export, class_name: str, meta_blob: bytes, is_async: bool,
+                 plan: ActorPlan, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[bytes, ObjectRef]:
+    """Create an actor: (actor id, ref of its handle object). With ``get_if_exists`` and a live
+    actor of that name, that actor's (the scheduler counted its handle for us)."""
+    serialized, deps = pack_arguments(args, kwargs, class_name, "__init__")
+    fn_id, blob = export.get()
+    client = session.client
+    task_id = client.new_task_id()
+    reply = client.new_reply_id() if plan.name is not None else None
+    spec = P.TaskSpec(task_id, fn_id, None, f"{class_name}.__init__", serialized, deps,
+                      [object_id_of(task_id, 0)], 1, plan.placement, 0, False, None, plan.strategy,
+                      client.rank)
+    spec.kind = P.ACTOR_CREATE
+    spec.actor_id = task_id
+    spec.actor_options = P.ActorOptions(class_name, meta_blob, plan.name, plan.namespace, plan.detached,
+                                        plan.lifetime, plan.max_concurrency, plan.groups, is_async,
+                                        plan.get_if_exists, reply)
+    ref = client.submit(spec, blob)[0]
+    if reply is None:
+        return task_id, ref
+    answer = client.await_reply(reply)
+    if answer[0] == "exists":
+        del ref  # our creation was not needed: drop its handle object
+        client.adopt(answer[2])
+        return answer[1], ObjectRef(answer[2])
+    return task_id, ref
+
+
+class MethodPlan:
+    """What an actor method call's options mean: the call's own, else the method's decorator,
+    else the actor's."""
+
+    __slots__ = ("num_returns", "max_retries", "retry_blob", "group", "name")
+
+    def __init__(self, display_name: str, call_options: Dict[str, Any], decorated: Dict[str, Any],
+                 actor_retries: int, actor_retry_exceptions: Any):
+        def pick(key: str, default: Any) -> Any:
+            for source in (call_options, decorated):
+                if source.get(key) is not None:
+                    return source[key]
+            return default
+
+        self.num_returns = pick("num_returns", 1)
+        if isinstance(self.num_returns, str):
+            raise NotImplementedError(f"num_returns={self.num_returns!r} (generator methods) is not "
+                                      "supported by hpcray yet")
+        self.max_retries = pick("max_task_retries", actor_retries)
+        self.retry_blob = opt.RetryPolicy(pick("retry_exceptions", actor_retry_exceptions)).blob
+        self.group: Optional[str] = pick("concurrency_group", None)
+        self.name = display_name
+
+
+def call_actor(session: Any, actor_id: bytes, method: str, plan: MethodPlan, owner: str,
+               args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[Any, List[bytes]]:
+    """Submit an actor method call: (its ObjectRef, a list of them or None; the return ids)."""
+    serialized, deps = pack_arguments(args, kwargs, owner, method)
+    client = session.client
+    task_id = client.new_task_id()
+    count = plan.num_returns
+    return_ids = return_ids_of(task_id, count)
+    spec = P.TaskSpec(task_id, b"", None, plan.name, serialized, deps, return_ids, count, {},
+                      plan.max_retries, plan.retry_blob, None, None, client.rank)
+    spec.kind = P.ACTOR_METHOD
+    spec.parent = context.current_task_id()
+    spec.actor_id = actor_id
+    spec.method = method
+    spec.group = plan.group
+    refs = client.submit(spec, None)
+    if count == 1:
+        return refs[0], return_ids
+    return (None if count == 0 else refs), return_ids
