@@ -20,7 +20,7 @@ def test_task_spec_round_trips_every_slot():
     assert list(inspect.signature(P._rebuild_spec).parameters) == list(P.TaskSpec.__slots__)
     spec = P.TaskSpec(b"t" * 16, b"f" * 16, b"blob", "name", ("args",), [b"d"], [b"r"], 1, {"CPU": 1.0},
                       3, b"retry", {"A": "1"}, InGroup(b"g" * 16, 1, True), 2)
-    for value, slot in enumerate(("attempt", "kind", "actor_id", "method", "extra", "parent")):
+    for value, slot in enumerate(("attempt", "kind", "actor_id", "method", "actor_options", "group", "parent")):
         setattr(spec, slot, f"{slot}-{value}")
     copy = pickle.loads(pickle.dumps(spec, protocol=5))
     assert {s: getattr(copy, s) for s in P.TaskSpec.__slots__} == {s: getattr(spec, s) for s in P.TaskSpec.__slots__}
@@ -59,7 +59,7 @@ def test_messages_keep_every_field_in_their_wire_form():
     stub = plain.stub(3)
     spec = P.TaskSpec(b"t" * 16, b"f" * 16, None, "name", plain, [b"d" * 20], [b"r" * 20], 1, {"CPU": 1.0},
                       3, b"retry", {"A": "1"}, Spread(), 2)
-    spec.kind, spec.actor_id, spec.method, spec.extra = P.ACTOR_METHOD, b"a" * 16, "m", {"group": "g"}
+    spec.kind, spec.actor_id, spec.method, spec.group = P.ACTOR_METHOD, b"a" * 16, "m", "g"
     messages = [
         (P.SUBMIT, spec), (P.EXECUTE, spec, b"blob", [plain, stub, with_buffer]), (P.EXECUTE, spec, None, []),
         (P.ACTOR_CALL, spec, [error]), (P.TASK_DONE, b"t" * 16, [plain, stub], None, False),

@@ -76,7 +76,7 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[float] = None, num
         if problem:
             raise ValueError(f"init(): {problem}")
         job_env = runtime_env.get("env_vars")
-    with runtime._lock:
+    with runtime.PROCESS.lock:
         existing = runtime.current()
         if existing is None:
             session = runtime.init_session(num_cpus, num_gpus, resources, namespace, job_env)

@@ -70,12 +70,8 @@ class Session:
         return self.job.to_bytes(4, "big").hex()
 
 
-_session: Optional[Session] = None
-_lock = threading.RLock()
-
-
 def current() -> Optional[Session]:
-    return _session
+    return PROCESS.session
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,9 +89,26 @@ class World:
         self.exited = False
 
 
-_world: Optional[World] = None
-_jobs = 0
-_exit_code = 0
+class ProcessState:
+    """All that this process's runtime holds between calls: the one place for it (no other
+    module-level state). ``lock`` serializes ``init()`` and ``shutdown()``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.session: Optional[Session] = None  # the live session, on any rank
+        self.world: Optional[World] = None  # MPI and the arena: made once, kept across sessions
+        self.jobs = 0  # sessions this driver started (the job number of the next is one more)
+        self.worker_start: Optional[tuple] = None  # (comm, config): a worker rank about to serve
+        self.fork_guard = False  # install_fork_guard() ran
+
+    def forget(self) -> None:
+        """In a forked child: nothing of the parent's runtime is ours."""
+        self.session = None
+        self.world = None
+        self.worker_start = None
+
+
+PROCESS = ProcessState()
 
 
 def local_rank_info(rank: int, config: Config, num_cpus: Optional[float] = None,
@@ -186,17 +199,17 @@ def _connect_mpi(config: Config):
 def init_session(num_cpus: Optional[float], num_gpus: Optional[float], resources: Optional[Dict[str, float]],
                  namespace: Optional[str], job_env: Optional[Dict[str, str]]) -> Optional[Session]:
     """Start a session on the driver; None on a worker rank (then ``serve_worker_rank``)."""
-    global _jobs
     config = Config.from_env()
     _configure_logging(config)
     install_fork_guard()
     install_crash_reports()
-    mpi = _connect_mpi(config) if _world is None else (_world.comm, 0, _world.comm.Get_size())
+    world = PROCESS.world
+    mpi = _connect_mpi(config) if world is None else (world.comm, 0, world.comm.Get_size())
     if mpi is not None and mpi[1] != 0:
-        _worker_start.append((mpi[0], config))
+        PROCESS.worker_start = (mpi[0], config)
         return None  # the caller serves (serve_worker_rank), outside the init lock
-    _jobs += 1
-    job = _jobs
+    PROCESS.jobs += 1
+    job = PROCESS.jobs
     if namespace is None:  # like Ray: each driver gets an anonymous namespace of its own
         namespace = f"anonymous-{os.getpid()}-{job}"
     if mpi is None:
@@ -214,34 +227,30 @@ def open_session(session: Session, plane: ObjectPlane) -> None:
     its client reads values through the rank's object plane, the loop tells it of dropped refs,
     of its own failure and of stubs someone now wants, and ObjectRefs count themselves on its
     loop."""
-    global _session
     loop, client = session.loop, session.client
     client.plane = plane
     loop.on_forget = client.forget
     loop.on_failure = client.fail_all
     loop.on_fetch_local = client.fetch_stubs
-    _session = session
+    PROCESS.session = session
     object_ref.current.sink = loop.commands.append
     object_ref.current.client = client
 
 
 def close_session(session: Session) -> None:
     """This process's live session is over (``shutdown()``, or RESET on a worker rank)."""
-    global _session
-    if _session is session:
-        _session = None
+    if PROCESS.session is session:
+        PROCESS.session = None
         object_ref.current.sink = None
         object_ref.current.client = None
     session.client.completions.close()
 
 
-_worker_start: List[tuple] = []  # (comm, config) of a worker rank, between init_session and serving
-
-
 def serve_worker_rank() -> None:
     """A worker rank's init(): serve the driver's sessions until its process ends; never returns."""
     from .worker_rank import serve_worker
-    comm, config = _worker_start.pop()
+    comm, config = PROCESS.worker_start
+    PROCESS.worker_start = None
     serve_worker(comm, config)
 
 
@@ -274,16 +283,15 @@ def _start_single(config: Config, job: int, num_cpus, num_gpus, resources, names
 
 
 def _start_driver(comm: Any, config: Config, job: int, namespace, job_env) -> Session:
-    global _world
-    if _world is None:
+    if PROCESS.world is None:
         transport = MPITransport(comm)
         arena = start_arena(comm, config)
         workers = _gather_workers(transport, config)
-        _world = World(comm, transport, workers, config, arena)
+        PROCESS.world = World(comm, transport, workers, config, arena)
         atexit.register(_at_exit)
         _install_driver_signals()
         _install_interrupt_exit()
-    world = _world
+    world = PROCESS.world
     world.job = job
     head_host = host_name(0, config.ranks_per_host)
     loop = CommLoop(0, world.transport, config.spin_us, config.max_sleep_us, config.inline_progress)
@@ -310,7 +318,7 @@ def start_arena(comm: Any, config: Config):
 def _wire(loop: CommLoop, session: Session) -> None:
     plane = ObjectPlane(session.rank, loop.send, session.config.inline_max, loop.transport,
                         session.config.pool_bytes)
-    plane.arena = _world.arena if _world is not None else None
+    plane.arena = PROCESS.world.arena if PROCESS.world is not None else None
     loop.plane = plane
     if session.executor is not None:
         session.executor.plane = plane
@@ -366,26 +374,27 @@ def _gather_workers(transport: MPITransport, config: Config) -> List[RankInfo]:
 def shutdown_session(deadline: Optional[float] = None) -> List[int]:
     """End the session on the driver; worker ranks forget it and wait for the next one. Returns
     the ranks that did not confirm by ``deadline`` (default: ``HPCRAY_EXIT_TIMEOUT_S`` from now)."""
-    with _lock:
-        session = _session
+    with PROCESS.lock:
+        session = PROCESS.session
         if session is None:
             return []
         close_session(session)
         loop = session.loop
         silent: List[int] = []
-        if _world is not None and not _world.exited:
+        world = PROCESS.world
+        if world is not None and not world.exited:
             if deadline is None:
                 deadline = time.monotonic() + session.config.exit_timeout_s
             silent = _reset_workers(loop, deadline)
         loop.stop()
-        if _world is None:
+        if world is None:
             context.uninstall_task_io()
         return silent
 
 
 def _reset_workers(loop: CommLoop, deadline: float) -> List[int]:
     acks: set = set()
-    workers = [info.rank for info in _world.workers]
+    workers = [info.rank for info in PROCESS.world.workers]
 
     def collect(source: int, msg: tuple) -> None:
         if msg[0] == P.RESET_ACK:
@@ -410,7 +419,7 @@ def _reset_workers(loop: CommLoop, deadline: float) -> List[int]:
 
 
 def _describe_ranks(ranks: List[int]) -> str:
-    infos = {info.rank: info for info in (_world.workers if _world is not None else [])}
+    infos = {info.rank: info for info in (PROCESS.world.workers if PROCESS.world is not None else [])}
     parts = [f"rank {r} (pid {infos[r].pid} on {infos[r].host})" if r in infos else f"rank {r}"
              for r in ranks]
     return ", ".join(parts)
@@ -420,7 +429,7 @@ def _at_exit() -> None:
     """The driver's process is ending: end every rank, then let MPI finalize. Ranks that do not
     answer within ``HPCRAY_EXIT_TIMEOUT_S`` (stopped, or stuck in C code holding the GIL) are named
     and the job is aborted: nothing here waits on a rank that may never answer."""
-    world = _world
+    world = PROCESS.world
     if world is None or world.exited:
         return
     deadline = time.monotonic() + world.config.exit_timeout_s
@@ -459,7 +468,7 @@ def _at_exit() -> None:
                      f"HPCRAY_EXIT_TIMEOUT_S={world.config.exit_timeout_s:g} s as the driver ended "
                      "(stopped, or stuck in a call that holds the GIL); aborting the job\n")
     sys.stderr.flush()
-    abort_job(world.comm, _exit_code or 1)
+    abort_job(world.comm, 1)
 
 
 #: exit status of a job whose rank's loop failed (a bug in hpcray): EX_SOFTWARE
@@ -524,9 +533,6 @@ def _process_alive(pid: int) -> bool:
             return False
 
 
-_fork_guard = []
-
-
 def install_fork_guard() -> None:
     """A process forked from a rank (``multiprocessing`` with fork, in a task) is not a rank: it
     gets the default signal handlers back (the rank's would keep a pool's worker from ending on
@@ -535,9 +541,9 @@ def install_fork_guard() -> None:
     The forking thread blocks SIGTERM and SIGINT around the fork: a signal that reaches the child
     before its handlers are reset stays pending (the interpreter drops any it caught in that
     window) and is delivered, with the default action, once the child unblocks it."""
-    if _fork_guard or not hasattr(os, "register_at_fork"):
+    if PROCESS.fork_guard or not hasattr(os, "register_at_fork"):
         return
-    _fork_guard.append(True)
+    PROCESS.fork_guard = True
     guarded = {signal.SIGTERM, signal.SIGINT}
     masks = threading.local()
 
@@ -548,12 +554,10 @@ def install_fork_guard() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, masks.previous)
 
     def in_child() -> None:
-        global _session, _world
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, masks.previous)
-        _session = None
-        _world = None
+        PROCESS.forget()
         context.set_current(None)  # (the forking thread may be running a task)
         object_ref.current.sink = None
         object_ref.current.client = None
@@ -603,7 +607,7 @@ def _install_driver_signals() -> None:
         signal.signal(signal.SIGTERM, on_term)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         def on_interrupt(signum, frame):
-            session = _session
+            session = PROCESS.session
             if session is not None and session.loop.lending.main_inside:  # (handlers run on the main thread)
                 session.loop.lending.interrupted = True
                 return
