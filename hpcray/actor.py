@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional
 
 from . import exceptions
 from ._private import api, calls, context
+from ._private.ids import BinaryID
 from ._private import options as opt
 from ._private.object_ref import ObjectRef
 from ._private.serialization import dumps_function, loads
@@ -277,26 +278,10 @@ class ActorMethod:
         raise NotImplementedError("Ray DAGs (.bind) are not supported by hpcray")
 
 
-class ActorID:
+class ActorID(BinaryID):
     """Ray's ActorID: ``hex()`` and ``binary()``."""
 
-    def __init__(self, binary: bytes):
-        self._binary = binary
-
-    def hex(self) -> str:
-        return self._binary.hex()
-
-    def binary(self) -> bytes:
-        return self._binary
-
-    def __eq__(self, other: Any) -> bool:
-        return isinstance(other, ActorID) and other._binary == self._binary
-
-    def __hash__(self) -> int:
-        return hash(self._binary)
-
-    def __repr__(self) -> str:
-        return f"ActorID({self.hex()})"
+    __slots__ = ()
 
 
 def get_actor(name: str, namespace: Optional[str] = None) -> ActorHandle:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 from .. import exceptions
 from . import context
 from . import protocol as P
+from .config import WAKE_S
 from .actor_directory import actor_key
 from .executor import cancelled_value
 from .object_plane import resolve_all
@@ -280,7 +281,7 @@ class ActorHost:
         future = asyncio.run_coroutine_threadsafe(coroutine, loop)
         while True:
             try:
-                return future.result(0.1)
+                return future.result(WAKE_S)
             except concurrent.futures.TimeoutError:
                 if actor.loop is not loop:
                     future.cancel()

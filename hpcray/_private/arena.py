@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from .comm import wait_request
-from .config import MIN_SEGMENT, SHM_SHARE
+from .config import ARENA_CLOSE_S, MIN_SEGMENT, SHM_SHARE
 
 logger = logging.getLogger("hpcray")
 
@@ -207,7 +207,7 @@ class SharedArena:
             self.locked = False
             self.world_window.Unlock_all()
 
-    def close(self, comm: Any, busy: bool, timeout_s: float = 2.0) -> None:
+    def close(self, comm: Any, busy: bool, timeout_s: float = ARENA_CLOSE_S) -> None:
         """At the end of the job, on every rank (collective): free the world window, which owns
         the arena's memory, so UCX does not warn at exit about memory left registered.
 

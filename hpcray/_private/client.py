@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from .. import exceptions
 from . import context
 from . import protocol as P
+from .config import WAKE_S
 from .object_ref import IdSource, ObjectRef, object_id_of
 from .serialization import SerializedValue, deserialize, serialize, try_serialize
 
@@ -337,7 +338,7 @@ class CoreClient:
                                 blocked = True  # give this task's CPU back while it waits
                                 self.post((P.BLOCKED, task.task_id))
                             # wake now and then, so a cancel (KeyboardInterrupt) can land
-                            remaining = 0.1 if remaining is None else min(remaining, 0.1)
+                            remaining = WAKE_S if remaining is None else min(remaining, WAKE_S)
                         self.sleepers += 1
                         try:
                             self.cond.wait(remaining)

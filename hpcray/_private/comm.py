@@ -38,7 +38,8 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from . import protocol as P
-from .config import BATCH_MAX, BATCH_S, GUEST_WAIT_S, HOLD_S, OOB_MIN, SMALL_FRAME
+from .config import (BATCH_MAX, BATCH_S, FINAL_FLUSH_S, GUEST_WAIT_S, HOLD_S, OOB_MIN,
+                     SINGLE_RANK_IDLE_S, SMALL_FRAME)
 from .lending import FREE, GUEST, Lending
 from .object_ref import DECREF, INCREF, job_of
 from .ref_table import RefTable
@@ -275,7 +276,7 @@ class CommLoop:
         self.wake_event = threading.Event()
         self.spin_s = spin_us * 1e-6
         self.max_sleep_s = max_sleep_us * 1e-6
-        self.idle_sleep_s = self.max_sleep_s if transport is not None else 0.05
+        self.idle_sleep_s = self.max_sleep_s if transport is not None else SINGLE_RANK_IDLE_S
         self.scheduler = None
         self.agent: Optional[Callable[[tuple], None]] = None
         self.local_hook: Optional[Callable[[tuple], bool]] = None
@@ -496,7 +497,7 @@ class CommLoop:
                 sleep_s = min(sleep_s * 2, self.max_sleep_s)
             with turns:
                 self.turn()
-                self.flush_until_sent(5.0)
+                self.flush_until_sent(FINAL_FLUSH_S)
         except BaseException as exc:  # a bug here must not hang the job: record and report
             self._failed(exc)
 
@@ -676,7 +677,8 @@ class CommLoop:
             return True
         self._send_outbox()
         deadline = time.monotonic() + timeout
+        backoff = Backoff()
         while transport.busy() and time.monotonic() < deadline:
             if not transport.progress_sends():
-                time.sleep(1e-4)
+                backoff.sleep()
         return not transport.busy()

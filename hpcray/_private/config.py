@@ -39,6 +39,26 @@ DEPTH_MAX = 64
 MIN_SEGMENT = 64 << 20
 #: the arena takes at most this share of the free space in /dev/shm (split among the host's ranks)
 SHM_SHARE = 0.5
+#: the "memory" resource a host's ranks announce: this share of its memory, split among them
+MEMORY_SHARE = 0.7
+#: a thread that waits without lending turns (a task in get(), an actor's __init__ on its loop)
+#: wakes this often to see a cancel or a killed actor
+WAKE_S = 0.1
+#: a single-rank loop with nothing to do sleeps this long at a time (a local post wakes it)
+SINGLE_RANK_IDLE_S = 0.05
+#: the comm thread's last flush of what is queued, as its loop stops
+FINAL_FLUSH_S = 5.0
+#: ranks that confirmed the end of the session get at least this long to confirm the end of the job
+EXIT_ACK_S = 0.5
+#: ranks on other hosts get this long to leave after the driver's MPI_Finalize (this host's are
+#: watched in /proc)
+REMOTE_LEAVE_S = 0.2
+#: a worker rank sent SIGTERM ends this much later, its running tasks or not
+TERM_GRACE_S = 3.0
+#: a worker rank lets tasks about to end finish for this long before the arena is freed
+SETTLE_S = 0.5
+#: the ranks' agreement on freeing the world window at the end of the job waits this long
+ARENA_CLOSE_S = 2.0
 
 
 def _env_float(name: str, default: float, minimum: float = 0.0) -> float:

@@ -33,7 +33,8 @@ from .arena import create_arena
 from . import protocol as P
 from .client import CoreClient
 from .comm import Backoff, CommLoop, MPITransport, job_communicator
-from .config import Config, launched_by_mpi, slurm_cpus_per_task
+from .config import (EXIT_ACK_S, MEMORY_SHARE, REMOTE_LEAVE_S, Config, launched_by_mpi,
+                     slurm_cpus_per_task)
 from .executor import Executor, host_address
 from .object_plane import ObjectPlane
 from .protocol import RankInfo
@@ -266,7 +267,7 @@ def _start_single(config: Config, job: int, num_cpus, num_gpus, resources, names
     if num_cpus is None:
         num_cpus = config.cpus_per_rank if config.cpus_per_rank is not None else usable_cpu_count()
     info = local_rank_info(0, config, num_cpus, num_gpus, resources)
-    _finish_resources(info, info.gpu_ids, host_memory_bytes() * 0.7, info.host)
+    _finish_resources(info, info.gpu_ids, host_memory_bytes() * MEMORY_SHARE, info.host)
     loop = CommLoop(0, None, config.spin_us, config.max_sleep_us, config.inline_progress)
     end_job_on_loop_failure(loop, None)
     loop.refs.job = job
@@ -367,7 +368,8 @@ def _gather_workers(transport: MPITransport, config: Config) -> List[RankInfo]:
     for info in workers:
         per_host[info.host] = per_host.get(info.host, 0) + 1
     for info in workers:
-        _finish_resources(info, gpus[info.rank], host_memory_bytes() * 0.7 / per_host[info.host], head_host)
+        _finish_resources(info, gpus[info.rank], host_memory_bytes() * MEMORY_SHARE / per_host[info.host],
+                          head_host)
     return workers
 
 
@@ -410,8 +412,9 @@ def _reset_workers(loop: CommLoop, deadline: float) -> List[int]:
         loop.call(begin, max(0.1, deadline - time.monotonic()))
     except TimeoutError:
         return workers
+    backoff = Backoff()
     while len(acks) < len(workers) and time.monotonic() < deadline and loop.running:
-        time.sleep(0.001)
+        backoff.sleep()
     silent = sorted(set(workers) - acks)
     if silent:
         logger.warning("hpcray: %s did not confirm the end of the session", _describe_ranks(silent))
@@ -439,7 +442,8 @@ def _at_exit() -> None:
     waiting = {info.rank for info in world.workers} - silent
     for rank in waiting:
         transport.send(rank, [(P.EXIT,)])
-    deadline = max(deadline, time.monotonic() + 0.5)  # (ranks that answered the reset answer at once)
+    deadline = max(deadline, time.monotonic() + EXIT_ACK_S)  # (ranks that answered the reset answer at once)
+    backoff = Backoff()
     while waiting and time.monotonic() < deadline:
         got = transport.receive()
         for source, batch in got:
@@ -447,11 +451,11 @@ def _at_exit() -> None:
                 waiting.discard(source)
         transport.progress_sends()
         if not got:
-            time.sleep(0.001)
+            backoff.sleep()
     silent |= waiting
     while transport.busy() and time.monotonic() < deadline:
         transport.progress_sends()
-        time.sleep(0.001)
+        backoff.sleep()
     if not silent:
         # Every rank is alive and still makes MPI progress while it leaves: the job-long RMA
         # epoch can end (MPICH's Unlock_all waits for the targets), then MPI_Finalize, which
@@ -513,12 +517,13 @@ def _wait_until_gone(workers: List[RankInfo], deadline: float) -> None:
     here = socket.gethostname()
     local = [w.pid for w in workers if w.host == here or w.host.startswith(here + "-")]
     remote = len(local) < len(workers)
+    backoff = Backoff()
     while local and time.monotonic() < deadline:
         local = [pid for pid in local if _process_alive(pid)]
         if local:
-            time.sleep(0.005)
+            backoff.sleep()
     if remote:
-        time.sleep(0.2)
+        time.sleep(REMOTE_LEAVE_S)
 
 
 def _process_alive(pid: int) -> bool:

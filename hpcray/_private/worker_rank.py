@@ -16,8 +16,8 @@ from typing import Any, Dict, List, Optional
 from . import context, runtime
 from . import protocol as P
 from .client import CoreClient
-from .comm import CommLoop, MPITransport
-from .config import Config
+from .comm import Backoff, CommLoop, MPITransport
+from .config import SETTLE_S, TERM_GRACE_S, Config
 from .executor import Executor
 from .object_plane import ObjectPlane
 from .resources import host_name
@@ -88,7 +88,7 @@ def serve_worker(comm: Any, config: Config) -> None:
     context.install_task_io()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides; it sends EXIT
     terminate_at: List[float] = []
-    signal.signal(signal.SIGTERM, lambda s, f: terminate_at.append(time.monotonic() + 3.0))
+    signal.signal(signal.SIGTERM, lambda s, f: terminate_at.append(time.monotonic() + TERM_GRACE_S))
     transport = MPITransport(comm)
     arena = runtime.start_arena(comm, config)
     loop = CommLoop(rank, transport, config.spin_us, config.max_sleep_us, config.inline_progress)
@@ -112,9 +112,10 @@ def serve_worker(comm: Any, config: Config) -> None:
     if loop.error is not None:
         code = 1
     busy = agent.executor is not None and agent.executor.busy()
-    settle = time.monotonic() + 0.5  # a task about to end may end: then the arena can be freed
+    settle = time.monotonic() + SETTLE_S  # a task about to end may end: then the arena can be freed
+    backoff = Backoff()
     while busy and time.monotonic() < settle:
-        time.sleep(0.01)
+        backoff.sleep()
         busy = agent.executor.busy()
     _leave_process(code, comm, arena, busy)
 

@@ -11,32 +11,15 @@ from __future__ import annotations
 import numbers
 from typing import Any, Dict, List, Optional
 
+from .._private.ids import BinaryID
 from .._private.placement import GroupHandle
 from .._private.placement_groups import STRATEGIES
 
 
-class PlacementGroupID:
+class PlacementGroupID(BinaryID):
     """The id of a placement group (``hex()``, ``binary()``)."""
 
-    __slots__ = ("_id",)
-
-    def __init__(self, binary: bytes):
-        self._id = binary
-
-    def binary(self) -> bytes:
-        return self._id
-
-    def hex(self) -> str:
-        return self._id.hex()
-
-    def __eq__(self, other: Any) -> bool:
-        return isinstance(other, PlacementGroupID) and other._id == self._id
-
-    def __hash__(self) -> int:
-        return hash(self._id)
-
-    def __repr__(self) -> str:
-        return f"PlacementGroupID({self.hex()})"
+    __slots__ = ()
 
 
 class PlacementGroup(GroupHandle):
