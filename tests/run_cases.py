@@ -6,6 +6,8 @@
 Prints one line per case: ``CASE <name> PASS``, ``CASE <name> SKIP <json reason>`` or
 ``CASE <name> FAIL <json traceback>``, so the
 pytest side can report each case on its own.
+
+Cases share the session, so none may leave work behind for the next (``helpers.run_case``).
 """
 
 import importlib
@@ -19,8 +21,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import hpcray  # noqa: E402
-from cases.helpers import CaseSkipped  # noqa: E402
-
+from cases.helpers import CaseSkipped, run_case  # noqa: E402
 
 def main() -> int:
     name = sys.argv[1]
@@ -34,7 +35,7 @@ def main() -> int:
             continue
         started = time.monotonic()
         try:
-            getattr(module, case)()
+            run_case(getattr(module, case))
             print(f"CASE {case} PASS {time.monotonic() - started:.2f}", flush=True)
         except CaseSkipped as why:
             print(f"CASE {case} SKIP {json.dumps(str(why))}", flush=True)

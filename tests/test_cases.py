@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import check_mpi_case, case_names
-from cases.helpers import CaseSkipped
+from cases.helpers import CaseSkipped, run_case
 from cases import (actors, arena, cancel, errors, failures, handoff, hosts, hosts_p2p, mpi_use, objects, options,
                    placement, resources, tasks, waiting)
 
@@ -52,7 +52,7 @@ def sessions():
 def test_single_rank(module_name, case, sessions):
     sessions(module_name)
     try:
-        getattr(MODULES[module_name], case)()
+        run_case(getattr(MODULES[module_name], case))
     except CaseSkipped as why:
         pytest.skip(str(why))
 
@@ -60,3 +60,24 @@ def test_single_rank(module_name, case, sessions):
 @pytest.mark.parametrize("module_name,case", PARAMS)
 def test_mpi(module_name, case):
     check_mpi_case(module_name, case, env=getattr(MODULES[module_name], "ENV", {}))
+
+
+def test_a_case_that_leaves_an_actor_alive_fails(sessions):
+    """The check that keeps cases from leaking into each other can fail."""
+    import hpcray
+    sessions("tasks")
+    kept = []
+
+    @hpcray.remote(num_cpus=1)
+    class Holder:
+        def ready(self):
+            return True
+
+    def case_leaky():
+        kept.append(Holder.remote())
+        assert hpcray.get(kept[0].ready.remote())
+
+    with pytest.raises(AssertionError, match="case_leaky left resources held .*CPU"):
+        run_case(case_leaky, settle_s=0.5)
+    hpcray.kill(kept.pop())
+    run_case(lambda: None)  # the job is free again

@@ -183,16 +183,20 @@ def case_unknown_method_and_wrong_arity_raise_at_call():
 
 
 def case_kill_fails_running_queued_and_later_calls():
+    marker = scratch_file("kill-running")
+
     @ray.remote
     class Slow:
-        def sleep(self, seconds):
+        def sleep(self, seconds, marker=None):
+            if marker is not None:
+                append_line(marker)
             time.sleep(seconds)
             return seconds
 
     slow = Slow.remote()
     assert ray.get(slow.sleep.remote(0)) == 0
-    refs = [slow.sleep.remote(5) for _ in range(4)]
-    time.sleep(0.3)
+    refs = [slow.sleep.remote(5, marker) for _ in range(4)]
+    wait_for_condition(lambda: count_lines(marker) == 1, timeout=20)  # one runs, three queued
     started = time.monotonic()
     ray.kill(slow)
     for ref in refs:

@@ -96,24 +96,30 @@ def case_combine_with_cancelled_input_fails():
 
 def case_recursive_cancel_reaches_children():
     signal = SignalActor.remote()
+    marker = scratch_file("child-submitted")
 
     @ray.remote
     def parent():
-        return ray.get(wait_for.remote(signal, "child"))
+        child = wait_for.remote(signal, "child")
+        append_line(marker)
+        return ray.get(child)
 
     ref = parent.remote()
-    time.sleep(0.5)
+    wait_for_condition(lambda: count_lines(marker) == 1, timeout=20)  # the child exists
     ray.cancel(ref, recursive=True)
     raises(exceptions.TaskCancelledError, ray.get, ref, timeout=20)
 
 
 def case_cancel_actor_calls():
+    marker = scratch_file("actor-call-running")
+
     @ray.remote
     class Worker:
         def __init__(self, signal):
             self.signal = signal
 
         def block(self):
+            append_line(marker, "block")
             ray.get(self.signal.wait.remote())
             return "finished"
 
@@ -123,6 +129,7 @@ def case_cancel_actor_calls():
     @ray.remote
     class AsyncWorker:
         async def nap(self):
+            append_line(marker, "nap")
             await asyncio.sleep(30)
             return "woke"
 
@@ -130,7 +137,7 @@ def case_cancel_actor_calls():
     worker = Worker.remote(signal)
     running = worker.block.remote()
     queued = worker.quick.remote()
-    time.sleep(0.3)
+    wait_for_condition(lambda: count_lines(marker) == 1, timeout=20)  # block() runs: quick() waits
     ray.cancel(queued)
     raises(exceptions.TaskCancelledError, ray.get, queued, timeout=20)
     ray.cancel(running, recursive=False)  # a running sync call is not interrupted
@@ -140,7 +147,7 @@ def case_cancel_actor_calls():
 
     sleeper = AsyncWorker.remote()
     nap = sleeper.nap.remote()
-    time.sleep(0.3)
+    wait_for_condition(lambda: count_lines(marker) == 2, timeout=20)  # nap() awaits
     ray.cancel(nap)
     started = time.monotonic()
     raises(exceptions.TaskCancelledError, ray.get, nap, timeout=20)

@@ -1,6 +1,7 @@
 """Helpers shared by the case modules (Ray's test utilities, rebuilt for hpcray)."""
 
 import asyncio
+import gc
 import os
 import time
 import uuid
@@ -14,6 +15,30 @@ class CaseSkipped(Exception):
 
 def skip(reason: str) -> None:
     raise CaseSkipped(reason)
+
+
+#: how long a case's tasks and actors get to end after it returns (its refs are gone by then)
+SETTLE_S = 15.0
+
+
+def run_case(case, settle_s: float = SETTLE_S) -> None:
+    """Run one case in a session that the module's cases share. So that no case leaves work
+    behind for the next, every resource of the job must be free again within ``settle_s`` of
+    its end (its tasks ended, its actors gone), or the case fails naming what is still held."""
+    case()
+    deadline = time.monotonic() + settle_s
+    while True:
+        gc.collect()
+        total = ray.cluster_resources()
+        free = ray.available_resources()
+        held = {key: round(amount - free.get(key, 0.0), 6) for key, amount in total.items()
+                if free.get(key, 0.0) < amount - 1e-9}
+        if not held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{case.__name__} left resources held {settle_s:g} s after it ended "
+                                 f"(a task still running or an actor still alive): {held}")
+        time.sleep(0.05)
 
 
 def wait_for_condition(predicate, timeout=10.0, retry_interval_ms=20):

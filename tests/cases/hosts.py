@@ -7,7 +7,7 @@ import hpcray as ray
 from hpcray import exceptions
 
 from .arena import in_arena, mpi
-from .helpers import raises, skip
+from .helpers import raises, skip, wait_for_condition
 
 MB = 1 << 20
 ENV = {"HPCRAY_RANKS_PER_HOST": "2"}
@@ -127,6 +127,7 @@ def case_busy_producer_still_serves_its_objects():
             return np.full(nbytes // 8, 6.0)
 
         def spin(self, flag, limit_s):
+            open(flag + ".started", "w").close()
             started = time.monotonic()
             while not os.path.exists(flag) and time.monotonic() - started < limit_s:
                 pass  # busy, in Python
@@ -141,7 +142,7 @@ def case_busy_producer_still_serves_its_objects():
     ray.wait([ref], fetch_local=False, timeout=20)
     flag = scratch_file("busy-producer")
     busy = producer.spin.remote(flag, 60)
-    time.sleep(0.3)
+    wait_for_condition(lambda: os.path.exists(flag + ".started"), timeout=20)
     assert float(ray.get(ref, timeout=20).sum()) == 6.0 * MB
     assert not ray.wait([busy], timeout=0)[0], "the producer stopped being busy before the read"
     open(flag, "w").close()
