@@ -8,6 +8,7 @@ from typing import Any, Dict
 from . import exceptions, util
 from ._private.api import (available_resources, cancel, cluster_resources, get, get_gpu_ids, init,
                            is_initialized, nodes, put, shutdown, wait)
+from ._private.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from ._private.object_ref import ObjectRef
 from .actor import ActorClass, ActorHandle, get_actor, kill, method
 from .remote_function import RemoteFunction
@@ -40,6 +41,7 @@ def _make_remote(target: Any, options: Dict[str, Any]) -> Any:
 
 
 __all__ = ["init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "ObjectRef",
+           "ObjectRefGenerator", "DynamicObjectRefGenerator",
            "ActorClass", "ActorHandle", "get_actor", "kill", "method",
            "RemoteFunction", "cluster_resources", "available_resources", "nodes", "get_gpu_ids",
            "get_runtime_context", "exceptions", "util", "__version__"]

@@ -45,13 +45,15 @@ def exit_actor() -> None:
 
 
 class _MethodMeta:
-    __slots__ = ("options", "signature", "is_async", "arity")
+    __slots__ = ("options", "signature", "is_async", "is_generator", "arity")
 
-    def __init__(self, options: Dict[str, Any], signature: Optional[inspect.Signature], is_async: bool):
+    def __init__(self, options: Dict[str, Any], signature: Optional[inspect.Signature], is_async: bool,
+                 is_generator: bool):
         self.arity = opt.positional_arity(signature)
         self.options = options
         self.signature = signature
         self.is_async = is_async
+        self.is_generator = is_generator
 
 
 class _ActorMeta:
@@ -74,8 +76,9 @@ class _ActorMeta:
             except (TypeError, ValueError):
                 signature = None
             is_async = inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
+            is_generator = inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
             self.methods[name] = _MethodMeta(getattr(member, "__hpcray_method_options__", {}), signature,
-                                             is_async)
+                                             is_async, is_generator)
         self.is_async = any(m.is_async for m in self.methods.values())
         self.max_task_retries = options.get("max_task_retries", 0)
         self.retry_exceptions = options.get("retry_exceptions", False)
@@ -218,7 +221,8 @@ class ActorHandle:
         if plan is None:
             plan = calls.MethodPlan(f"{meta.class_name}.{name}", call_options,
                                     method_meta.options if method_meta is not None else {},
-                                    meta.max_task_retries, meta.retry_exceptions)
+                                    meta.max_task_retries, meta.retry_exceptions,
+                                    method_meta.is_generator if method_meta is not None else None)
             if not call_options:
                 meta.plans[name] = plan
         return plan

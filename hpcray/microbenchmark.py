@@ -127,6 +127,16 @@ class Fixtures:
             assert value.nbytes == value.size * 8
             return seconds
 
+        def stream_small(n):
+            for i in range(n):
+                yield i
+
+        def stream_arrays(n, nbytes):
+            for i in range(n):
+                yield np.full(nbytes // 8, float(i))
+
+        self.stream_small = rt.remote(stream_small)
+        self.stream_arrays = rt.remote(stream_arrays)
         self.noop = rt.remote(noop)
         self.small_value = rt.remote(small_value)
         self.make_array = rt.remote(make_array)
@@ -198,6 +208,29 @@ def case_nn_actor_calls_async(f: Fixtures, per_client: int = 500) -> Tuple[int, 
     started = time.perf_counter()
     done = rt.get([f.client.remote(actor, per_client) for actor in f.actors])
     return sum(done), time.perf_counter() - started
+
+
+def case_stream_small_items(f: Fixtures, n: int = 5000) -> Tuple[int, float]:
+    """One streaming generator task; every item's value read by the driver as it comes."""
+    rt = f.rt
+    started = time.perf_counter()
+    got = 0
+    for ref in f.stream_small.remote(n):
+        rt.get(ref)
+        got += 1
+    assert got == n
+    return n, time.perf_counter() - started
+
+
+def case_stream_1mb_items(f: Fixtures, n: int = 100) -> Tuple[float, float]:
+    """100 items of 1 MB from a generator task on another rank, each read by the driver."""
+    rt = f.rt
+    started = time.perf_counter()
+    nbytes = 0
+    for ref in f.stream_arrays.remote(n, MB):
+        nbytes += rt.get(ref).nbytes
+    assert nbytes == n * MB
+    return nbytes / 1e9, time.perf_counter() - started
 
 
 def case_put_calls(f: Fixtures, n: int = 2000) -> Tuple[int, float]:
@@ -319,6 +352,8 @@ CASES: List[Tuple[str, Callable, str]] = [
     ("1:1 actor calls concurrent", case_actor_calls_concurrent, "calls/s"),
     ("1:1 async-actor calls async", case_async_actor_calls_async, "calls/s"),
     ("n:n actor calls async", case_nn_actor_calls_async, "calls/s"),
+    ("streaming generator small items", case_stream_small_items, "items/s"),
+    ("streaming generator 1 MB items", case_stream_1mb_items, "GB/s"),
     ("single client put calls", case_put_calls, "puts/s"),
     ("single client get calls", case_get_calls, "gets/s"),
     ("single client put gigabytes", case_put_gigabytes, "GB/s"),

@@ -24,13 +24,13 @@ class RemoteFunction:
         self._function = function
         self._default_options = opt.validate_task_options(options, in_options_call=False)
         self._name = getattr(function, "__qualname__", getattr(function, "__name__", "function"))
-        self._plan = calls.TaskPlan(self._default_options, self._name)
+        self._is_generator = inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
+        self._plan = calls.TaskPlan(self._default_options, self._name, self._is_generator)
         try:
             self._signature: Optional[inspect.Signature] = inspect.signature(function)
         except (TypeError, ValueError):
             self._signature = None
         self._arity = opt.positional_arity(self._signature)
-        self._is_generator = inspect.isgeneratorfunction(function)
         self._export = calls.Export(function)
         self.__name__ = getattr(function, "__name__", self._name)
         self.__qualname__ = self._name
@@ -56,7 +56,7 @@ class RemoteFunction:
         checked = opt.validate_task_options(options, in_options_call=True)
         merged = dict(self._default_options)
         merged.update(checked)
-        return _FunctionWithOptions(self, calls.TaskPlan(merged, self._name))
+        return _FunctionWithOptions(self, calls.TaskPlan(merged, self._name, self._is_generator))
 
     def bind(self, *args, **kwargs):
         raise NotImplementedError("Ray DAGs (.bind) are not supported by hpcray")
@@ -68,9 +68,6 @@ class RemoteFunction:
                 self._signature.bind(*args, **kwargs)
             except TypeError as exc:
                 raise TypeError(f"{self._name}.remote(): {exc}") from None
-        if self._is_generator:
-            raise NotImplementedError(f"{self._name} is a generator function: streaming generator "
-                                      "tasks are not supported by hpcray yet")
         return calls.submit_task(session, self._export, plan, args, kwargs)
 
 
@@ -88,7 +85,8 @@ class _FunctionWithOptions:
         checked = opt.validate_task_options(options, in_options_call=True)
         merged = dict(self._plan.options)
         merged.update(checked)
-        return _FunctionWithOptions(self._parent, calls.TaskPlan(merged, self._parent._name))
+        return _FunctionWithOptions(self._parent, calls.TaskPlan(merged, self._parent._name,
+                                                                 self._parent._is_generator))
 
     def bind(self, *args, **kwargs):
         raise NotImplementedError("Ray DAGs (.bind) are not supported by hpcray")

@@ -20,7 +20,7 @@ def test_task_spec_round_trips_every_slot():
     assert list(inspect.signature(P._rebuild_spec).parameters) == list(P.TaskSpec.__slots__)
     spec = P.TaskSpec(b"t" * 16, b"f" * 16, b"blob", "name", ("args",), [b"d"], [b"r"], 1, {"CPU": 1.0},
                       3, b"retry", {"A": "1"}, InGroup(b"g" * 16, 1, True), 2)
-    for value, slot in enumerate(("attempt", "kind", "actor_id", "method", "actor_options", "group", "parent")):
+    for value, slot in enumerate(("attempt", "kind", "actor_id", "method", "actor_options", "group", "stream_limit", "parent")):
         setattr(spec, slot, f"{slot}-{value}")
     copy = pickle.loads(pickle.dumps(spec, protocol=5))
     assert {s: getattr(copy, s) for s in P.TaskSpec.__slots__} == {s: getattr(spec, s) for s in P.TaskSpec.__slots__}

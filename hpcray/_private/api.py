@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .. import exceptions
 from . import context, runtime
+from .generators import ObjectRefGenerator
 from .object_ref import ObjectRef
 
 _INIT_KEYWORDS = {
@@ -164,17 +165,18 @@ def put(value: Any, *, _owner: Any = None) -> ObjectRef:
     return session.client.put(value)
 
 
-def wait(object_refs: List[ObjectRef], *, num_returns: int = 1, timeout: Optional[float] = None,
-         fetch_local: bool = True) -> Tuple[List[ObjectRef], List[ObjectRef]]:
+def wait(object_refs: List[Union[ObjectRef, ObjectRefGenerator]], *, num_returns: int = 1,
+         timeout: Optional[float] = None, fetch_local: bool = True) -> Tuple[List[Any], List[Any]]:
     """Split refs into (ready, not ready) once ``num_returns`` are ready or ``timeout`` passes.
     Both lists keep the input order. With ``fetch_local=False`` a large value that lives on
-    another rank counts as ready without being copied here."""
+    another rank counts as ready without being copied here. A generator is ready when its next
+    item is there or its stream has ended."""
     if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, list):
         raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}")
     for ref in object_refs:
-        if not isinstance(ref, ObjectRef):
-            raise TypeError(f"wait() expected a list of ObjectRef, got a list containing "
-                            f"{type(ref).__name__}")
+        if not isinstance(ref, (ObjectRef, ObjectRefGenerator)):
+            raise TypeError(f"wait() expected a list of ObjectRef or ObjectRefGenerator, got a list "
+                            f"containing {type(ref).__name__}")
     if not isinstance(num_returns, int) or isinstance(num_returns, bool):
         raise TypeError(f"num_returns must be an int, got {type(num_returns).__name__}")
     _check_timeout(timeout)
@@ -193,8 +195,10 @@ def wait(object_refs: List[ObjectRef], *, num_returns: int = 1, timeout: Optiona
     return session.client.wait(object_refs, num_returns, timeout, fetch_local)
 
 
-def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
-    """Cancel the task that makes ``object_ref``. Not started: it never runs. Running: it gets a
+def cancel(object_ref: Union[ObjectRef, ObjectRefGenerator], *, force: bool = False,
+           recursive: bool = True) -> None:
+    """Cancel the task that makes ``object_ref`` (or a generator's stream: it ends with
+    TaskCancelledError after the items made so far). Not started: it never runs. Running: it gets a
     KeyboardInterrupt in its thread (seen at its next Python instruction, or within 0.1 s while it
     waits in ``get``). Its ``get`` raises TaskCancelledError; finished tasks are left alone.
     ``recursive`` cancels the tasks it submitted too. Actor calls: a queued call is dropped, a
@@ -203,7 +207,7 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     hpcray differs from Ray for ``force=True``: a rank process is never killed, so it acts like
     ``force=False``.
     """
-    if not isinstance(object_ref, ObjectRef):
+    if not isinstance(object_ref, (ObjectRef, ObjectRefGenerator)):
         raise TypeError(f"cancel() only supports ObjectRefs of tasks, got {type(object_ref).__name__}")
     if not isinstance(force, bool) or not isinstance(recursive, bool):
         raise TypeError("cancel(): force and recursive must be bools")

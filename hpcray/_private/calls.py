@@ -19,6 +19,7 @@ from . import context
 from . import options as opt
 from . import protocol as P
 from .executor import NO_ARGUMENTS, ArgRef
+from .generators import ObjectRefGenerator
 from .object_ref import ObjectRef, object_id_of, return_ids_of
 from .placement import InGroup, Placement, strategy_of
 from .placement_groups import bundle_demand
@@ -102,19 +103,52 @@ def inherited_strategy(strategy: Optional[Placement]) -> Optional[Placement]:
 
 
 # ---- tasks ------------------------------------------------------------------------------------
+def returns_of(num_returns: Any, is_generator: Optional[bool], callee: str) -> int:
+    """A call's ``num_returns`` option as TaskSpec.num_returns: a count, or P.STREAMING / P.DYNAMIC.
+    A generator function streams unless told otherwise; ``is_generator`` None: not known."""
+    if num_returns is None:
+        return P.STREAMING if is_generator else 1
+    if num_returns == "streaming":
+        if is_generator is False:
+            raise ValueError(f"{callee}: num_returns='streaming' needs a generator function (one that "
+                             "uses yield); this one is not")
+        return P.STREAMING
+    if num_returns == "dynamic":
+        opt.warn_once("dynamic", "hpcray: num_returns='dynamic' is deprecated (as in Ray): use "
+                      "num_returns='streaming', which hands out each item as soon as it exists")
+        if is_generator is False:
+            raise ValueError(f"{callee}: num_returns='dynamic' needs a generator function (one that "
+                             "uses yield); this one is not")
+        return P.DYNAMIC
+    return num_returns
+
+
+def stream_limit(options: Dict[str, Any]) -> int:
+    """``_generator_backpressure_num_objects`` (-1 or None: no backpressure) as a TaskSpec's."""
+    limit = options.get("_generator_backpressure_num_objects")
+    return limit if limit is not None and limit > 0 else 0
+
+
+def generator_refs(session: Any, task_id: bytes, count: int, limit: int, refs: List[ObjectRef]) -> Any:
+    """What ``.remote()`` returns: one ref, a list, None, or a stream's ObjectRefGenerator."""
+    if count == P.STREAMING:
+        return ObjectRefGenerator(session.client, task_id, refs[0], limit)
+    if count == 1 or count == P.DYNAMIC:
+        return refs[0]
+    return None if count == 0 else refs
+
+
 class TaskPlan:
     """What a set of task options means for each call, worked out once."""
 
     __slots__ = ("options", "num_returns", "demand", "max_retries", "retry_blob", "env_vars",
-                 "strategy", "name", "plain_demand")
+                 "strategy", "name", "plain_demand", "stream_limit")
 
-    def __init__(self, options: Dict[str, Any], default_name: str):
+    def __init__(self, options: Dict[str, Any], default_name: str, is_generator: bool = False):
         self.options = options
-        num_returns = options.get("num_returns", 1)
-        self.num_returns = 1 if num_returns is None else num_returns
-        if isinstance(self.num_returns, str):
-            raise NotImplementedError(
-                f"num_returns={self.num_returns!r} (generator tasks) is not supported by hpcray yet")
+        self.name = options.get("name") or default_name
+        self.num_returns = returns_of(options.get("num_returns"), is_generator, self.name)
+        self.stream_limit = stream_limit(options)
         self.plain_demand = opt.resource_demand(options, default_cpus=1.0)
         max_retries = options.get("max_retries")
         self.max_retries = DEFAULT_TASK_RETRIES if max_retries is None else max_retries
@@ -125,7 +159,6 @@ class TaskPlan:
         self.demand = self.plain_demand
         if type(self.strategy) is InGroup:
             self.demand = group_demand(self.plain_demand, self.strategy)
-        self.name = options.get("name") or default_name
         if options.get("max_calls"):
             opt.warn_once("max_calls", "hpcray: max_calls is accepted but a rank's process is never "
                           "replaced: tasks keep running in the same long-lived rank process")
@@ -147,13 +180,13 @@ def submit_task(session: Any, export: Export, plan: TaskPlan, args: Tuple[Any, .
         strategy = inherited_strategy(None)
         if strategy is not None:
             demand = group_demand(plan.plain_demand, strategy)
-    spec = P.TaskSpec(task_id, fn_id, None, plan.name, serialized, deps, return_ids_of(task_id, count),
+    spec = P.TaskSpec(task_id, fn_id, None, plan.name, serialized, deps, return_ids_of(task_id, 1 if count < 0 else count),
                       count, demand, plan.max_retries, plan.retry_blob, env, strategy, client.rank)
     spec.parent = context.current_task_id()
-    refs = client.submit(spec, blob)
-    if count == 1:
-        return refs[0]
-    return None if count == 0 else refs
+    spec.stream_limit = plan.stream_limit
+    if count == P.STREAMING:
+        client.open_stream(task_id)
+    return generator_refs(session, task_id, count, plan.stream_limit, client.submit(spec, blob))
 
 
 # ---- actors -----------------------------------------------------------------------------------
@@ -221,20 +254,19 @@ class MethodPlan:
     """What an actor method call's options mean: the call's own, else the method's decorator,
     else the actor's."""
 
-    __slots__ = ("num_returns", "max_retries", "retry_blob", "group", "name")
+    __slots__ = ("num_returns", "max_retries", "retry_blob", "group", "name", "stream_limit")
 
     def __init__(self, display_name: str, call_options: Dict[str, Any], decorated: Dict[str, Any],
-                 actor_retries: int, actor_retry_exceptions: Any):
+                 actor_retries: int, actor_retry_exceptions: Any, is_generator: Optional[bool]):
         def pick(key: str, default: Any) -> Any:
             for source in (call_options, decorated):
                 if source.get(key) is not None:
                     return source[key]
             return default
 
-        self.num_returns = pick("num_returns", 1)
-        if isinstance(self.num_returns, str):
-            raise NotImplementedError(f"num_returns={self.num_returns!r} (generator methods) is not "
-                                      "supported by hpcray yet")
+        self.num_returns = returns_of(pick("num_returns", None), is_generator, display_name)
+        self.stream_limit = stream_limit({"_generator_backpressure_num_objects":
+                                          pick("_generator_backpressure_num_objects", None)})
         self.max_retries = pick("max_task_retries", actor_retries)
         self.retry_blob = opt.RetryPolicy(pick("retry_exceptions", actor_retry_exceptions)).blob
         self.group: Optional[str] = pick("concurrency_group", None)
@@ -248,7 +280,7 @@ def call_actor(session: Any, actor_id: bytes, method: str, plan: MethodPlan, own
     client = session.client
     task_id = client.new_task_id()
     count = plan.num_returns
-    return_ids = return_ids_of(task_id, count)
+    return_ids = return_ids_of(task_id, 1 if count < 0 else count)
     spec = P.TaskSpec(task_id, b"", None, plan.name, serialized, deps, return_ids, count, {},
                       plan.max_retries, plan.retry_blob, None, None, client.rank)
     spec.kind = P.ACTOR_METHOD
@@ -256,7 +288,7 @@ def call_actor(session: Any, actor_id: bytes, method: str, plan: MethodPlan, own
     spec.actor_id = actor_id
     spec.method = method
     spec.group = plan.group
-    refs = client.submit(spec, None)
-    if count == 1:
-        return refs[0], return_ids
-    return (None if count == 0 else refs), return_ids
+    spec.stream_limit = plan.stream_limit
+    if count == P.STREAMING:
+        client.open_stream(task_id)
+    return generator_refs(session, task_id, count, plan.stream_limit, client.submit(spec, None)), return_ids

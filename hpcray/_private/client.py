@@ -21,10 +21,14 @@ from .. import exceptions
 from . import context
 from . import protocol as P
 from .config import WAKE_S
-from .object_ref import IdSource, ObjectRef, object_id_of
+from .object_ref import DECREF, IdSource, ObjectRef, object_id_of
 from .serialization import SerializedValue, deserialize, serialize, try_serialize
+from .streams import item_id
 
 logger = logging.getLogger("hpcray")
+
+#: kept under the id after a stream's last item (compared by identity): the stream has ended
+STREAM_END_MARK = serialize(None)
 
 
 class _Waiter:
@@ -112,6 +116,7 @@ class CoreClient:
         # rank submits as they arrive, unasked (Scheduler.on_submit subscribes us)
         self.returns_pushed = rank == 0
         self.completions = Completions(rank)
+        self.streams: Dict[bytes, int] = {}  # streams read here -> items arrived (loop turns only)
 
     # ---- user threads -----------------------------------------------------------------
     def submit(self, spec: P.TaskSpec, fn_blob: bytes) -> List[ObjectRef]:
@@ -128,6 +133,29 @@ class CoreClient:
         refs = [counted(object_id) for object_id in spec.return_ids]
         self.loop.raise_deferred_interrupt()  # after the refs exist: they free the returns
         return refs
+
+    # ---- streams (generators.py) ---------------------------------------------------------
+    def open_stream(self, task_id: bytes) -> None:
+        """Before the streaming task is submitted: its items will be read here."""
+        self.post((P.CALL, lambda: self.streams.setdefault(task_id, 0)))
+
+    def await_stream_item(self, object_id: bytes, timeout: Optional[float]) -> bool:
+        """Wait until this item of a stream is here (True) or the stream ended before it."""
+        self.requested.add(object_id)  # pushed to us: never asked for
+        self._wait_for([object_id], 1, timeout, fail_fast=False, need_value=False)
+        with self.lock:
+            value = self.store.get(object_id)
+        return value is not STREAM_END_MARK
+
+    def stream_taken(self, task_id: bytes, taken: int) -> None:
+        """Backpressure: the producer may run ahead of ``taken`` by its limit."""
+        self.post((P.STREAM_ACK, task_id, taken))
+
+    def drop_stream(self, task_id: bytes, taken: int) -> None:
+        """The generator is gone (any thread, even the collector's inside a locked section: so
+        only a command is queued): the items nobody took are released in a loop turn."""
+        commands = self.loop.commands
+        commands.append((P.CALL, lambda: self._release_stream(task_id, taken)))
 
     # ---- requests of the public layer (it builds no message itself) ------------------------
     def cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
@@ -221,16 +249,24 @@ class CoreClient:
                 deserialize_result(value, object_id)
             raise
 
-    def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: Optional[float],
+    def wait(self, refs: Sequence[Any], num_returns: int, timeout: Optional[float],
              fetch_local: bool = True):
-        ids = [ref.binary() for ref in refs]
+        """ObjectRefs, and generators (ready when their next item or their end is here)."""
+        ids = []
+        for ref in refs:
+            if type(ref) is ObjectRef:
+                ids.append(ref.binary())
+            else:
+                next_id = ref.next_id()
+                self.requested.add(next_id)  # pushed to us: never asked for
+                ids.append(next_id)
         try:
             self._wait_for(ids, num_returns, timeout, fail_fast=False, need_value=fetch_local)
         except exceptions.GetTimeoutError:
             pass  # wait() returns what is ready when the time is up
         ready, not_ready = [], []
-        for ref in refs:
-            if len(ready) < num_returns and ref.binary() in self.store:
+        for ref, object_id in zip(refs, ids):
+            if len(ready) < num_returns and object_id in self.store:
                 ready.append(ref)
             else:
                 not_ready.append(ref)
@@ -360,6 +396,36 @@ class CoreClient:
                 self.post((P.UNBLOCKED, task.task_id))
 
     # ---- comm thread --------------------------------------------------------------------
+    def on_stream_push(self, task_id: bytes, index: int, value: SerializedValue) -> None:
+        """An item of a stream read here: counted once for this rank (``next()`` hands the count
+        to its ref) and kept; released at once if the generator is gone."""
+        object_id = item_id(task_id, index)
+        self.loop.refs.submitted((object_id,))
+        if task_id not in self.streams:
+            self.loop.commands.append((DECREF, object_id))
+            return
+        self.streams[task_id] = index + 1
+        self.requested.add(object_id)
+        self.deliver(object_id, value)
+
+    def on_stream_end(self, task_id: bytes, total: int) -> None:
+        if task_id in self.streams:
+            end = item_id(task_id, total)
+            self.requested.add(end)
+            self._store(end, STREAM_END_MARK)
+
+    def _release_stream(self, task_id: bytes, taken: int) -> None:
+        arrived = self.streams.pop(task_id, None)
+        if arrived is None:
+            return
+        for index in range(taken, arrived):
+            self.loop.commands.append((DECREF, item_id(task_id, index)))
+        end = item_id(task_id, arrived)
+        with self.lock:
+            if self.store.get(end) is STREAM_END_MARK:
+                del self.store[end]
+        self.requested.discard(end)
+
     def deliver(self, object_id: bytes, value: SerializedValue) -> None:
         if object_id not in self.requested:
             return  # every local ref was dropped while the value was on its way

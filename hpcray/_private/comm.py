@@ -43,6 +43,7 @@ from .config import (BATCH_MAX, BATCH_S, FINAL_FLUSH_S, GUEST_WAIT_S, HOLD_S, OO
 from .lending import FREE, GUEST, Lending
 from .object_ref import DECREF, INCREF, job_of
 from .ref_table import RefTable
+from .streams import item_id
 from .serialization import contiguous
 
 logger = logging.getLogger("hpcray")
@@ -635,6 +636,9 @@ class CommLoop:
             self.refs.made(item[1])
             if self.plane is not None:
                 item = (P.PUT, item[1], self.plane.keep_if_large(item[1], item[2]))
+        elif kind == P.STREAM_ITEM:
+            if self.plane is not None:  # a large item stays here, like a large return value
+                item = (kind, item[1], item[2], self.plane.keep_if_large(item_id(item[1], item[2]), item[3]))
         elif kind == P.TASK_DONE or kind == P.BLOCKED or kind == P.UNBLOCKED:
             if self.local_hook is not None and not self.local_hook(item):
                 return

@@ -26,13 +26,15 @@ from collections import deque
 from typing import Any, Callable, Dict, List, Optional
 
 from .. import exceptions
-from . import context
+from . import context, object_ref
 from . import protocol as P
+from .config import WAKE_S
+from .generators import DynamicObjectRefGenerator
 from .object_plane import resolve_all
 from .options import RetryPolicy
 from .protocol import TaskSpec
 from .resources import RankLedger
-from .serialization import SerializedValue, deserialize, loads, serialize
+from .serialization import SerializedValue, deserialize, loads, serialize, try_serialize
 
 logger = logging.getLogger("hpcray")
 
@@ -137,6 +139,9 @@ class Executor:
         self._pool_idents: set = set()
         self._lender: Optional[int] = None  # the idle pool thread lending itself to the loop
         self._direct: deque = deque()  # at most one work item handed straight to it
+        # backpressure of streaming tasks running here: items their owners have taken
+        self.stream_consumed: Dict[bytes, int] = {}
+        self._consumed = threading.Condition(threading.Lock())
 
     # ---- comm thread --------------------------------------------------------------------
     def handle(self, msg: tuple) -> None:
@@ -163,6 +168,11 @@ class Executor:
         elif kind == P.BUNDLE_RELEASE:
             for task_id in self.ledger.release(msg[1]):
                 self.launch(task_id)
+        elif kind == P.STREAM_CONSUMED:
+            with self._consumed:
+                if msg[2] > self.stream_consumed.get(msg[1], 0):
+                    self.stream_consumed[msg[1]] = msg[2]
+                    self._consumed.notify_all()
 
     def on_execute(self, spec: TaskSpec, blob: Optional[bytes], values: List[SerializedValue]) -> None:
         if blob is not None:
@@ -486,7 +496,10 @@ class Executor:
         try:
             function = get_callable()
             call_args, call_kwargs = rebuild_arguments(spec.args, values, spec.deps)
-            return self._pickle_returns(spec, function(*call_args, **call_kwargs)), None, False
+            result = function(*call_args, **call_kwargs)
+            if spec.num_returns < 0:
+                result = self._generate(spec, result)
+            return self._pickle_returns(spec, result), None, False
         except BaseException as exc:  # every failure becomes the task's error, never ours
             return self._failure(spec, exc)
         finally:
@@ -501,6 +514,11 @@ class Executor:
             result = function(*call_args, **call_kwargs)
             if inspect.isawaitable(result):
                 result = await result
+            if spec.num_returns < 0:
+                if inspect.isasyncgen(result):
+                    result = await self._generate_async(spec, result)
+                else:
+                    result = self._generate(spec, result)
             return self._pickle_returns(spec, result), None, False
         except BaseException as exc:  # every failure becomes the call's error, never the loop's
             return self._failure(spec, exc)
@@ -542,6 +560,44 @@ class Executor:
             self.functions[fn_id] = function
         return function
 
+    # ---- generator tasks (streams.py, generators.py) ------------------------------------------
+    def _generate(self, spec: TaskSpec, result: Any) -> Any:
+        """Run a generator task's generator: each item is streamed to the owner as it is made
+        (STREAMING) or put (DYNAMIC). Returns the task's one return value: the item count, or
+        the DynamicObjectRefGenerator of the items' refs."""
+        if inspect.isasyncgen(result):  # an async generator in a sync task or threaded call
+            return asyncio.run(self._generate_async(spec, result))
+        if not hasattr(result, "__next__"):
+            raise TypeError(f"{spec.name} has num_returns={_returns_name(spec.num_returns)!r} but returned a "
+                            f"{type(result).__name__}, not a generator: use yield, or a whole number "
+                            "of returns")
+        items = _Items(self, spec)
+        try:
+            for item in result:
+                items.add(item)
+                while items.ahead():
+                    self._wait_consumed()
+            return items.finish()
+        finally:
+            items.close()
+
+    async def _generate_async(self, spec: TaskSpec, result: Any) -> Any:
+        items = _Items(self, spec)
+        try:
+            async for item in result:
+                items.add(item)
+                delay = 1e-4
+                while items.ahead():  # (the actor's loop keeps running its other calls)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, WAKE_S)
+            return items.finish()
+        finally:
+            items.close()
+
+    def _wait_consumed(self) -> None:
+        with self._consumed:
+            self._consumed.wait(WAKE_S)  # (a cancel lands at the latest then)
+
     def _pickle_returns(self, spec: TaskSpec, result: Any) -> List[SerializedValue]:
         values = self._pickle_each(spec, result)
         contained = [object_id for value in values for object_id in value.contained]
@@ -552,7 +608,7 @@ class Executor:
     @staticmethod
     def _pickle_each(spec: TaskSpec, result: Any) -> List[SerializedValue]:
         count = spec.num_returns
-        if count == 1:
+        if count == 1 or count < 0:
             return [serialize(result, shared=True)]
         if count == 0:
             return []
@@ -564,3 +620,47 @@ class Executor:
         if len(items) != count:
             raise ValueError(f"Task {spec.name} has num_returns={count} but returned {len(items)} values")
         return [serialize(item, shared=True) for item in items]
+
+
+def _returns_name(count: int) -> str:
+    return {P.STREAMING: "streaming", P.DYNAMIC: "dynamic"}.get(count, str(count))
+
+
+class _Items:
+    """The items of one run of a generator task, on their way out."""
+
+    __slots__ = ("executor", "spec", "count", "refs")
+
+    def __init__(self, executor: Executor, spec: TaskSpec):
+        self.executor = executor
+        self.spec = spec
+        self.count = 0
+        self.refs: List[Any] = []  # DYNAMIC: the items' refs
+
+    def add(self, item: Any) -> None:
+        spec = self.spec
+        if spec.num_returns == P.DYNAMIC:
+            self.refs.append(object_ref.current.client.put(item))
+            return
+        value = try_serialize(item, f"item {self.count} of {spec.name}:", shared=True)
+        if value.contained:  # before the generator's own refs can die: see Scheduler.on_pin
+            self.executor.post((P.PIN, list(value.contained)))
+        self.executor.post((P.STREAM_ITEM, spec.task_id, self.count, value))
+        self.count += 1
+
+    def ahead(self) -> bool:
+        """Backpressure: whether the owner has not yet taken ``stream_limit`` of our items."""
+        limit = self.spec.stream_limit
+        if limit <= 0:
+            return False
+        return self.count - self.executor.stream_consumed.get(self.spec.task_id, 0) >= limit
+
+    def finish(self) -> Any:
+        if self.spec.num_returns == P.DYNAMIC:
+            return DynamicObjectRefGenerator(self.refs)
+        return self.count
+
+    def close(self) -> None:
+        executor = self.executor
+        with executor._consumed:
+            executor.stream_consumed.pop(self.spec.task_id, None)

@@ -106,6 +106,12 @@ def _check_scheduling_strategy(value: Any) -> Optional[str]:
             "hpcray.util.scheduling_strategies")
 
 
+def _check_backpressure(value: Any) -> Optional[str]:
+    if value is not None and value != -1 and value < 1:
+        return f"_generator_backpressure_num_objects={value}: must be -1 (no backpressure) or >= 1"
+    return None
+
+
 def _check_lifetime(value: Any) -> Optional[str]:
     if value not in (None, "detached", "non_detached"):
         return f"lifetime={value!r}: must be None, 'detached' or 'non_detached'"
@@ -160,7 +166,7 @@ TASK_OPTIONS: Dict[str, _Option] = dict(COMMON_OPTIONS, **{
     "max_retries": _Option((int, _NONE), _check_at_least("max_retries", -1), 3),
     "num_returns": _Option((int, str, _NONE), _check_num_returns, 1),
     "retry_exceptions": _Option((bool, list, tuple), _check_retry_exceptions, False),
-    "_generator_backpressure_num_objects": _Option((int, _NONE)),
+    "_generator_backpressure_num_objects": _Option((int, _NONE), _check_backpressure),
 })
 
 ACTOR_OPTIONS: Dict[str, _Option] = dict(COMMON_OPTIONS, **{
@@ -183,7 +189,7 @@ METHOD_OPTIONS: Dict[str, _Option] = {
     "concurrency_group": _Option((str, _NONE)),
     "name": _Option((str, _NONE)),
     "enable_task_events": _Option((bool,)),
-    "_generator_backpressure_num_objects": _Option((int, _NONE)),
+    "_generator_backpressure_num_objects": _Option((int, _NONE), _check_backpressure),
     "tensor_transport": _Option((str, _NONE)),
 }
 

@@ -62,6 +62,8 @@ HANDLED = 18
 PG_CREATE = 19  # (group id, bundles, strategy, name): reserve a placement group
 PG_READY = 20  # (group id, object id, value): give the object the value once the group is placed
 PG_REMOVE = 21  # (group id,)
+STREAM_ITEM = 22  # (task id, index, value): a streaming task's next item (streams.py)
+STREAM_ACK = 23  # (task id, consumed): the owner has taken this many items of a stream
 # downstream
 EXECUTE = 101
 OBJECT = 102
@@ -76,6 +78,9 @@ FREE = 110
 CANCEL_TASK = 111
 BUNDLE_RESERVE = 112  # ((group id, index), bundle, added resources): a rank reserves a bundle
 BUNDLE_RELEASE = 113  # ((group id, index),): and gives it back
+STREAM_PUSH = 114  # (task id, index, value): an item, to the stream's owner
+STREAM_END = 115  # (task id, total): the stream has ``total`` items (the last may be its error)
+STREAM_CONSUMED = 116  # (task id, consumed): to the producer of a stream with backpressure
 # peer to peer (any rank to any rank, object_plane.py)
 FETCH = 301
 OBJECT_DATA = 302
@@ -85,6 +90,10 @@ OBJECT_DATA_RAW = 303
 TASK = 0
 ACTOR_CREATE = 1
 ACTOR_METHOD = 2
+
+# TaskSpec.num_returns of generator tasks (their one return id is the stream's completion)
+STREAMING = -1  # items are objects of their own, pushed to the owner as they are made
+DYNAMIC = -2  # items are put; the one return value is a DynamicObjectRefGenerator of their refs
 
 #: local-only item on a rank's command queue (never sent): run a function on the comm thread
 CALL = 201
@@ -122,7 +131,7 @@ class TaskSpec:
 
     __slots__ = ("task_id", "fn_id", "fn_blob", "name", "deps", "return_ids", "num_returns",
                  "demand", "max_retries", "retry_blob", "env_vars", "strategy", "owner", "attempt",
-                 "kind", "actor_id", "method", "actor_options", "group", "parent", "args")  # args last: see _flat_spec
+                 "kind", "actor_id", "method", "actor_options", "group", "stream_limit", "parent", "args")  # args last: see _flat_spec
 
     def __init__(self, task_id: bytes, fn_id: bytes, fn_blob: Optional[bytes], name: str, args: Any,
                  deps: List[bytes], return_ids: List[bytes], num_returns: int, demand: Dict[str, float],
@@ -148,6 +157,7 @@ class TaskSpec:
         self.method: Optional[str] = None
         self.actor_options: Optional[ActorOptions] = None  # an actor's creation
         self.group: Optional[str] = None  # an actor call's concurrency group (None: the default)
+        self.stream_limit = 0  # a stream's producer pauses with this many items unconsumed (0: never)
         self.parent: Optional[bytes] = None  # the task that submitted this one (for cancel)
 
     def __reduce__(self):
@@ -158,8 +168,8 @@ _spec_state = operator.attrgetter(*TaskSpec.__slots__)  # every slot, in order, 
 
 
 def _rebuild_spec(task_id, fn_id, fn_blob, name, deps, return_ids, num_returns, demand, max_retries,
-                  retry_blob, env_vars, strategy, owner, attempt, kind, actor_id, method, actor_options, group, parent,
-                 args):
+                  retry_blob, env_vars, strategy, owner, attempt, kind, actor_id, method, actor_options, group,
+                 stream_limit, parent, args):
     # plain attribute stores: 3x faster than a loop over the slots' setters (one per message)
     spec = TaskSpec.__new__(TaskSpec)
     spec.task_id = task_id
@@ -182,6 +192,7 @@ def _rebuild_spec(task_id, fn_id, fn_blob, name, deps, return_ids, num_returns, 
     spec.method = method
     spec.actor_options = actor_options
     spec.group = group
+    spec.stream_limit = stream_limit
     spec.parent = parent
     return spec
 

@@ -328,8 +328,13 @@ def _wire(loop: CommLoop, session: Session) -> None:
     executor = session.executor
 
     def agent(msg: tuple) -> None:
-        if msg[0] == P.OBJECT:
+        kind = msg[0]
+        if kind == P.OBJECT:
             session.client.deliver(msg[1], msg[2])
+        elif kind == P.STREAM_PUSH:
+            session.client.on_stream_push(msg[1], msg[2], msg[3])
+        elif kind == P.STREAM_END:
+            session.client.on_stream_end(msg[1], msg[2])
         elif executor is not None:
             executor.handle(msg)
         elif msg[0] == P.FREE:  # a large value the driver put, kept here for other ranks

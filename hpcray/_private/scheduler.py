@@ -25,10 +25,11 @@ from typing import Callable, Deque, Dict, List, Optional
 from .. import exceptions
 from .config import DEPTH_MAX, LOOKAHEAD_S
 from . import protocol as P
-from .actor_directory import ActorDirectory
+from .actor_directory import DEAD, ActorDirectory
 from .object_ref import job_of
 from .placement import InGroup, OnHost, Spread
 from .placement_groups import PlacementGroups
+from .streams import StreamDirectory
 from .protocol import RankInfo, TaskSpec
 from .resources import RankLedger
 from .config import ignore_unhandled_errors
@@ -109,7 +110,7 @@ class RankState:
         return max(floor, min(DEPTH_MAX, int(LOOKAHEAD_S / pace)))
 
 
-class Scheduler(ActorDirectory, PlacementGroups):
+class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory):
     """Places tasks on ranks and keeps the object table. Every method runs in the loop's turns (one thread at a time)."""
 
     def __init__(self, send: Callable[[int, tuple], None], workers: List[RankInfo], prefetch: int, job: int = 0):
@@ -131,6 +132,7 @@ class Scheduler(ActorDirectory, PlacementGroups):
         self._warned_infeasible: set = set()
         self._init_actors()
         self._init_groups()
+        self._init_streams()
         self.children: Dict[bytes, set] = {}  # task -> tasks it submitted that are not done
         self.report_unhandled = not ignore_unhandled_errors()
         self._handlers = {
@@ -139,6 +141,7 @@ class Scheduler(ActorDirectory, PlacementGroups):
             P.HOLD: self.on_hold, P.QUERY: self.on_query, P.STOLEN: self.on_stolen,
             P.PIN: self.on_pin, P.HANDLED: self.on_handled, P.CANCEL: self.on_cancel, P.KILL: self.on_kill, P.ACTOR_EXITED: self.on_actor_exited, P.GET_ACTOR: self.on_get_actor,
             P.PG_CREATE: self.on_group_create, P.PG_READY: self.on_group_ready, P.PG_REMOVE: self.on_group_remove,
+            P.STREAM_ITEM: self.on_stream_item, P.STREAM_ACK: self.on_stream_ack,
         }
 
     # ---- messages -------------------------------------------------------------------------
@@ -152,6 +155,8 @@ class Scheduler(ActorDirectory, PlacementGroups):
             self.functions[spec.fn_id] = spec.fn_blob
             spec.fn_blob = None
         record = TaskRecord(spec)
+        if spec.num_returns == P.STREAMING:
+            self.open_stream(src, spec.task_id)
         objects = self.objects
         for return_id in spec.return_ids:
             objects[return_id] = entry = ObjectEntry(refs=1)  # the submitter's hold
@@ -490,6 +495,8 @@ class Scheduler(ActorDirectory, PlacementGroups):
                 siblings.discard(spec.task_id)
         for i, return_id in enumerate(spec.return_ids):
             self._set_value(return_id, error if error is not None else values[i])
+        if spec.num_returns == P.STREAMING:
+            self.close_stream(spec.task_id, error)
         for object_id in record.pins:
             self._unpin(object_id)
         record.pins = []
@@ -597,4 +604,4 @@ class Scheduler(ActorDirectory, PlacementGroups):
         return {"objects": len(self.objects), "tasks": len(self.tasks),
                 "bytes_held": sum(e.value.nbytes for e in self.objects.values() if e.value is not None),
                 "ready": sum(len(q) for q in self.ready.values()),
-                "actors": sum(1 for a in self.actors.values() if a.state != "DEAD")}
+                "actors": sum(1 for a in self.actors.values() if a.state is not DEAD)}

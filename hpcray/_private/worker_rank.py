@@ -38,10 +38,16 @@ class WorkerAgent:
 
     def handle(self, msg: tuple) -> None:
         kind = msg[0]
-        if kind == P.OBJECT:
+        if kind == P.OBJECT or kind == P.STREAM_PUSH or kind == P.STREAM_END:
             session = runtime.current()
-            if session is not None:
+            if session is None:
+                return
+            if kind == P.OBJECT:
                 session.client.deliver(msg[1], msg[2])
+            elif kind == P.STREAM_PUSH:
+                session.client.on_stream_push(msg[1], msg[2], msg[3])
+            else:
+                session.client.on_stream_end(msg[1], msg[2])
         elif kind == P.WELCOME:
             self._welcome(*msg[1:])
         elif kind == P.RESET:

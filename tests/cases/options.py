@@ -73,11 +73,11 @@ def case_placement_group_option_must_be_a_placement_group():
     raises(TypeError, lambda: remote_f.options(placement_group=object()).remote(), match="placement_group")
 
 
-def case_generators_not_silently_wrong():
+def case_streaming_needs_a_generator_function():
     def gen():
         yield 1
-    raises(NotImplementedError, ray.remote(gen).remote)
-    raises(NotImplementedError, lambda: ray.remote(num_returns="streaming")(f))
+    assert [ray.get(ref) for ref in ray.remote(gen).remote()] == [1]
+    raises(ValueError, lambda: ray.remote(num_returns="streaming")(f), match="generator")
 
 
 def case_reinit_raises_unless_ignored():
