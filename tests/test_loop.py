@@ -64,7 +64,8 @@ def test_messages_keep_every_field_in_their_wire_form():
         (P.SUBMIT, spec), (P.EXECUTE, spec, b"blob", [plain, stub, with_buffer]), (P.EXECUTE, spec, None, []),
         (P.ACTOR_CALL, spec, [error]), (P.TASK_DONE, b"t" * 16, [plain, stub], None, False),
         (P.TASK_DONE, b"t" * 16, None, error, True), (P.OBJECT, b"o" * 20, with_buffer), (P.OBJECT, b"o" * 20, plain),
-        (P.HOLD, b"o" * 20, -1),
+        (P.HOLD, b"o" * 20, -1), (P.STREAM_ITEM, b"t" * 16, 3, plain), (P.STREAM_ITEM, b"t" * 16, 4, stub),
+        (P.STREAM_PUSH, b"t" * 16, 5, error), (P.STREAM_END, b"t" * 16, 6),
     ]
     for msg in messages:
         wire = pickle.loads(pickle.dumps([P.encode(msg)], protocol=5))[0]
