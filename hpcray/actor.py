@@ -239,8 +239,7 @@ class ActorHandle:
         plan = self._plan(name, method_meta, call_options)
         client = session.client
         if meta.max_pending_calls > 0:
-            store = client.store
-            self._pending = deque(i for i in self._pending if i not in store)
+            self._pending = deque(client.not_arrived(self._pending))
             if len(self._pending) >= meta.max_pending_calls:
                 raise exceptions.PendingCallsLimitExceeded(
                     f"Too many pending calls ({len(self._pending)}) on actor {meta.class_name}: "

@@ -181,6 +181,11 @@ class CoreClient:
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         self.post((P.KILL, actor_id, no_restart))
 
+    def not_arrived(self, object_ids: Any) -> List[bytes]:
+        """Those of ``object_ids`` whose values (or stubs) are not here yet."""
+        store = self.store
+        return [object_id for object_id in object_ids if object_id not in store]
+
     def want(self, object_ids: List[bytes]) -> None:
         """Ask for these objects now (their values come here as they are set)."""
         self._request(object_ids)

@@ -4,6 +4,7 @@ and a static count): Ray's test_streaming_generator / test_generators checklist,
 import asyncio
 import gc
 import time
+import warnings
 
 import numpy as np
 
@@ -259,7 +260,12 @@ def case_backpressure_bounds_unread_items():
 
 
 def case_dynamic_returns_a_ref_generator():
-    ref = count_to.options(num_returns="dynamic").remote(3)
+    from hpcray._private import options
+    options._warned.discard("dynamic")  # (warned once per process: another case may have seen it)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ref = count_to.options(num_returns="dynamic").remote(3)
+    assert any("dynamic' is deprecated" in str(w.message) for w in caught)
     assert isinstance(ref, ray.ObjectRef)
     items = ray.get(ref)
     assert isinstance(items, ray.DynamicObjectRefGenerator) and len(items) == 3
