@@ -67,6 +67,16 @@ def memcopy_gbps(size: int = 256 * MB, rounds: int = 5) -> float:
     return size / best / 1e9
 
 
+def launch_mode() -> str:
+    """How this run's hpcray got its workers: "mpiexec", "spawn" (init() started them) or
+    "threads" (one process)."""
+    from ._private import runtime
+    world = runtime.PROCESS.world
+    if world is None:
+        return "threads"
+    return "spawn" if world.spawned is not None else "mpiexec"
+
+
 def _timed(function: Callable[[], Any]) -> float:
     started = time.perf_counter()
     function()
@@ -126,6 +136,14 @@ class Fixtures:
             seconds = time.perf_counter() - started
             assert value.nbytes == value.size * 8
             return seconds
+
+        def spin(iterations):
+            total = 0
+            for i in range(iterations):
+                total += i & 7
+            return total
+
+        self.spin = rt.remote(spin)
 
         def stream_small(n):
             for i in range(n):
@@ -208,6 +226,16 @@ def case_nn_actor_calls_async(f: Fixtures, per_client: int = 500) -> Tuple[int, 
     started = time.perf_counter()
     done = rt.get([f.client.remote(actor, per_client) for actor in f.actors])
     return sum(done), time.perf_counter() - started
+
+
+def case_cpu_bound_tasks(f: Fixtures, per_worker: int = 4, iterations: int = 1_000_000) -> Tuple[int, float]:
+    """Pure-Python tasks of about 50 ms each, 4 per worker CPU: scales with the processes that
+    run them (tasks in threads of one process share one core)."""
+    rt = f.rt
+    n = per_worker * f.workers
+    started = time.perf_counter()
+    rt.get([f.spin.remote(iterations) for _ in range(n)])
+    return n, time.perf_counter() - started
 
 
 def case_stream_small_items(f: Fixtures, n: int = 5000) -> Tuple[int, float]:
@@ -352,6 +380,7 @@ CASES: List[Tuple[str, Callable, str]] = [
     ("1:1 actor calls concurrent", case_actor_calls_concurrent, "calls/s"),
     ("1:1 async-actor calls async", case_async_actor_calls_async, "calls/s"),
     ("n:n actor calls async", case_nn_actor_calls_async, "calls/s"),
+    ("cpu-bound pure-Python tasks", case_cpu_bound_tasks, "tasks/s"),
     ("streaming generator small items", case_stream_small_items, "items/s"),
     ("streaming generator 1 MB items", case_stream_1mb_items, "GB/s"),
     ("single client put calls", case_put_calls, "puts/s"),
@@ -443,12 +472,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     workers = int(hpcray.cluster_resources().get("CPU", 1))
     report: Dict[str, Any] = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count(), "worker_cpus": workers},
+                    "cpus": os.cpu_count(), "worker_cpus": workers, "launch": launch_mode()},
         "command": " ".join([os.path.basename(sys.executable), "-m", "hpcray.microbenchmark"] + sys.argv[1:]),
         "limits": {"mpi_pingpong_one_way_us": pingpong, "memcopy_GBps": memcopy_gbps()},
         "hpcray": {"init_to_first_result_s": init_to_first},
     }
-    print(f"limits: {report['limits']}  init->first result: {init_to_first:.3f} s", file=sys.stderr)
+    print(f"launch: {report['machine']['launch']}, {workers} worker CPUs  limits: {report['limits']}  "
+          f"init->first result: {init_to_first:.3f} s", file=sys.stderr)
     report["hpcray"]["cases"] = run_suite(hpcray, workers, args.rounds, args.only)
     report["hpcray"]["scale"] = [scale_case(hpcray, n) for n in args.scale if n > 0]
     hpcray.shutdown()

@@ -1,8 +1,11 @@
-"""Shared test machinery: every case module runs in both launch modes.
+"""Shared test machinery: every case module runs in every launch mode.
 
-- single rank, in this pytest process: ``hpcray.init()`` once per module, cases called directly;
+- single rank, in this pytest process: ``hpcray.init()`` once per module, cases called directly
+  (tasks in threads of the process: ``HPCRAY_SPAWN=0``);
 - MPI: ``mpiexec -n 4 python tests/run_cases.py MODULE`` once per module, as a subprocess with a
-  timeout, so a hang or a crash fails that module's cases, never the whole run.
+  timeout, so a hang or a crash fails that module's cases, never the whole run;
+- spawn: ``python tests/run_cases.py MODULE`` whose ``init()`` spawns 3 worker ranks
+  (``HPCRAY_SPAWN=1``), as a subprocess with a timeout too.
 """
 
 import json
@@ -20,6 +23,10 @@ MPI_RANKS = int(os.environ.get("HPCRAY_TEST_RANKS", "4"))
 # The environment as the test run began: subprocesses start from it, not from os.environ, which a
 # single-rank session of a case module changes (its ENV) for as long as that session is open.
 BASE_ENV = dict(os.environ)
+# "single" means one process: a plain `python` run spawns no workers unless a test asks for it
+BASE_ENV.setdefault("HPCRAY_SPAWN", "0")
+os.environ.setdefault("HPCRAY_SPAWN", "0")
+SPAWN_ENV = {"HPCRAY_SPAWN": "1", "HPCRAY_SPAWN_WORKERS": str(MPI_RANKS - 1)}
 
 
 def mpiexec() -> str:
@@ -51,6 +58,11 @@ def run_single(args, timeout=240, env=None, cwd=None):
     return _run([sys.executable] + list(args), timeout, env, cwd)
 
 
+def run_spawn(args, timeout=240, env=None, cwd=None):
+    """Run ``python args...`` whose init() spawns MPI_RANKS - 1 worker ranks."""
+    return _run([sys.executable] + list(args), timeout, dict(SPAWN_ENV, **(env or {})), cwd)
+
+
 def case_names(module):
     return sorted(n for n in dir(module) if n.startswith("case_"))
 
@@ -58,13 +70,17 @@ def case_names(module):
 _mpi_cache = {}
 
 
-def mpi_case_results(module_name, env=None, ranks=MPI_RANKS, timeout=300):
-    """Run a case module under mpiexec once; map case name -> (passed, detail)."""
-    key = (module_name, ranks)
+def mpi_case_results(module_name, env=None, ranks=MPI_RANKS, timeout=300, launch="mpi"):
+    """Run a case module under mpiexec (or spawning its workers) once; map case name ->
+    (passed, detail)."""
+    key = (module_name, ranks, launch)
     if key not in _mpi_cache:
         started = time.monotonic()
-        proc = run_mpi([os.path.join(HERE, "run_cases.py"), module_name], ranks=ranks, timeout=timeout,
-                       env=env)
+        script = [os.path.join(HERE, "run_cases.py"), module_name]
+        if launch == "spawn":
+            proc = run_spawn(script, timeout=timeout, env=env)
+        else:
+            proc = run_mpi(script, ranks=ranks, timeout=timeout, env=env)
         results = {}
         for line in proc.stdout.splitlines():
             if line.startswith("CASE "):
@@ -76,12 +92,13 @@ def mpi_case_results(module_name, env=None, ranks=MPI_RANKS, timeout=300):
     return _mpi_cache[key]
 
 
-def check_mpi_case(module_name, case, env=None, ranks=MPI_RANKS):
-    results, tail = mpi_case_results(module_name, env=env, ranks=ranks)
+def check_mpi_case(module_name, case, env=None, ranks=MPI_RANKS, launch="mpi"):
+    results, tail = mpi_case_results(module_name, env=env, ranks=ranks, launch=launch)
+    where = f"mpiexec -n {ranks}" if launch == "mpi" else f"python with {ranks - 1} spawned workers"
     if case not in results:
-        pytest.fail(f"case {case} did not report under mpiexec -n {ranks}\n{tail}")
+        pytest.fail(f"case {case} did not report under {where}\n{tail}")
     outcome, detail = results[case]
     if outcome == "SKIP":
         pytest.skip(detail)
     if outcome != "PASS":
-        pytest.fail(f"case {case} failed under mpiexec -n {ranks}:\n{detail}")
+        pytest.fail(f"case {case} failed under {where}:\n{detail}")

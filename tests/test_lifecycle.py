@@ -7,18 +7,20 @@ import time
 
 import pytest
 
-from conftest import run_mpi, run_single
+from conftest import run_mpi, run_single, run_spawn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCENARIOS = os.path.join(HERE, "scenarios")
-MODES = ["single", "mpi"]
+MODES = ["single", "mpi", "spawn"]
 
 
-def run(mode, script, *args, timeout=60):
+def run(mode, script, *args, timeout=60, env=None):
     path = os.path.join(SCENARIOS, script)
     if mode == "single":
-        return run_single([path, *args], timeout=timeout)
-    return run_mpi([path, *args], timeout=timeout)
+        return run_single([path, *args], timeout=timeout, env=env)
+    if mode == "spawn":
+        return run_spawn([path, *args], timeout=timeout, env=env)
+    return run_mpi([path, *args], timeout=timeout, env=env)
 
 
 def alive(pid: int) -> bool:
@@ -61,7 +63,8 @@ def test_code_above_init_runs_everywhere_and_prints_are_prefixed(mode, tmp_path)
     names = os.listdir(tmp_path)
     above = [n for n in names if n.startswith("above-")]
     below = [n for n in names if n.startswith("below-")]
-    assert len(above) == (1 if mode == "single" else 4)
+    # spawned workers run no user script: only the driver runs the code above init()
+    assert len(above) == (4 if mode == "mpi" else 1)
     assert len(below) == 1  # only the driver gets past init()
     lines = proc.stdout.splitlines()
     for i in range(6):
@@ -70,7 +73,7 @@ def test_code_above_init_runs_everywhere_and_prints_are_prefixed(mode, tmp_path)
         assert re.match(r"^\(say pid=\d+, rank=\d+\) hello-from-task-", hits[0]), hits[0]
     assert sum(1 for l in lines if l.endswith("partial line without newline")) == 6
     assert "driver line is not prefixed" in lines
-    if mode == "mpi":
+    if mode != "single":
         assert "TASK_RANKS [1, 2, 3]" in proc.stdout
 
 
@@ -93,9 +96,8 @@ def test_idle_ranks_do_not_busy_wait(mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("suppress", [False, True])
 def test_unhandled_errors_are_reported_once(mode, suppress):
-    path = os.path.join(SCENARIOS, "unhandled.py")
     env = {"RAY_IGNORE_UNHANDLED_ERRORS": "1"} if suppress else {"RAY_IGNORE_UNHANDLED_ERRORS": "0"}
-    proc = run_single([path], env=env) if mode == "single" else run_mpi([path], env=env)
+    proc = run(mode, "unhandled.py", env=env)
     assert proc.returncode == 0 and "UNHANDLED_DONE" in proc.stdout, proc.stdout + proc.stderr
     reports = [line for line in proc.stderr.splitlines() if line.startswith("Unhandled error")]
     if suppress:

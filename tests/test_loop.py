@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import run_mpi, run_single
+from conftest import run_mpi, run_single, run_spawn
 from hpcray._private import protocol as P
 from hpcray._private.comm import CommLoop
 from hpcray._private.placement import InGroup, Spread
@@ -167,7 +167,9 @@ def test_ctrl_c_inside_lend_leaves_no_lock_taken(mode):
 def test_bad_inline_progress_setting_is_an_error_naming_the_variable(mode):
     code = "import hpcray; hpcray.init()"
     env = {"HPCRAY_INLINE_PROGRESS": "yes"}
-    proc = run_single(["-c", code], timeout=60, env=env) if mode == "single" else \
-        run_mpi(["-c", code], ranks=2, timeout=60, env=env)
+    if mode == "mpi":
+        proc = run_mpi(["-c", code], ranks=2, timeout=60, env=env)
+    else:
+        proc = (run_single if mode == "single" else run_spawn)(["-c", code], timeout=60, env=env)
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "HPCRAY_INLINE_PROGRESS='yes'" in proc.stderr and "ValueError" in proc.stderr, proc.stderr

@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import mmap
 import os
 import threading
 from collections import deque
@@ -287,10 +288,56 @@ def create_arena(comm: Any, ranks_per_host: int, requested: Optional[int],
                         "Win.Allocate_shared per host and point-to-point messages across hosts")
     if not shared:
         return None
-    window = MPI.Win.Allocate_shared(size, 1, comm=host_comm)
+    try:
+        window = MPI.Win.Allocate_shared(size, 1, comm=host_comm)
+    except MPI.Exception as exc:
+        # Processes the driver spawned (spawn.py) are not one shared-memory domain for MPICH,
+        # though on one host. (Collective: every rank of the host gets the same error.)
+        if host_comm.Get_rank() == 0:
+            logger.info("hpcray: the ranks of this host cannot share an MPI window (%s); their arena "
+                        "segments are files in /dev/shm instead", exc.Get_error_string().splitlines()[0])
+        files = FileSegments(host_comm, host_ranks, size)
+        return SharedArena(rank, files, {r: r for r in host_ranks}, files.segment(rank))
     buffer, _ = window.Shared_query(host_comm.Get_rank())
     local = {r: i for i, r in enumerate(host_ranks)}
     return SharedArena(rank, window, local, np.frombuffer(buffer, dtype=np.uint8))
+
+
+class FileSegments:
+    """The host's segments as files of our own in /dev/shm, for ranks that cannot share an MPI
+    window; ``Shared_query`` as a window's. Collective over ``host_comm``: each rank makes and
+    maps its file, then maps everyone's; then each removes its name, so nothing is left in
+    /dev/shm however the processes end (the mappings live until they do)."""
+
+    def __init__(self, host_comm: Any, host_ranks: List[int], size: int):
+        token = host_comm.bcast(f"{os.getpid()}-{next(_FILE_TOKENS)}" if host_comm.Get_rank() == 0 else None)
+        path = f"/dev/shm/hpcray-{token}-{{}}"
+        mine = host_ranks[host_comm.Get_rank()]
+        descriptor = os.open(path.format(mine), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(descriptor, size)
+            own = mmap.mmap(descriptor, size)
+        finally:
+            os.close(descriptor)
+        host_comm.Barrier()  # every file exists
+        self.maps: Dict[int, Any] = {mine: own}
+        try:
+            for rank in host_ranks:
+                if rank != mine:
+                    with open(path.format(rank), "r+b") as handle:
+                        self.maps[rank] = mmap.mmap(handle.fileno(), size)
+        finally:
+            host_comm.Barrier()  # every file is mapped everywhere
+            os.unlink(path.format(mine))
+
+    def segment(self, rank: int) -> np.ndarray:
+        return np.frombuffer(self.maps[rank], dtype=np.uint8)
+
+    def Shared_query(self, rank: int):  # noqa: N802 (an MPI window's name)
+        return memoryview(self.maps[rank]), 1
+
+
+_FILE_TOKENS = itertools.count()
 
 
 def _query_size(window: Any, rank: int) -> int:

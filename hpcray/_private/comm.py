@@ -95,7 +95,12 @@ def job_communicator(timeout_s: float) -> Optional[Any]:
     world = MPI.COMM_WORLD
     if world.Get_size() == 1:
         return None
-    comm, request = world.Idup()
+    return duplicate(world, timeout_s)
+
+
+def duplicate(base: Any, timeout_s: float) -> Any:
+    """A duplicate of ``base`` made by every rank of it (``Idup``, polled)."""
+    comm, request = base.Idup()
     if not wait_request(request, timeout_s):
         raise RuntimeError(f"hpcray.init(): not every rank called hpcray.init() within {timeout_s:.0f} s; "
                            "every rank must reach init() (call it near the top of the program)")

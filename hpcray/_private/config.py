@@ -98,8 +98,16 @@ def _env_optional_float(name: str) -> Optional[float]:
 class Config:
     """Settings of one session, from ``HPCRAY_*`` variables (see the README's table)."""
 
-    #: "auto": use MPI when launched by mpiexec/srun; "1": always; "0": never (single rank).
+    #: "auto": use MPI when launched by mpiexec/srun or when it can spawn workers; "1": always;
+    #: "0": never (one process, tasks in threads).
     mpi: str = "auto"
+    #: A driver that is the only process of its job (``python app.py``, ``mpiexec -n 1``) starts
+    #: worker ranks with MPI_Comm_spawn: "auto" where spawning can work, "1" always (an error
+    #: where it cannot), "0" never (tasks run in threads of the driver's process; the default
+    #: until the spawn mode passes every case: see the README).
+    spawn: str = "0"
+    #: How many worker ranks to spawn (None: init(num_cpus=...), else the CPUs this process may use).
+    spawn_workers: Optional[int] = None
     #: CPUs each worker rank advertises (default: SLURM_CPUS_PER_TASK, else 1).
     cpus_per_rank: Optional[float] = None
     #: GPUs each worker rank advertises, overriding detection (testing without GPUs).
@@ -151,8 +159,11 @@ class Config:
                 raise ValueError("HPCRAY_RESOURCES must not contain CPU or GPU; use HPCRAY_NUM_CPUS/HPCRAY_NUM_GPUS")
         remote_fetch = _env_choice("HPCRAY_REMOTE_FETCH", ("auto", "p2p"), "auto")
         arena = os.environ.get("HPCRAY_ARENA_BYTES", "")
+        spawn_workers = os.environ.get("HPCRAY_SPAWN_WORKERS", "")
         return cls(
             mpi=mpi,
+            spawn=_env_choice("HPCRAY_SPAWN", ("auto", "0", "1"), "0"),
+            spawn_workers=_env_int("HPCRAY_SPAWN_WORKERS", 1, minimum=1) if spawn_workers else None,
             cpus_per_rank=_env_optional_float("HPCRAY_NUM_CPUS"),
             gpus_per_rank=_env_optional_float("HPCRAY_NUM_GPUS"),
             resources_per_rank={k: float(v) for k, v in resources.items()},

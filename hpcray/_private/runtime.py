@@ -32,7 +32,8 @@ from . import context, object_ref, serialization
 from .arena import create_arena
 from . import protocol as P
 from .client import CoreClient
-from .comm import Backoff, CommLoop, MPITransport, job_communicator
+from . import spawn
+from .comm import Backoff, CommLoop, MPITransport, duplicate, job_communicator
 from .config import (EXIT_ACK_S, MEMORY_SHARE, REMOTE_LEAVE_S, Config, launched_by_mpi,
                      slurm_cpus_per_task)
 from .executor import Executor, host_address
@@ -80,8 +81,9 @@ def current() -> Optional[Session]:
 # ---------------------------------------------------------------------------------------------
 class World:
     def __init__(self, comm: Any, transport: MPITransport, workers: List[RankInfo], config: Config,
-                 arena: Any = None):
+                 arena: Any = None, spawned: Optional[tuple] = None):
         self.comm = comm
+        self.spawned = spawned  # (intercommunicator, merged) of workers init() spawned, or None
         self.transport = transport
         self.workers = workers
         self.config = config
@@ -101,6 +103,7 @@ class ProcessState:
         self.jobs = 0  # sessions this driver started (the job number of the next is one more)
         self.worker_start: Optional[tuple] = None  # (comm, config): a worker rank about to serve
         self.fork_guard = False  # install_fork_guard() ran
+        self.launch_logged = False  # how tasks run here (threads, spawned ranks) was logged
 
     def forget(self) -> None:
         """In a forked child: nothing of the parent's runtime is ours."""
@@ -176,22 +179,50 @@ def _per_task_gpus() -> bool:
         "gpu" in os.environ.get("SLURM_TRES_PER_TASK", "")
 
 
-def _connect_mpi(config: Config):
-    """Return (comm, rank, size), or None when this process runs without MPI."""
-    if config.mpi == "0" or (config.mpi == "auto" and not launched_by_mpi()):
+def _connect_mpi(config: Config, num_cpus: Optional[float], num_gpus: Optional[float],
+                 resources: Optional[Dict[str, float]]):
+    """Return (comm, rank, size, spawned), or None when this process runs alone, its tasks in
+    threads. ``spawned``: (intercommunicator, merged communicator) of workers this driver
+    started itself (spawn.py), else None."""
+    launched = launched_by_mpi()
+    if config.mpi == "0" or (not launched and config.spawn == "0" and config.mpi != "1"):
+        _log_launch_once("tasks run in threads of this process (HPCRAY_MPI=0 or HPCRAY_SPAWN=0)")
         return None
     try:
         importlib.import_module("mpi4py.MPI")  # loads the MPI library
     except Exception as exc:  # no MPI library at all: single rank
-        if config.mpi == "1":
-            raise RuntimeError(f"HPCRAY_MPI=1 but mpi4py cannot load an MPI library: {exc}") from exc
-        logger.warning("hpcray: launched by an MPI launcher but mpi4py failed to load (%s); "
-                       "running single-rank", exc)
+        if config.mpi == "1" or config.spawn == "1":
+            raise RuntimeError(f"HPCRAY_MPI=1 or HPCRAY_SPAWN=1, but mpi4py cannot load an MPI library: "
+                               f"{exc}") from exc
+        if launched:
+            logger.warning("hpcray: launched by an MPI launcher but mpi4py failed to load (%s); "
+                           "running single-rank", exc)
+        else:
+            _log_launch_once(f"tasks run in threads of this process (no MPI library: {exc})")
         return None
     comm = job_communicator(config.init_timeout_s)
-    if comm is None:
+    if comm is not None:
+        return comm, comm.Get_rank(), comm.Get_size(), None
+    if config.spawn == "0":
+        _log_launch_once("tasks run in threads of this process (HPCRAY_SPAWN=0)")
         return None
-    return comm, comm.Get_rank(), comm.Get_size()
+    reason = spawn.blocker()
+    if reason is not None:
+        if config.spawn == "1":
+            raise RuntimeError(f"HPCRAY_SPAWN=1, but worker ranks cannot be spawned: {reason}")
+        logger.warning("hpcray: tasks run in threads of this process: %s", reason)
+        return None
+    count = config.spawn_workers or max(1, int(num_cpus) if num_cpus else usable_cpu_count())
+    inter, merged = spawn.spawn_workers(count, num_gpus, resources)
+    comm = duplicate(merged, config.init_timeout_s)
+    _log_launch_once(f"{count} worker ranks spawned (MPI_Comm_spawn)")
+    return comm, 0, comm.Get_size(), (inter, merged)
+
+
+def _log_launch_once(what: str) -> None:
+    if not PROCESS.launch_logged:
+        PROCESS.launch_logged = True
+        logger.info("hpcray: %s", what)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +236,10 @@ def init_session(num_cpus: Optional[float], num_gpus: Optional[float], resources
     install_fork_guard()
     install_crash_reports()
     world = PROCESS.world
-    mpi = _connect_mpi(config) if world is None else (world.comm, 0, world.comm.Get_size())
+    if world is None:
+        mpi = _connect_mpi(config, num_cpus, num_gpus, resources)
+    else:
+        mpi = (world.comm, 0, world.comm.Get_size(), world.spawned)
     if mpi is not None and mpi[1] != 0:
         PROCESS.worker_start = (mpi[0], config)
         return None  # the caller serves (serve_worker_rank), outside the init lock
@@ -216,10 +250,10 @@ def init_session(num_cpus: Optional[float], num_gpus: Optional[float], resources
     if mpi is None:
         session = _start_single(config, job, num_cpus, num_gpus, resources, namespace, job_env)
     else:
-        if any(v is not None for v in (num_cpus, num_gpus, resources)):
+        if mpi[3] is None and any(v is not None for v in (num_cpus, num_gpus, resources)):
             logger.warning("hpcray: init(num_cpus/num_gpus/resources) is ignored under MPI; the job's "
                            "ranks and Slurm decide the resources (see HPCRAY_NUM_CPUS, HPCRAY_RESOURCES)")
-        session = _start_driver(mpi[0], config, job, namespace, job_env)
+        session = _start_driver(mpi[0], config, job, namespace, job_env, mpi[3])
     return session
 
 
@@ -283,12 +317,19 @@ def _start_single(config: Config, job: int, num_cpus, num_gpus, resources, names
     return session
 
 
-def _start_driver(comm: Any, config: Config, job: int, namespace, job_env) -> Session:
+def _start_driver(comm: Any, config: Config, job: int, namespace, job_env, spawned=None) -> Session:
     if PROCESS.world is None:
         transport = MPITransport(comm)
         arena = start_arena(comm, config)
         workers = _gather_workers(transport, config)
-        PROCESS.world = World(comm, transport, workers, config, arena)
+        if spawned is not None:
+            # Every rank has mapped the job's shared memory (each sent HELLO once its arena was
+            # made): the names can go now. MPICH's launcher SIGKILLs the workers when a driver
+            # is killed, so nobody could remove them later.
+            unlink_mapped_shm()
+        PROCESS.world = World(comm, transport, workers, config, arena, spawned)
+        if spawned is not None:
+            spawn.watch_workers(PROCESS.world, _describe_ranks)
         atexit.register(_at_exit)
         _install_driver_signals()
         _install_interrupt_exit()
@@ -470,6 +511,7 @@ def _at_exit() -> None:
             world.arena.close(world.comm, busy=False)
         if not MPI.Is_finalized():
             world.comm.Free()
+            disconnect(world.spawned)
             MPI.Finalize()
         _wait_until_gone(world.workers, time.monotonic() + world.config.exit_timeout_s)
         return
@@ -499,17 +541,37 @@ def abort_job(comm: Any, code: int) -> None:
     """End the whole MPI job now. MPI_Abort leaves the job's shared-memory files in /dev/shm
     (MPI_Finalize would have removed them): this process maps all of them, so it unlinks what
     it maps there first (the mappings stay valid until the processes end)."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split(None, 5)[5].strip() for line in maps if "/dev/shm/" in line}
-    except OSError:
-        paths = set()
-    for path in paths:
+    unlink_mapped_shm()
+    comm.Abort(code)
+
+
+def disconnect(spawned: Optional[tuple]) -> None:
+    """Before MPI_Finalize, on the driver and on each worker it spawned (collective): the spawned
+    processes are connected to the driver until both sides disconnect."""
+    if spawned is not None:
+        inter, merged = spawned
+        merged.Free()
+        inter.Disconnect()
+
+
+def unlink_mapped_shm() -> None:
+    """Remove the /dev/shm files this process maps (the job's shared memory), as MPI_Finalize
+    would have; the mappings stay valid until the process ends."""
+    for path in mapped_shm_paths("self"):
         try:
-            os.unlink(path.replace(" (deleted)", ""))
+            os.unlink(path)
         except OSError:
             pass
-    comm.Abort(code)
+
+
+def mapped_shm_paths(pid: Any) -> set:
+    """The /dev/shm files process ``pid`` ("self": this one) maps and has not removed."""
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            return {line.split(None, 5)[5].strip() for line in maps
+                    if "/dev/shm/" in line and not line.rstrip().endswith("(deleted)")}
+    except (OSError, IndexError):
+        return set()
 
 
 def _wait_until_gone(workers: List[RankInfo], deadline: float) -> None:

@@ -27,10 +27,14 @@ from .scheduler import node_id_of
 class WorkerAgent:
     """Downstream handler of a worker rank: sessions, tasks, objects, the end of the job."""
 
-    def __init__(self, rank: int, loop: CommLoop, config: Config, arena: Any = None):
+    def __init__(self, rank: int, loop: CommLoop, config: Config, arena: Any = None,
+                 spawned: bool = False):
         self.rank = rank
         self.loop = loop
         self.config = config
+        # a spawned worker removes the job's /dev/shm names once every rank has mapped them (the
+        # first WELCOME): the launcher may SIGKILL it when the driver dies, before any cleanup
+        self.unlink_shm = spawned
         self.executor: Optional[Executor] = None
         self.plane = ObjectPlane(rank, loop.send, config.inline_max, loop.transport, config.pool_bytes)
         self.plane.arena = arena
@@ -61,6 +65,9 @@ class WorkerAgent:
             self.executor.handle(msg)
 
     def _welcome(self, job: int, gpu_ids: List[str], resources: Dict[str, float], namespace: str) -> None:
+        if self.unlink_shm:
+            self.unlink_shm = False
+            runtime.unlink_mapped_shm()
         if gpu_ids:
             os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
@@ -88,8 +95,11 @@ class WorkerAgent:
             runtime.close_session(session)
 
 
-def serve_worker(comm: Any, config: Config) -> None:
-    """Serve tasks on this rank until the driver's process ends; then leave the process."""
+def serve_worker(comm: Any, config: Config, num_gpus: Optional[float] = None,
+                 resources: Optional[Dict[str, float]] = None, spawned: Optional[tuple] = None) -> None:
+    """Serve tasks on this rank until the driver's process ends; then leave the process.
+    A worker the driver spawned (spawn.py) is given its share of ``init()``'s GPUs and
+    resources, and ``spawned``: the communicators to disconnect from the driver at the end."""
     rank = comm.Get_rank()
     context.install_task_io()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides; it sends EXIT
@@ -99,9 +109,9 @@ def serve_worker(comm: Any, config: Config) -> None:
     arena = runtime.start_arena(comm, config)
     loop = CommLoop(rank, transport, config.spin_us, config.max_sleep_us, config.inline_progress)
     runtime.end_job_on_loop_failure(loop, comm)
-    agent = WorkerAgent(rank, loop, config, arena)
+    agent = WorkerAgent(rank, loop, config, arena, spawned is not None)
     loop.agent = agent.handle
-    loop.send(0, (P.HELLO, runtime.local_rank_info(rank, config)))
+    loop.send(0, (P.HELLO, runtime.local_rank_info(rank, config, num_gpus=num_gpus, resources=resources)))
     # What this process holds now (modules, the user's script up to init()) lives until the end:
     # the cyclic collector need not walk it again. Without this, a full collection walked it all
     # (about 12 ms here) whenever tasks or calls queued on this rank aged into the oldest
@@ -123,10 +133,11 @@ def serve_worker(comm: Any, config: Config) -> None:
     while busy and time.monotonic() < settle:
         backoff.sleep()
         busy = agent.executor.busy()
-    _leave_process(code, comm, arena, busy)
+    _leave_process(code, comm, arena, busy, spawned)
 
 
-def _leave_process(code: int, comm: Any = None, arena: Any = None, busy: bool = False) -> None:
+def _leave_process(code: int, comm: Any = None, arena: Any = None, busy: bool = False,
+                   spawned: Optional[tuple] = None) -> None:
     """Finalize MPI and end this worker process without returning into the user's program.
 
     ``os._exit`` right after ``MPI_Finalize`` races with MPICH's process manager (measured: 2 in
@@ -140,6 +151,7 @@ def _leave_process(code: int, comm: Any = None, arena: Any = None, busy: bool = 
         if not MPI.Is_finalized():
             if comm is not None:
                 comm.Free()
+            runtime.disconnect(spawned)
             MPI.Finalize()
         import ctypes
         ctypes.CDLL(None).exit(code)

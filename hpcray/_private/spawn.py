@@ -1,0 +1,153 @@
+"""Worker ranks started by ``init()`` itself, for a driver that is the only process of its job
+(``python app.py``, a notebook, ``mpiexec -n 1``): ``MPI_Comm_spawn`` starts them, and the
+driver and its workers merge into one communicator on which the same runtime runs as under
+``mpiexec`` (rank 0 drives, the spawned ranks serve tasks and actors in their own processes).
+
+    driver:  COMM_SELF.Spawn(python -m hpcray._private.spawned_worker PAYLOAD) ─► intercomm.Merge(high=False)
+    worker:  Comm.Get_parent().Merge(high=True) ─► worker_rank.serve_worker ─► (driver's EXIT) ─► leave
+
+A spawned worker runs no user script: functions arrive pickled. It gets the driver's import path,
+working directory and environment (the PAYLOAD and the launcher), so it imports what the driver
+imports. It watches the driver's process and leaves, removing its shared-memory files, within
+about a second of the driver's death, even a ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+logger = logging.getLogger("hpcray")
+
+#: a spawned worker looks this often whether the driver's process still exists
+DRIVER_WATCH_S = 0.5
+
+
+def blocker() -> Optional[str]:
+    """Why spawning workers cannot work here (then tasks run in threads), or None. May put the
+    MPI wheel's launcher on PATH: a singleton MPI process spawns through ``mpiexec``."""
+    if os.environ.get("SLURM_JOB_ID"):
+        # measured: MPI_Comm_spawn from a singleton under srun hangs; Slurm starts the ranks
+        return ("this is a Slurm job: start the ranks with srun (or mpiexec -n N) instead of "
+                "spawning them")
+    if shutil.which("mpiexec") is None:
+        beside = os.path.dirname(sys.executable)  # a virtual environment's MPI wheel puts it here
+        if not os.path.exists(os.path.join(beside, "mpiexec")):
+            return "no mpiexec on PATH, which the MPI library needs to spawn processes"
+        os.environ["PATH"] = beside + os.pathsep + os.environ.get("PATH", "")
+    return None
+
+
+def split_resources(resources: Optional[Dict[str, float]], workers: int) -> List[Dict[str, float]]:
+    """Custom resources given to ``init()`` shared out over the workers (whole units as evenly as
+    possible, fractions in equal parts)."""
+    shares: List[Dict[str, float]] = [{} for _ in range(workers)]
+    for name, amount in (resources or {}).items():
+        if float(amount).is_integer():
+            whole = int(amount)
+            for i in range(workers):
+                part = whole // workers + (1 if i < whole % workers else 0)
+                if part:
+                    shares[i][name] = float(part)
+        else:
+            for share in shares:
+                share[name] = amount / workers
+    return shares
+
+
+def spawn_workers(count: int, num_gpus: Optional[float],
+                  resources: Optional[Dict[str, float]]) -> Tuple[Any, Any]:
+    """Start ``count`` worker ranks; returns (intercommunicator, merged intracommunicator), in
+    which this process is rank 0."""
+    from mpi4py import MPI
+    cwd = os.getcwd()
+    payload = {
+        "path": [os.path.abspath(p) if p else cwd for p in sys.path],
+        "cwd": cwd,
+        "driver": os.getpid(),
+        "num_gpus": num_gpus,
+        "resources": split_resources(resources, count),
+    }
+    info = MPI.Info.Create()
+    info.Set("wdir", cwd)
+    group = _own_process_group()
+    try:
+        inter = MPI.COMM_SELF.Spawn(sys.executable, args=["-m", "hpcray._private.spawned_worker",
+                                                          json.dumps(payload)], maxprocs=count, info=info)
+    finally:
+        info.Free()
+        _back_to_process_group(group)
+    return inter, inter.Merge(high=False)
+
+
+def _own_process_group() -> Optional[int]:
+    """The launcher a singleton MPI process forks to spawn (MPICH's ``mpiexec``) kills its whole
+    process group when the driver dies (measured: a shell script, or pytest, that started the
+    driver went with it). So it is forked into a group of its own: the driver's for the moment
+    of the spawn. Returns the group to go back to, or None when nothing changed."""
+    try:
+        group = os.getpgid(0)
+        if group == os.getpid():
+            return None  # the driver leads its group already: the launcher's group is the driver's
+        os.setpgid(0, 0)
+        return group
+    except OSError:  # a session leader, or no process groups here
+        return None
+
+
+def _back_to_process_group(group: Optional[int]) -> None:
+    if group is not None:
+        try:
+            os.setpgid(0, group)
+        except OSError as exc:
+            logger.warning("hpcray: could not return to process group %d after spawning workers: %s",
+                           group, exc)
+
+
+def watch_workers(world: Any, describe: Any) -> None:
+    """The driver watches the workers it spawned: one that dies (a crash, ``os._exit``, the OOM
+    killer) ends the program within about a second, loudly, naming the rank: with this MPI the
+    job cannot go on without it, and nothing would tell the driver otherwise (it would wait for
+    that rank's results forever)."""
+    workers = [(info.rank, info.pid) for info in world.workers]
+
+    def watch() -> None:
+        while not world.exited:
+            dead = [rank for rank, pid in workers if not driver_alive(pid)]
+            if dead and not world.exited:
+                sys.stderr.write(f"hpcray: {describe(dead)} died (see its output above); the "
+                                 "job cannot go on without it: ending the program\n")
+                sys.stderr.flush()
+                for _, pid in workers:
+                    try:
+                        os.kill(pid, 9)
+                    except OSError:
+                        pass
+                from .runtime import unlink_mapped_shm
+                unlink_mapped_shm()
+                os._exit(1)
+            time.sleep(DRIVER_WATCH_S)
+
+    threading.Thread(target=watch, name="hpcray-worker-watch", daemon=True).start()
+
+
+def driver_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True

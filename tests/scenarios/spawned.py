@@ -1,0 +1,55 @@
+"""Worker ranks spawned by init() (python app.py): what runs where, and their end.
+
+    spawned.py parallel        CPU-bound tasks run in several worker processes at once
+    spawned.py count N         init(num_cpus=N) spawns N workers
+    spawned.py linger          prints the workers' pids, then sleeps (the test kills the driver)
+    spawned.py where           prints whether tasks run in this process (the fallback) or not
+"""
+
+import os
+import sys
+import tempfile
+import time
+
+import hpcray as ray
+
+command = sys.argv[1]
+if command == "count":
+    ray.init(num_cpus=int(sys.argv[2]))
+else:
+    ray.init()
+
+
+@ray.remote
+def pid():
+    return os.getpid()
+
+
+@ray.remote
+def busy_until_all_started(folder, expected):
+    open(os.path.join(folder, str(os.getpid())), "w").close()
+    deadline = time.monotonic() + 30
+    spins = 0
+    while len(os.listdir(folder)) < expected and time.monotonic() < deadline:
+        spins += 1  # pure Python, holding its process's GIL: only other processes can join in
+    return os.getpid(), len(os.listdir(folder)) >= expected
+
+
+if command == "parallel":
+    folder = tempfile.mkdtemp(prefix="hpcray-spawned-")
+    results = ray.get([busy_until_all_started.remote(folder, 3) for _ in range(3)], timeout=60)
+    pids = {p for p, _ in results}
+    assert all(met for _, met in results), "three CPU-bound tasks did not all run at once"
+    assert len(pids) == 3 and os.getpid() not in pids, (pids, os.getpid())
+    print("PARALLEL_OK", flush=True)
+elif command == "count":
+    ranks = sorted(r for node in ray.nodes() for r in node["Ranks"])
+    print("CPUS", int(ray.cluster_resources()["CPU"]), "RANKS", ranks, flush=True)
+elif command == "linger":
+    workers = set()
+    while len(workers) < 3:
+        workers |= set(ray.get([pid.remote() for _ in range(12)]))
+    print("WORKER_PIDS", " ".join(map(str, sorted(workers))), flush=True)
+    time.sleep(120)
+elif command == "where":
+    print("TASKS_HERE" if ray.get(pid.remote()) == os.getpid() else "TASKS_ELSEWHERE", flush=True)

@@ -1,0 +1,102 @@
+"""Worker ranks spawned by init() for a driver that runs alone (``python app.py``): the same
+runtime over a communicator of the driver and its workers. Every case module also runs in this
+mode (test_cases.test_spawn) and so do the scenarios of test_lifecycle, test_failures, test_loop;
+here is what is particular to it."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from conftest import BASE_ENV, SPAWN_ENV, run_single, run_spawn
+from test_lifecycle import SCENARIOS, alive
+
+SCRIPT = os.path.join(SCENARIOS, "spawned.py")
+
+
+def shm_files():
+    return set(os.listdir("/dev/shm"))
+
+
+def test_cpu_bound_tasks_run_in_several_processes_at_once():
+    proc = run_spawn([SCRIPT, "parallel"], timeout=90)
+    assert proc.returncode == 0 and "PARALLEL_OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_init_num_cpus_is_the_number_of_workers():
+    proc = run_single([SCRIPT, "count", "2"], timeout=90, env={"HPCRAY_SPAWN": "auto", "HPCRAY_SPAWN_WORKERS": ""})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "CPUS 2 RANKS [1, 2]" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_module_next_to_the_script_imports_on_the_workers(tmp_path):
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "helper_next_to_script.py").write_text("def answer():\n    return 42\n")
+    (app / "main.py").write_text(textwrap.dedent("""
+        import os
+        import hpcray as ray
+        import helper_next_to_script
+
+        ray.init()
+
+        @ray.remote
+        def use_helper():
+            return helper_next_to_script.answer(), os.getpid()
+
+        value, pid = ray.get(use_helper.remote())
+        assert value == 42 and pid != os.getpid(), (value, pid)
+        print("IMPORT_OK", flush=True)
+    """))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_spawn([str(app / "main.py")], timeout=90, cwd=str(elsewhere))
+    assert proc.returncode == 0 and "IMPORT_OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_no_worker_outlives_a_killed_driver():
+    before = shm_files()
+    env = dict(BASE_ENV, **SPAWN_ENV, PYTHONUNBUFFERED="1")
+    driver = subprocess.Popen([sys.executable, SCRIPT, "linger"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        line = ""
+        deadline = time.monotonic() + 60
+        while "WORKER_PIDS" not in line and time.monotonic() < deadline:
+            line = driver.stdout.readline()
+            if not line and driver.poll() is not None:
+                break
+        match = re.search(r"WORKER_PIDS ([\d ]+)", line)
+        assert match, line + driver.stderr.read()
+        workers = [int(p) for p in match.group(1).split()]
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(10)
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(p) for p in workers), "a spawned worker outlived the killed driver"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    deadline = time.monotonic() + 5
+    while not shm_files() <= before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert shm_files() <= before, f"left in /dev/shm: {shm_files() - before}"
+
+
+def test_threads_are_the_fallback_where_spawning_cannot_work():
+    proc = run_single([SCRIPT, "where"], timeout=60, env={"HPCRAY_SPAWN": "auto", "SLURM_JOB_ID": "1"})
+    assert proc.returncode == 0 and "TASKS_HERE" in proc.stdout, proc.stdout + proc.stderr
+    assert "Slurm job" in proc.stderr and "srun" in proc.stderr, proc.stderr
+    proc = run_single([SCRIPT, "where"], timeout=60, env={"HPCRAY_SPAWN": "1", "SLURM_JOB_ID": "1"})
+    assert proc.returncode != 0 and "HPCRAY_SPAWN=1" in proc.stderr, proc.stdout + proc.stderr
+    proc = run_single([SCRIPT, "where"], timeout=60, env={"HPCRAY_SPAWN": "0"})
+    assert proc.returncode == 0 and "TASKS_HERE" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_spawn_auto_spawns_where_it_can():
+    proc = run_single([SCRIPT, "where"], timeout=60, env={"HPCRAY_SPAWN": "auto", "HPCRAY_SPAWN_WORKERS": "2"})
+    assert proc.returncode == 0 and "TASKS_ELSEWHERE" in proc.stdout, proc.stdout + proc.stderr
