@@ -121,9 +121,12 @@ def watch_workers(world: Any, describe: Any) -> None:
         while not world.exited:
             dead = [rank for rank, pid in workers if not driver_alive(pid)]
             if dead and not world.exited:
-                sys.stderr.write(f"hpcray: {describe(dead)} died (see its output above); the "
-                                 "job cannot go on without it: ending the program\n")
-                sys.stderr.flush()
+                try:
+                    sys.stderr.write(f"hpcray: {describe(dead)} died (see its output above); the "
+                                     "job cannot go on without it: ending the program\n")
+                    sys.stderr.flush()
+                except BaseException:  # (no stderr, say): the program must end all the same
+                    pass
                 for _, pid in workers:
                     try:
                         os.kill(pid, 9)
