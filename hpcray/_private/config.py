@@ -59,6 +59,8 @@ TERM_GRACE_S = 3.0
 SETTLE_S = 0.5
 #: the ranks' agreement on freeing the world window at the end of the job waits this long
 ARENA_CLOSE_S = 2.0
+#: a driver and the workers it spawned look this often whether the other's process still exists
+PROCESS_WATCH_S = 0.5
 
 
 def _env_float(name: str, default: float, minimum: float = 0.0) -> float:

@@ -586,23 +586,11 @@ def _wait_until_gone(workers: List[RankInfo], deadline: float) -> None:
     remote = len(local) < len(workers)
     backoff = Backoff()
     while local and time.monotonic() < deadline:
-        local = [pid for pid in local if _process_alive(pid)]
+        local = [pid for pid in local if spawn.process_alive(pid)]
         if local:
             backoff.sleep()
     if remote:
         time.sleep(REMOTE_LEAVE_S)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        try:
-            os.kill(pid, 0)
-            return True
-        except OSError:
-            return False
 
 
 def install_fork_guard() -> None:

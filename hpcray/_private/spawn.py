@@ -23,11 +23,9 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+from .config import PROCESS_WATCH_S
+
 logger = logging.getLogger("hpcray")
-
-#: a spawned worker looks this often whether the driver's process still exists
-DRIVER_WATCH_S = 0.5
-
 
 def blocker() -> Optional[str]:
     """Why spawning workers cannot work here (then tasks run in threads), or None. May put the
@@ -119,7 +117,7 @@ def watch_workers(world: Any, describe: Any) -> None:
 
     def watch() -> None:
         while not world.exited:
-            dead = [rank for rank, pid in workers if not driver_alive(pid)]
+            dead = [rank for rank, pid in workers if not process_alive(pid)]
             if dead and not world.exited:
                 try:
                     sys.stderr.write(f"hpcray: {describe(dead)} died (see its output above); the "
@@ -135,12 +133,13 @@ def watch_workers(world: Any, describe: Any) -> None:
                 from .runtime import unlink_mapped_shm
                 unlink_mapped_shm()
                 os._exit(1)
-            time.sleep(DRIVER_WATCH_S)
+            time.sleep(PROCESS_WATCH_S)
 
     threading.Thread(target=watch, name="hpcray-worker-watch", daemon=True).start()
 
 
-def driver_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` (of this host) still runs: not gone, not a zombie."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
             return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")

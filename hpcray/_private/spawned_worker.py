@@ -11,14 +11,15 @@ import sys
 import threading
 import time
 
-from .spawn import DRIVER_WATCH_S, driver_alive
+from .config import PROCESS_WATCH_S
+from .spawn import process_alive
 
 
 def _watch_driver(pid: int) -> None:
     """Leave as soon as the driver's process is gone (killed before it could say EXIT), where
     the launcher has not ended us already (MPICH's SIGKILLs its processes then)."""
-    while driver_alive(pid):
-        time.sleep(DRIVER_WATCH_S)
+    while process_alive(pid):
+        time.sleep(PROCESS_WATCH_S)
     from .runtime import unlink_mapped_shm
     unlink_mapped_shm()
     os._exit(1)
