@@ -108,19 +108,15 @@ def returns_of(num_returns: Any, is_generator: Optional[bool], callee: str) -> i
     A generator function streams unless told otherwise; ``is_generator`` None: not known."""
     if num_returns is None:
         return P.STREAMING if is_generator else 1
-    if num_returns == "streaming":
-        if is_generator is False:
-            raise ValueError(f"{callee}: num_returns='streaming' needs a generator function (one that "
-                             "uses yield); this one is not")
-        return P.STREAMING
+    if num_returns not in ("streaming", "dynamic"):
+        return num_returns
     if num_returns == "dynamic":
         opt.warn_once("dynamic", "hpcray: num_returns='dynamic' is deprecated (as in Ray): use "
                       "num_returns='streaming', which hands out each item as soon as it exists")
-        if is_generator is False:
-            raise ValueError(f"{callee}: num_returns='dynamic' needs a generator function (one that "
-                             "uses yield); this one is not")
-        return P.DYNAMIC
-    return num_returns
+    if is_generator is False:
+        raise ValueError(f"{callee}: num_returns={num_returns!r} needs a generator function (one that "
+                         "uses yield); this one is not")
+    return P.STREAMING if num_returns == "streaming" else P.DYNAMIC
 
 
 def stream_limit(options: Dict[str, Any]) -> int:
