@@ -29,6 +29,8 @@ logger = logging.getLogger("hpcray")
 
 #: kept under the id after a stream's last item (compared by identity): the stream has ended
 STREAM_END_MARK = serialize(None)
+#: the count a dropped stream reports as taken (no producer is ever that far ahead)
+STREAM_DROPPED = 1 << 62
 
 
 class _Waiter:
@@ -431,6 +433,8 @@ class CoreClient:
         arrived = self.streams.pop(task_id, None)
         if arrived is None:
             return
+        # nobody reads the stream any more: a producer held back by backpressure may finish
+        self.loop.commands.append((P.STREAM_ACK, task_id, STREAM_DROPPED))
         for index in range(taken, arrived):
             self.loop.commands.append((DECREF, item_id(task_id, index)))
         end = item_id(task_id, arrived)

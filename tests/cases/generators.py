@@ -259,6 +259,22 @@ def case_backpressure_bounds_unread_items():
     assert [ray.get(ref) for ref in gen] == [1, 2, 3, 4, 5]
 
 
+def case_a_dropped_generator_releases_its_held_back_producer():
+    marker = scratch_file("produced-unread")
+
+    @ray.remote(_generator_backpressure_num_objects=1)
+    def producer(marker):
+        for i in range(5):
+            append_line(marker)
+            yield i
+
+    gen = producer.remote(marker)
+    wait_for_condition(lambda: count_lines(marker) == 1, timeout=20)  # held back after one item
+    del gen
+    gc.collect()
+    wait_for_condition(lambda: count_lines(marker) == 5, timeout=20)  # runs to its end, unread
+
+
 def case_dynamic_returns_a_ref_generator():
     from hpcray._private import options
     options._warned.discard("dynamic")  # (warned once per process: another case may have seen it)
