@@ -21,5 +21,5 @@ def say(i):
 
 
 ranks = ray.get([say.remote(i) for i in range(6)])
-print("TASK_RANKS", sorted(set(ranks)), flush=True)
+print(f"TASK_RANKS {sorted(set(ranks))}", flush=True)  # one write: see the test
 print("driver line is not prefixed", flush=True)
