@@ -62,12 +62,7 @@ def test_mpi(module_name, case):
     check_mpi_case(module_name, case, env=getattr(MODULES[module_name], "ENV", {}))
 
 
-# Not yet in the spawn mode (see the README): a fork pool inside a task hangs in a spawned
-# worker, and a task's MPI_COMM_WORLD there is the workers' own group
-SPAWN_PARAMS = [(m, c) for m, c in PARAMS if m not in ("failures", "mpi_use")]
-
-
-@pytest.mark.parametrize("module_name,case", SPAWN_PARAMS)
+@pytest.mark.parametrize("module_name,case", PARAMS)
 def test_spawn(module_name, case):
     check_mpi_case(module_name, case, env=getattr(MODULES[module_name], "ENV", {}), launch="spawn")
 

@@ -82,6 +82,19 @@ def test_code_above_init_runs_everywhere_and_prints_are_prefixed(mode, tmp_path)
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_processes_forked_by_an_actor_end_with_the_job(mode):
+    proc = run(mode, "forked_children.py", "exit")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    match = re.search(r"POOL_PIDS ([\d ]+)", proc.stdout)
+    assert match, proc.stdout + proc.stderr
+    pool = [int(p) for p in match.group(1).split()]
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pool) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pool), f"pool processes {pool} outlived the job"
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_shutdown_then_init_again(mode):
     proc = run(mode, "reinit.py")
     assert proc.returncode == 0 and "REINIT_OK" in proc.stdout, proc.stdout + proc.stderr

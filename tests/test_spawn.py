@@ -57,34 +57,48 @@ def test_a_module_next_to_the_script_imports_on_the_workers(tmp_path):
     assert proc.returncode == 0 and "IMPORT_OK" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_no_worker_outlives_a_killed_driver():
-    before = shm_files()
+def kill_driver_once_it_says(script, label):
+    """Start ``script linger``, read the pids it prints after ``label``, SIGKILL it; the pids."""
     env = dict(BASE_ENV, **SPAWN_ENV, PYTHONUNBUFFERED="1")
-    driver = subprocess.Popen([sys.executable, SCRIPT, "linger"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    driver = subprocess.Popen([sys.executable, script, "linger"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env)
     try:
         line = ""
         deadline = time.monotonic() + 60
-        while "WORKER_PIDS" not in line and time.monotonic() < deadline:
+        while label not in line and time.monotonic() < deadline:
             line = driver.stdout.readline()
             if not line and driver.poll() is not None:
                 break
-        match = re.search(r"WORKER_PIDS ([\d ]+)", line)
+        match = re.search(label + r" ([\d ]+)", line)
         assert match, line + driver.stderr.read()
-        workers = [int(p) for p in match.group(1).split()]
         driver.send_signal(signal.SIGKILL)
         driver.wait(10)
-        deadline = time.monotonic() + 10
-        while any(alive(p) for p in workers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(alive(p) for p in workers), "a spawned worker outlived the killed driver"
+        return [int(p) for p in match.group(1).split()]
     finally:
         if driver.poll() is None:
             driver.kill()
+
+
+def wait_gone(pids, within_s=10):
+    deadline = time.monotonic() + within_s
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(alive(p) for p in pids)
+
+
+def test_no_worker_outlives_a_killed_driver():
+    before = shm_files()
+    workers = kill_driver_once_it_says(SCRIPT, "WORKER_PIDS")
+    assert wait_gone(workers), "a spawned worker outlived the killed driver"
     deadline = time.monotonic() + 5
     while not shm_files() <= before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert shm_files() <= before, f"left in /dev/shm: {shm_files() - before}"
+
+
+def test_no_process_forked_by_an_actor_outlives_a_killed_driver():
+    pool = kill_driver_once_it_says(os.path.join(SCENARIOS, "forked_children.py"), "POOL_PIDS")
+    assert wait_gone(pool), f"pool processes {pool} outlived the killed driver"
 
 
 def test_threads_are_the_fallback_where_spawning_cannot_work():

@@ -101,6 +101,8 @@ def serve_worker(comm: Any, config: Config, num_gpus: Optional[float] = None,
     A worker the driver spawned (spawn.py) is given its share of ``init()``'s GPUs and
     resources, and ``spawned``: the communicators to disconnect from the driver at the end."""
     rank = comm.Get_rank()
+    runtime.install_fork_guard()  # (spawned workers come here without init(), which installs them)
+    runtime.install_crash_reports()
     context.install_task_io()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides; it sends EXIT
     terminate_at: List[float] = []

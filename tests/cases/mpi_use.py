@@ -1,6 +1,9 @@
 """User code that uses MPI itself, in actors and on the driver: hpcray talks on a communicator of
 its own (a duplicate of the world's), so a send on any tag, a wildcard receive or a collective on
-``COMM_WORLD`` never meets hpcray's messages, and hpcray keeps working meanwhile."""
+``COMM_WORLD`` never meets hpcray's messages, and hpcray keeps working meanwhile.
+
+Where init() spawned the workers, ``COMM_WORLD`` is what MPI makes it: the driver's world is the
+driver alone and the workers' world is the workers (numbered from 0), as the README says."""
 
 from mpi4py import MPI
 
@@ -43,7 +46,7 @@ def worker_ranks():
 def case_wildcard_receive_and_any_tag_do_not_meet_hpcray_messages():
     peers = [Peer.remote() for _ in range(max(2, len(worker_ranks())))]
     ranks = ray.get([p.rank.remote() for p in peers], timeout=60)
-    assert sorted(set(ranks)) == worker_ranks(), ranks
+    assert len(set(ranks)) == len(worker_ranks()), ranks  # one peer per worker process
     sender, receiver = peers[0], peers[-1]
     for tag in (7, 8, 9, 0):  # hpcray's own tags on its own communicator, among others
         waiting = receiver.receive_any.remote()  # blocked in a wildcard MPI receive meanwhile
@@ -59,7 +62,7 @@ def case_wildcard_receive_and_any_tag_do_not_meet_hpcray_messages():
 def case_collective_on_comm_world_among_driver_and_actors():
     peers = [Peer.remote() for _ in worker_ranks()]
     ray.get([p.rank.remote() for p in peers], timeout=60)  # placed and running
-    if MPI.COMM_WORLD.Get_size() == 1:  # single rank: the driver's world is itself
+    if MPI.COMM_WORLD.Get_size() == 1:  # single rank, or spawned workers: the driver's world is itself
         assert ray.get([p.barrier.remote() for p in peers], timeout=60) == [True] * len(peers)
     else:
         arrived = [p.barrier.remote() for p in peers]
