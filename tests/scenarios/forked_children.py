@@ -6,7 +6,6 @@ SIGTERM as a process with a shutdown of its own may) ends with the job.
 """
 
 import multiprocessing
-import os
 import signal
 import sys
 import time
