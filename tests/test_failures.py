@@ -23,11 +23,8 @@ def test_a_crashing_task_leaves_a_traceback_naming_it(mode, how):
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output
     assert "NOT_REACHED" not in proc.stdout, output
-    if mode == "spawn":
-        # MPICH's launcher ends every spawned worker as one dies, before their reports reach
-        # the driver's terminal; the driver sees them gone, names them and ends
-        assert re.search(r"hpcray: rank \d+ \(pid \d+ on [^)]+\).* died", proc.stderr), output
-        return
+    if mode == "spawn":  # the driver also sees its workers gone, names them and ends
+        assert re.search(r"hpcray: spawned worker rank \d+ \(pid \d+ on [^)]+\).* died", proc.stderr), output
     if how == "exit":
         assert re.search(r"the task calls_os_exit \(task [0-9a-f]+\) on rank \d+ \(pid \d+\) called os\._exit\(7\)",
                          proc.stderr), output
@@ -59,8 +56,6 @@ def test_the_job_ends_when_a_rank_cannot_answer_at_exit(how):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_failed_loop_ends_the_job_loudly(mode):
-    if mode == "spawn":
-        pytest.skip("the bug is injected by the script above init(), which spawned workers do not run")
     before = shm_files()
     started = time.monotonic()
     proc = run(mode, "loop_failure.py", timeout=90)
@@ -72,6 +67,5 @@ def test_a_failed_loop_ends_the_job_loudly(mode):
     else:  # MPI_Abort(70); the launcher may report the abort's status or the signal it sent
         assert proc.returncode not in (0, -9), output
     assert time.monotonic() - started < 30, output
-    if mode != "spawn":  # (a spawned worker's last words may not reach the terminal: see above)
-        assert "injected bug in the loop" in proc.stderr and "failed (a bug in hpcray)" in proc.stderr, output
+    assert "injected bug in the loop" in proc.stderr and "failed (a bug in hpcray)" in proc.stderr, output
     assert shm_files() <= before, f"left in /dev/shm: {shm_files() - before}"

@@ -120,8 +120,9 @@ def watch_workers(world: Any, describe: Any) -> None:
             dead = [rank for rank, pid in workers if not process_alive(pid)]
             if dead and not world.exited:
                 try:
-                    sys.stderr.write(f"hpcray: {describe(dead)} died (see its output above); the "
-                                     "job cannot go on without it: ending the program\n")
+                    them = "them" if len(dead) > 1 else "it"
+                    sys.stderr.write(f"hpcray: spawned worker {describe(dead)} died (see the output "
+                                     f"above); the job cannot go on without {them}: ending the program\n")
                     sys.stderr.flush()
                 except BaseException:  # (no stderr, say): the program must end all the same
                     pass

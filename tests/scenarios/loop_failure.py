@@ -4,40 +4,22 @@ seconds, with that rank's traceback on the driver's terminal and a non-zero exit
     python loop_failure.py          mpiexec -n 4 python loop_failure.py
 """
 
-import os
 import sys
 import time
 
 import hpcray as ray
-from hpcray._private import executor
+import loop_bug  # arms this process (under mpiexec: every rank)
 
-real_on_execute = executor.Executor.on_execute
-
-
-def failing_on_execute(self, spec, blob, values):
-    if spec.name == "explode":
-        raise RuntimeError(f"injected bug in the loop of pid {os.getpid()}")
-    return real_on_execute(self, spec, blob, values)
-
-
-executor.Executor.on_execute = failing_on_execute  # (above init(): on every rank)
 ray.init()
-
-
-@ray.remote
-def fine():
-    return ray.get_runtime_context().get_rank()
-
-
-@ray.remote
-def explode():
-    return "never"
-
-
-print("FIRST", ray.get(fine.remote(), timeout=30), flush=True)
+serving = {r for node in ray.nodes() for r in node["Ranks"] if r != 0} or {0}
+armed = set()
+deadline = time.monotonic() + 30
+while armed != serving and time.monotonic() < deadline:
+    armed |= set(ray.get([loop_bug.arm.remote() for _ in range(8)], timeout=30))
+print("FIRST", sorted(armed), flush=True)
 started = time.monotonic()
 try:
-    ray.get(explode.remote(), timeout=60)
+    ray.get(loop_bug.explode.remote(), timeout=60)
 except BaseException as exc:  # a failed loop may first fail the waiters, but the job ends
     print("RAISED", type(exc).__name__, flush=True)
 time.sleep(30)
