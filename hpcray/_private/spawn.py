@@ -3,8 +3,8 @@
 driver and its workers merge into one communicator on which the same runtime runs as under
 ``mpiexec`` (rank 0 drives, the spawned ranks serve tasks and actors in their own processes).
 
-    driver:  COMM_SELF.Spawn(python -m hpcray._private.spawned_worker PAYLOAD) ─► intercomm.Merge(high=False)
-    worker:  Comm.Get_parent().Merge(high=True) ─► worker_rank.serve_worker ─► (driver's EXIT) ─► leave
+    driver:  COMM_SELF.Spawn(python -c BOOTSTRAP PAYLOAD) ─► intercomm.Merge(high=False)
+    worker:  Comm.Get_parent().Merge(high=True) ─► import hpcray ─► worker_rank.serve_worker ─► (driver's EXIT) ─► leave
 
 A spawned worker runs no user script: functions arrive pickled. It gets the driver's import path,
 working directory and environment (the PAYLOAD and the launcher), so it imports what the driver
@@ -26,6 +26,22 @@ from typing import Any, Dict, List, Optional, Tuple
 from .config import PROCESS_WATCH_S
 
 logger = logging.getLogger("hpcray")
+
+#: what a spawned worker runs (``python -c BOOTSTRAP PAYLOAD``): one line (the process manager's
+#: wire protocol cuts arguments at newlines); its first statement names it in ``ps``
+BOOTSTRAP = "; ".join([
+    "'hpcray spawned worker'",
+    "import json, os, sys",
+    "payload = json.loads(sys.argv[1])",
+    "os.chdir(payload['cwd'])",
+    "sys.path[:] = payload['path'] + [p for p in sys.path if p not in payload['path']]",
+    "from mpi4py import MPI",
+    "parent = MPI.Comm.Get_parent()",
+    "merged = parent.Merge(high=True)",
+    "from hpcray._private.spawned_worker import main",
+    "main(payload, parent, merged)",
+])
+
 
 def blocker() -> Optional[str]:
     """Why spawning workers cannot work here (then tasks run in threads), or None. May put the
@@ -76,8 +92,8 @@ def spawn_workers(count: int, num_gpus: Optional[float],
     info.Set("wdir", cwd)
     group = _own_process_group()
     try:
-        inter = MPI.COMM_SELF.Spawn(sys.executable, args=["-m", "hpcray._private.spawned_worker",
-                                                          json.dumps(payload)], maxprocs=count, info=info)
+        inter = MPI.COMM_SELF.Spawn(sys.executable, args=["-c", BOOTSTRAP, json.dumps(payload)],
+                                    maxprocs=count, info=info)
     finally:
         info.Free()
         _back_to_process_group(group)

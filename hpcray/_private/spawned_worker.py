@@ -1,15 +1,18 @@
-"""The entry point of a worker rank spawned by ``init()`` (spawn.py): ``python -m
-hpcray._private.spawned_worker PAYLOAD``. It takes the driver's import path and working
-directory, joins the driver's communicator and serves tasks until the driver ends; it watches the
-driver's process and leaves, removing its shared-memory files, if the driver dies first."""
+"""A worker rank spawned by ``init()`` (spawn.py). It starts as ``python -c spawn.BOOTSTRAP PAYLOAD``:
+the bootstrap takes the driver's import path and working directory, joins the driver's
+communicator and only then imports hpcray and calls ``main``, which serves tasks until the driver
+ends. Joining first matters: the driver spins a core inside ``MPI_Comm_spawn`` and
+``Intercomm_merge`` (MPICH has no idle wait there), so every import a worker made before joining
+was slowed by the driver's spin and by the other workers' imports; after the merge the driver
+waits in a polled ``Idup`` that sleeps. A worker watches the driver's process and leaves,
+removing its shared-memory files, if the driver dies first."""
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import threading
 import time
+from typing import Any
 
 from .config import PROCESS_WATCH_S
 from .spawn import process_alive
@@ -25,24 +28,15 @@ def _watch_driver(pid: int) -> None:
     os._exit(1)
 
 
-def main() -> None:
-    payload = json.loads(sys.argv[1])
-    os.chdir(payload["cwd"])
-    sys.path[:] = payload["path"] + [p for p in sys.path if p not in payload["path"]]
+def main(payload: dict, parent: Any, merged: Any) -> None:
+    """Serve as a worker rank of ``merged`` (the driver's spawn merged with its workers)."""
     threading.Thread(target=_watch_driver, args=(payload["driver"],), name="hpcray-driver-watch",
                      daemon=True).start()
-    from mpi4py import MPI
     from .comm import duplicate
     from .config import Config
     from .worker_rank import serve_worker
     config = Config.from_env()
-    parent = MPI.Comm.Get_parent()
-    merged = parent.Merge(high=True)
     comm = duplicate(merged, config.init_timeout_s)
     rank = comm.Get_rank()
     serve_worker(comm, config, num_gpus=payload["num_gpus"], resources=payload["resources"][rank - 1],
                  spawned=(parent, merged))
-
-
-if __name__ == "__main__":
-    main()
