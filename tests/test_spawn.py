@@ -101,6 +101,18 @@ def test_no_process_forked_by_an_actor_outlives_a_killed_driver():
     assert wait_gone(pool), f"pool processes {pool} outlived the killed driver"
 
 
+def test_workers_that_end_before_joining_end_the_program_with_a_message():
+    """MPI_Comm_spawn itself would wait forever, spinning a core."""
+    started = time.monotonic()
+    proc = run_spawn([SCRIPT, "broken"], timeout=90)
+    elapsed = time.monotonic() - started
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "NOT_REACHED" not in proc.stdout, output
+    assert "WORKER CANNOT START" in proc.stderr, output
+    assert "spawned worker rank(s) ended before joining the driver" in proc.stderr, output
+    assert elapsed < 30, f"took {elapsed:.1f} s\n{output}"
+
+
 def test_threads_are_the_fallback_where_spawning_cannot_work():
     proc = run_single([SCRIPT, "where"], timeout=60, env={"HPCRAY_SPAWN": "auto", "SLURM_JOB_ID": "1"})
     assert proc.returncode == 0 and "TASKS_HERE" in proc.stdout, proc.stdout + proc.stderr

@@ -61,6 +61,8 @@ SETTLE_S = 0.5
 ARENA_CLOSE_S = 2.0
 #: a driver and the workers it spawned look this often whether the other's process still exists
 PROCESS_WATCH_S = 0.5
+#: init() ends the program when no worker it is spawning has been alive for this long
+SPAWN_GONE_S = 5.0
 
 
 def _env_float(name: str, default: float, minimum: float = 0.0) -> float:

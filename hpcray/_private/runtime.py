@@ -213,8 +213,12 @@ def _connect_mpi(config: Config, num_cpus: Optional[float], num_gpus: Optional[f
         logger.warning("hpcray: tasks run in threads of this process: %s", reason)
         return None
     count = config.spawn_workers or max(1, int(num_cpus) if num_cpus else usable_cpu_count())
-    inter, merged = spawn.spawn_workers(count, num_gpus, resources)
-    comm = duplicate(merged, config.init_timeout_s)
+    watch = spawn.SpawnWatch(count, config.init_timeout_s)
+    try:
+        inter, merged = spawn.spawn_workers(count, num_gpus, resources)
+        comm = duplicate(merged, config.init_timeout_s)
+    finally:
+        watch.stop()
     _log_launch_once(f"{count} worker ranks spawned (MPI_Comm_spawn)")
     return comm, 0, comm.Get_size(), (inter, merged)
 

@@ -21,9 +21,9 @@ import shutil
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
-from .config import PROCESS_WATCH_S
+from .config import PROCESS_WATCH_S, SPAWN_GONE_S
 
 logger = logging.getLogger("hpcray")
 
@@ -98,6 +98,95 @@ def spawn_workers(count: int, num_gpus: Optional[float],
         info.Free()
         _back_to_process_group(group)
     return inter, inter.Merge(high=False)
+
+
+class SpawnWatch:
+    """A way out of joining the workers, where MPI has none: ``MPI_Comm_spawn`` and the merge wait
+    forever for workers that ended before joining (measured: a worker whose Python fails at
+    start leaves the driver and the launcher each spinning a core, for good), and nothing can
+    interrupt a thread inside them. So, while ``init()`` spawns and joins its workers, a thread
+    watches the processes the launcher started: when none of them has been alive for
+    ``SPAWN_GONE_S``, or ``timeout_s`` passes, it says so and ends the program (their own output,
+    above, says why they ended)."""
+
+    def __init__(self, count: int, timeout_s: float):
+        self.count = count
+        self.timeout_s = timeout_s
+        self.earlier_children = {pid for pid, (parent, _) in process_table().items() if parent == os.getpid()}
+        self.done = threading.Event()
+        threading.Thread(target=self._watch, name="hpcray-spawn-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        self.done.set()
+
+    def _launched(self) -> Tuple[List[int], int]:
+        """The processes the launcher started (it among them), and how many are not launchers."""
+        table = process_table()
+        ours = [pid for pid, (parent, _) in table.items()
+                if parent == os.getpid() and pid not in self.earlier_children]
+        found: List[int] = []
+        while ours:
+            found.extend(ours)
+            level = set(ours)
+            ours = [pid for pid, (parent, _) in table.items() if parent in level]
+        workers = sum(1 for pid in found if table[pid][1] not in _LAUNCHER_NAMES)
+        return found, workers
+
+    def _watch(self) -> None:
+        started = last_alive = time.monotonic()
+        while not self.done.wait(PROCESS_WATCH_S / 5):
+            now = time.monotonic()
+            launched, workers = self._launched()
+            if workers:
+                last_alive = now
+            if now - last_alive > SPAWN_GONE_S:
+                why = (f"the {self.count} spawned worker rank(s) ended before joining the driver "
+                       "(their output above says why)")
+            elif now - started > self.timeout_s:
+                why = (f"the {self.count} spawned worker rank(s) did not join the driver within "
+                       f"HPCRAY_INIT_TIMEOUT_S={self.timeout_s:g} s")
+            else:
+                continue
+            if self.done.is_set():
+                return
+            try:
+                sys.stderr.write(f"hpcray.init(): {why}; ending the program. HPCRAY_SPAWN=0 runs tasks "
+                                 "in threads of this process instead.\n")
+                sys.stderr.flush()
+            except BaseException:  # (no stderr, say): the program must end all the same
+                pass
+            for pid in launched:  # SIGKILL: a launcher that could act would kill our group too
+                try:
+                    os.kill(pid, 9)
+                except OSError:
+                    pass
+            os._exit(1)
+
+
+#: process names of launchers and their helpers (MPICH's hydra; Open MPI's PRRTE)
+_LAUNCHER_NAMES: Set[str] = {"mpiexec", "mpirun", "hydra_pmi_proxy", "prterun", "prted", "prte", "orted"}
+
+
+def process_table() -> Dict[int, Tuple[int, str]]:
+    """pid -> (parent pid, command name) of this host's live processes; {} without /proc."""
+    table: Dict[int, Tuple[int, str]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return table
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        name = text[text.find("(") + 1:text.rfind(")")]
+        fields = text[text.rfind(")") + 1:].split()
+        if len(fields) > 1 and fields[0] not in ("Z", "X"):
+            table[int(entry)] = (int(fields[1]), name)
+    return table
 
 
 def _own_process_group() -> Optional[int]:

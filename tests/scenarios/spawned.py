@@ -4,6 +4,7 @@
     spawned.py count N         init(num_cpus=N) spawns N workers
     spawned.py linger          prints the workers' pids, then sleeps (the test kills the driver)
     spawned.py where           prints whether tasks run in this process (the fallback) or not
+    spawned.py broken          the workers end before joining: init() must end the program
 """
 
 import os
@@ -16,6 +17,11 @@ import hpcray as ray
 command = sys.argv[1]
 if command == "count":
     ray.init(num_cpus=int(sys.argv[2]))
+elif command == "broken":  # workers whose Python ends before they can join the driver
+    from hpcray._private import spawn
+    spawn.BOOTSTRAP = "import sys; sys.stderr.write('WORKER CANNOT START\\n'); sys.exit(3)"
+    ray.init()
+    print("NOT_REACHED", flush=True)
 else:
     ray.init()
 
