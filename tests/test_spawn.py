@@ -11,6 +11,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from conftest import BASE_ENV, SPAWN_ENV, run_single, run_spawn
 from test_lifecycle import SCENARIOS, alive
 
@@ -123,6 +125,9 @@ def test_threads_are_the_fallback_where_spawning_cannot_work():
     assert proc.returncode == 0 and "TASKS_HERE" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_spawn_auto_spawns_where_it_can():
-    proc = run_single([SCRIPT, "where"], timeout=60, env={"HPCRAY_SPAWN": "auto", "HPCRAY_SPAWN_WORKERS": "2"})
+@pytest.mark.parametrize("setting", ["auto", "unset"])
+def test_spawn_auto_spawns_where_it_can(setting):
+    """auto is the default: a plain ``python app.py`` spawns its workers."""
+    env = {"HPCRAY_SPAWN_WORKERS": "2", "HPCRAY_SPAWN": "auto" if setting == "auto" else ""}
+    proc = run_single([SCRIPT, "where"], timeout=60, env=env)
     assert proc.returncode == 0 and "TASKS_ELSEWHERE" in proc.stdout, proc.stdout + proc.stderr

@@ -107,9 +107,8 @@ class Config:
     mpi: str = "auto"
     #: A driver that is the only process of its job (``python app.py``, ``mpiexec -n 1``) starts
     #: worker ranks with MPI_Comm_spawn: "auto" where spawning can work, "1" always (an error
-    #: where it cannot), "0" never (tasks run in threads of the driver's process; the default
-    #: until the spawn mode passes every case: see the README).
-    spawn: str = "0"
+    #: where it cannot), "0" never (tasks run in threads of the driver's process).
+    spawn: str = "auto"
     #: How many worker ranks to spawn (None: init(num_cpus=...), else the CPUs this process may use).
     spawn_workers: Optional[int] = None
     #: CPUs each worker rank advertises (default: SLURM_CPUS_PER_TASK, else 1).
@@ -166,7 +165,7 @@ class Config:
         spawn_workers = os.environ.get("HPCRAY_SPAWN_WORKERS", "")
         return cls(
             mpi=mpi,
-            spawn=_env_choice("HPCRAY_SPAWN", ("auto", "0", "1"), "0"),
+            spawn=_env_choice("HPCRAY_SPAWN", ("auto", "0", "1"), "auto"),
             spawn_workers=_env_int("HPCRAY_SPAWN_WORKERS", 1, minimum=1) if spawn_workers else None,
             cpus_per_rank=_env_optional_float("HPCRAY_NUM_CPUS"),
             gpus_per_rank=_env_optional_float("HPCRAY_NUM_GPUS"),
