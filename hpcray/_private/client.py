@@ -24,6 +24,7 @@ from .config import WAKE_S
 from .object_ref import DECREF, IdSource, ObjectRef, object_id_of
 from .serialization import SerializedValue, deserialize, serialize, try_serialize
 from .streams import item_id
+from .sync import SturdyCondition
 
 logger = logging.getLogger("hpcray")
 
@@ -106,7 +107,7 @@ class CoreClient:
         # ``with self.lock`` where no one waits or is notified: the Condition's own lock, taken
         # without the Condition's Python-level __enter__/__exit__ (two calls per use)
         self.lock = threading.Lock()
-        self.cond = threading.Condition(self.lock)
+        self.cond = SturdyCondition(self.lock)
         self.callbacks: Dict[bytes, List[Callable[[SerializedValue], None]]] = {}
         self.exported: set = set()
         self.broken: Optional[BaseException] = None  # set when the comm thread died

@@ -35,6 +35,7 @@ from .options import RetryPolicy
 from .protocol import TaskSpec
 from .resources import RankLedger
 from .serialization import SerializedValue, deserialize, loads, serialize, try_serialize
+from .sync import SturdyCondition
 
 logger = logging.getLogger("hpcray")
 
@@ -141,7 +142,7 @@ class Executor:
         self._direct: deque = deque()  # at most one work item handed straight to it
         # backpressure of streaming tasks running here: items their owners have taken
         self.stream_consumed: Dict[bytes, int] = {}
-        self._consumed = threading.Condition(threading.Lock())
+        self._consumed = SturdyCondition()
 
     # ---- comm thread --------------------------------------------------------------------
     def handle(self, msg: tuple) -> None:
