@@ -17,17 +17,20 @@ def shm_files():
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("how", ["exit", "segfault"])
+@pytest.mark.parametrize("how", ["exit", "exit0", "segfault"])
 def test_a_crashing_task_leaves_a_traceback_naming_it(mode, how):
     proc = run(mode, "crash_report.py", how, timeout=60)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output
     assert "NOT_REACHED" not in proc.stdout, output
-    if mode == "spawn":  # the driver also sees its workers gone, names them and ends
-        assert re.search(r"hpcray: spawned worker rank \d+ \(pid \d+ on [^)]+\).* died", proc.stderr), output
-    if how == "exit":
-        assert re.search(r"the task calls_os_exit \(task [0-9a-f]+\) on rank \d+ \(pid \d+\) called os\._exit\(7\)",
+    if mode == "spawn":  # the driver also sees its workers gone, names them and what they held
+        task = "calls_os_exit" if how.startswith("exit") else "reads_address_zero"
+        assert re.search(rf"hpcray: spawned worker .*rank \d+ \(pid \d+ on [^;)]+; it held tasks {task}\).* died",
                          proc.stderr), output
+    if how.startswith("exit"):
+        code, status = (7, 7) if how == "exit" else (0, 1)
+        assert re.search(rf"the task calls_os_exit \(task [0-9a-f]+\) on rank \d+ \(pid \d+\) called "
+                         rf"os\._exit\({code}\); the process ends with status {status}", proc.stderr), output
         assert "in calls_os_exit" in proc.stderr, output  # the task's own frame, in its stack
     else:
         assert "Fatal Python error: Segmentation fault" in proc.stderr, output

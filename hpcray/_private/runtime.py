@@ -472,9 +472,18 @@ def _reset_workers(loop: CommLoop, deadline: float) -> List[int]:
 
 
 def _describe_ranks(ranks: List[int]) -> str:
+    """"rank 1 (pid 123 on node7; it held tasks f x2), rank 2 (...)": for messages about ranks
+    that died or do not answer."""
     infos = {info.rank: info for info in (PROCESS.world.workers if PROCESS.world is not None else [])}
-    parts = [f"rank {r} (pid {infos[r].pid} on {infos[r].host})" if r in infos else f"rank {r}"
-             for r in ranks]
+    session = PROCESS.session
+    scheduler = session.scheduler if session is not None else None
+    parts = []
+    for r in ranks:
+        where = [f"pid {infos[r].pid} on {infos[r].host}"] if r in infos else []
+        work = scheduler.work_on_rank(r) if scheduler is not None else ""
+        if work:
+            where.append(f"it held {work}")
+        parts.append(f"rank {r} ({'; '.join(where)})" if where else f"rank {r}")
     return ", ".join(parts)
 
 
@@ -644,13 +653,19 @@ def install_crash_reports() -> None:
 
     def _exit(code: int) -> None:
         task = context.current()
-        if task is not None and os.getpid() == pid and sys.__stderr__ is not None:
-            frames = [f for f in traceback.extract_stack(sys._getframe(1))
-                      if not f.filename.startswith((_PRIVATE_DIR, threading.__file__))]
-            stack = "".join(traceback.format_list(frames))
-            sys.__stderr__.write(f"hpcray: the task {task.name} (task {task.task_id.hex()}) on rank "
-                                 f"{task.rank} (pid {pid}) called os._exit({code}); its stack:\n{stack}")
-            sys.__stderr__.flush()
+        if task is not None and os.getpid() == pid:
+            # a task that ends its rank's process is a crash (Ray: WorkerCrashedError), whatever
+            # status it asks for: a driver running tasks in threads must not end looking successful
+            status = code if code else 1
+            if sys.__stderr__ is not None:
+                frames = [f for f in traceback.extract_stack(sys._getframe(1))
+                          if not f.filename.startswith((_PRIVATE_DIR, threading.__file__))]
+                stack = "".join(traceback.format_list(frames))
+                sys.__stderr__.write(f"hpcray: the task {task.name} (task {task.task_id.hex()}) on rank "
+                                     f"{task.rank} (pid {pid}) called os._exit({code}); the process ends "
+                                     f"with status {status}; the task's stack:\n{stack}")
+                sys.__stderr__.flush()
+            code = status
         real_exit(code)
     _exit.__hpcray__ = True
     os._exit = _exit

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Callable, Deque, Dict, List, Optional
 
 from .. import exceptions
@@ -583,6 +583,23 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory):
                 elif amount > 1e-9:
                     available[key] = available.get(key, 0.0) + amount
         return {"total": total, "available": available}
+
+    def work_on_rank(self, rank: int) -> str:
+        """What ``rank`` was given, in words ("tasks f, g x2; actors Counter"), for the message
+        that it died. A watcher thread calls it, not the comm thread: it reads copies, and a
+        table that changed while being copied gives an empty answer."""
+        try:
+            tasks = [r.spec.name for r in list(self.tasks.values()) if r.rank == rank and not r.finished]
+            actors = [a.class_name for a in list(self.actors.values()) if a.rank == rank and a.state is not DEAD]
+        except RuntimeError:
+            return ""
+        parts = []
+        for label, names in (("tasks", tasks), ("actors", actors)):
+            if names:
+                counted = Counter(names).most_common()
+                shown = ", ".join(name if n == 1 else f"{name} x{n}" for name, n in counted[:5])
+                parts.append(f"{label} {shown}" + (", ..." if len(counted) > 5 else ""))
+        return "; ".join(parts)
 
     def nodes_view(self) -> List[dict]:
         nodes = []

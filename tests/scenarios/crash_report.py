@@ -1,7 +1,7 @@
 """A task that ends its rank's process (os._exit, a segfault) leaves a Python traceback naming
 the task on the terminal (faulthandler on every rank; os._exit says which task called it).
 
-    python crash_report.py exit|segfault        mpiexec -n 4 python crash_report.py exit|segfault
+    python crash_report.py exit|exit0|segfault        mpiexec -n 4 python crash_report.py exit|exit0|segfault
 """
 
 import os
@@ -13,8 +13,8 @@ ray.init()
 
 
 @ray.remote
-def calls_os_exit():
-    os._exit(7)
+def calls_os_exit(code):
+    os._exit(code)
 
 
 @ray.remote
@@ -23,7 +23,9 @@ def reads_address_zero():
     return ctypes.string_at(0)
 
 
-crash = calls_os_exit if sys.argv[1] == "exit" else reads_address_zero
 print("SUBMITTING", flush=True)
-ray.get(crash.remote(), timeout=60)
+if sys.argv[1] == "segfault":
+    ray.get(reads_address_zero.remote(), timeout=60)
+else:  # exit: os._exit(7); exit0: os._exit(0), which must not end the job looking successful
+    ray.get(calls_os_exit.remote(7 if sys.argv[1] == "exit" else 0), timeout=60)
 print("NOT_REACHED", flush=True)
