@@ -11,8 +11,11 @@ is copied once into this rank's node-shared arena (arena.py) when there is one; 
 
 from __future__ import annotations
 
+import io
 import pickle
 import threading
+import types
+from collections import ChainMap
 from typing import Any, List
 
 import cloudpickle
@@ -167,9 +170,31 @@ def deserialize(sv: SerializedValue, object_id: "bytes | None" = None) -> Any:
     return pickle.loads(sv.data, buffers=[pinned_view(b, pin) for b in sv.buffers])
 
 
+#: how cloudpickle reduces a code object (None: a cloudpickle that does it otherwise keeps its way)
+_cloudpickle_code_reduce = cloudpickle.Pickler.dispatch_table.get(types.CodeType)
+
+
+def _code_reduce_keeping_file(code: types.CodeType) -> tuple:
+    """cloudpickle's reduction of a code object, with the code's own file name where cloudpickle
+    writes "<dynamic-code>" (to make payloads deterministic across hosts)."""
+    constructor, args = _cloudpickle_code_reduce(code)
+    return constructor, tuple(code.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+
+
+class _FunctionPickler(cloudpickle.Pickler):
+    """cloudpickle, keeping the file name of each function it pickles by value: a task's
+    traceback then names the user's file and line (and shows the line, on a host that has the
+    file), as Ray's does, instead of ``File "<dynamic-code>"``."""
+
+    if _cloudpickle_code_reduce is not None:
+        dispatch_table = ChainMap({types.CodeType: _code_reduce_keeping_file}, cloudpickle.Pickler.dispatch_table)
+
+
 def dumps_function(obj: Any) -> bytes:
     """Pickle a function or class by value where needed (lambdas, closures, __main__)."""
-    return cloudpickle.dumps(obj, protocol=5)
+    stream = io.BytesIO()
+    _FunctionPickler(stream, protocol=5).dump(obj)
+    return stream.getvalue()
 
 
 def loads(data: bytes) -> Any:

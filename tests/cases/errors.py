@@ -29,6 +29,15 @@ def case_task_error_is_both_types():
     assert "Traceback" in text
 
 
+def case_traceback_names_the_file_and_line_of_the_function():
+    """Functions travel pickled by value; their tracebacks still name the user's file and line."""
+    text = str(raises(ZeroDivisionError, ray.get, divide.remote(1, 0)))
+    with open(__file__) as source:
+        line = next(n for n, l in enumerate(source, 1) if l.strip() == "return a / b")
+    assert f'File "{os.path.abspath(__file__)}", line {line}, in divide' in text, text
+    assert "return a / b" in text, text  # the source line, read from the file
+
+
 def case_error_two_tasks_deep():
     @ray.remote
     def outer():
