@@ -141,6 +141,8 @@ class Config:
     init_timeout_s: float = 120.0
     #: Seconds the driver waits for the ranks to leave before aborting the job.
     exit_timeout_s: float = 5.0
+    #: Seconds between two status tables on the driver's stderr (None: only on SIGUSR1).
+    status_s: Optional[float] = None
     #: Python logging level name for hpcray's logger.
     log_level: str = "WARNING"
 
@@ -181,6 +183,7 @@ class Config:
             remote_fetch=remote_fetch,
             init_timeout_s=_env_float("HPCRAY_INIT_TIMEOUT_S", 120.0),
             exit_timeout_s=_env_float("HPCRAY_EXIT_TIMEOUT_S", 5.0),
+            status_s=_env_optional_float("HPCRAY_STATUS_S") or None,
             log_level=os.environ.get("HPCRAY_LOG_LEVEL", "WARNING").upper(),
         )
 

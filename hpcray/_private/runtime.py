@@ -41,6 +41,7 @@ from .object_plane import ObjectPlane
 from .protocol import RankInfo
 from .resources import accelerator_resource, detect_gpus, host_memory_bytes, host_name, usable_cpu_count
 from .scheduler import Scheduler, node_id_of
+from .status import StatusReporter, start_reporter
 
 logger = logging.getLogger("hpcray")
 
@@ -64,6 +65,7 @@ class Session:
         self.job_env = job_env or {}
         self.scheduler: Optional[Scheduler] = None
         self.executor: Optional[Executor] = None
+        self.status: Optional[StatusReporter] = None  # the driver's (status.py)
         self.node_id = ""
         self.host = ""
 
@@ -283,6 +285,8 @@ def close_session(session: Session) -> None:
         object_ref.current.sink = None
         object_ref.current.client = None
     session.client.completions.close()
+    if session.status is not None:
+        session.status.stop()
 
 
 def serve_worker_rank() -> None:
@@ -370,6 +374,10 @@ def _wire(loop: CommLoop, session: Session) -> None:
         session.executor.plane = plane
     loop.scheduler = session.scheduler
     open_session(session, plane)
+    scheduler = session.scheduler
+    if scheduler is not None:
+        session.status = start_reporter(lambda: loop.call(scheduler.status_view, timeout=10),
+                                        session.config.status_s)
     executor = session.executor
 
     def agent(msg: tuple) -> None:

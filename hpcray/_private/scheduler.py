@@ -20,7 +20,7 @@ import hashlib
 import logging
 import time
 from collections import Counter, deque
-from typing import Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 from .. import exceptions
 from .config import DEPTH_MAX, LOOKAHEAD_S
@@ -79,10 +79,12 @@ class TaskRecord:
 
 
 class RankState:
-    __slots__ = ("info", "ledger", "functions", "node_id", "pace", "done_at", "busy")
+    __slots__ = ("info", "ledger", "functions", "node_id", "pace", "done_at", "busy", "finished", "failed")
 
     def __init__(self, info: RankInfo):
         self.info = info
+        self.finished = 0  # tasks and actor calls that ended here (for the status table)
+        self.failed = 0  # of which with an error
         self.ledger = RankLedger(info.resources)
         self.functions: set = set()
         self.node_id = node_id_of(info.host)
@@ -240,6 +242,9 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory):
                    error: Optional[SerializedValue], retryable: bool) -> None:
         record = self.tasks.get(task_id)
         state = self.ranks.get(src)
+        if state is not None:
+            state.finished += 1
+            state.failed += error is not None
         if state is not None and (record is None or record.spec.kind == P.TASK):
             state.ledger.finish(task_id)
             state.completed()
@@ -616,6 +621,38 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory):
                 "Labels": {"ray.io/node-id": node_id}, "Ranks": [s.info.rank for s in states],
             })
         return nodes
+
+    def status_view(self) -> Dict[str, Any]:
+        """What the status table shows (status.py): per rank its resources in use, the tasks and
+        calls it holds (running or queued there), finished and failed, its actors; and the work
+        no rank holds: waiting for arguments, ready to place, needing what no rank has."""
+        held: Dict[int, int] = {}
+        waiting = 0
+        for record in self.tasks.values():
+            if record.rank is not None:
+                held[record.rank] = held.get(record.rank, 0) + 1
+            elif record.missing:
+                waiting += 1
+        actors: Dict[int, int] = {}
+        for actor in self.actors.values():
+            if actor.rank is not None and actor.state is not DEAD:
+                actors[actor.rank] = actors.get(actor.rank, 0) + 1
+        ranks = []
+        for state in self.order:
+            ledger = state.ledger
+            ranks.append({
+                "rank": state.info.rank, "host": state.info.host, "pid": state.info.pid,
+                "cpu_used": ledger.total.get("CPU", 0.0) - ledger.available.get("CPU", 0.0),
+                "cpu_total": ledger.total.get("CPU", 0.0), "held": held.get(state.info.rank, 0),
+                "finished": state.finished, "failed": state.failed,
+                "actors": actors.get(state.info.rank, 0)})
+        infeasible = []
+        for queue in self.ready.values():
+            if queue and not self._feasible(queue[0].spec):
+                infeasible.append((queue[0].spec.name, dict(queue[0].spec.demand), len(queue)))
+        return {"ranks": ranks, "waiting_for_arguments": waiting,
+                "ready": sum(len(q) for q in self.ready.values()), "infeasible": infeasible,
+                "objects": len(self.objects)}
 
     def stats(self) -> Dict[str, int]:
         return {"objects": len(self.objects), "tasks": len(self.tasks),

@@ -105,6 +105,8 @@ def serve_worker(comm: Any, config: Config, num_gpus: Optional[float] = None,
     runtime.install_crash_reports()
     context.install_task_io()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides; it sends EXIT
+    if hasattr(signal, "SIGUSR1"):  # asks the driver for its status table (status.py); sent to a
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # whole job, it must not end the workers
     terminate_at: List[float] = []
     signal.signal(signal.SIGTERM, lambda s, f: terminate_at.append(time.monotonic() + TERM_GRACE_S))
     transport = MPITransport(comm)

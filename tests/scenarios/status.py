@@ -1,0 +1,41 @@
+"""The status table on the driver's stderr: asked for with SIGUSR1, or every HPCRAY_STATUS_S.
+
+    status.py self      the driver sends itself SIGUSR1 while tasks run and one cannot be placed
+    status.py run S     tasks run for S seconds (the test signals the job, or sets HPCRAY_STATUS_S)
+"""
+
+import os
+import signal
+import sys
+import time
+
+import hpcray as ray
+
+ray.init()
+
+
+@ray.remote
+def slow():
+    time.sleep(0.2)
+    return os.getpid()
+
+
+@ray.remote(resources={"no-such-thing": 1})
+def never():
+    return 0
+
+
+print("DRIVER", os.getpid(), flush=True)
+if sys.argv[1] == "self":
+    pending = never.remote()
+    refs = [slow.remote() for _ in range(8)]
+    time.sleep(0.1)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    ray.get(refs, timeout=60)
+    time.sleep(1)  # the table is written by a thread of its own
+    ray.cancel(pending)
+else:
+    deadline = time.monotonic() + float(sys.argv[2])
+    while time.monotonic() < deadline:
+        ray.get([slow.remote() for _ in range(4)], timeout=60)
+print("DONE", flush=True)

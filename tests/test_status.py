@@ -1,0 +1,60 @@
+"""The job's status table (status.py): SIGUSR1 to the driver, to the whole job, HPCRAY_STATUS_S."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import BASE_ENV, MPI_RANKS, mpiexec
+from test_lifecycle import MODES, SCENARIOS, run
+
+SCRIPT = os.path.join(SCENARIOS, "status.py")
+ROW = re.compile(r"^\s+(\d+) +\S+ +(\d+) +[\d.]+/[\d.]+ +(\d+) +(\d+) +(\d+) +(\d+)$", re.M)
+
+
+def worker_ranks(mode):
+    return [0] if mode == "single" else list(range(1, MPI_RANKS))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sigusr1_prints_a_row_per_rank_and_what_no_rank_can_take(mode):
+    proc = run(mode, "status.py", "self", timeout=90)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "DONE" in proc.stdout, output
+    assert proc.stderr.count("hpcray status at") == 1, output
+    rows = ROW.findall(proc.stderr)
+    assert sorted(int(r[0]) for r in rows) == worker_ranks(mode), output
+    held_or_done = sum(int(r[2]) + int(r[3]) for r in rows)
+    assert held_or_done >= 1, output  # the 8 tasks were submitted before the signal
+    assert re.search(r"pending for good: 1 x never needs \{[^}]*'no-such-thing': 1", proc.stderr), output
+
+
+def test_hpcray_status_s_prints_the_table_every_n_seconds():
+    proc = run("mpi", "status.py", "run", "3", timeout=90, env={"HPCRAY_STATUS_S": "0.5"})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "DONE" in proc.stdout, output
+    assert proc.stderr.count("hpcray status at") >= 3, output
+    finished = [sum(int(r[3]) for r in ROW.findall(table)) for table in proc.stderr.split("hpcray status at")[1:]]
+    assert finished == sorted(finished) and finished[-1] > finished[0], output  # the counts move on
+
+
+def test_sigusr1_to_the_whole_mpi_job_only_makes_the_driver_report():
+    """mpiexec (as Slurm's scancel --signal) passes the signal to every rank: workers ignore it."""
+    env = dict(BASE_ENV, PYTHONUNBUFFERED="1")
+    job = subprocess.Popen([mpiexec(), "-n", str(MPI_RANKS), sys.executable, SCRIPT, "run", "4"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert job.stdout.readline().startswith("DRIVER"), job.stderr.read()
+        time.sleep(1)
+        job.send_signal(signal.SIGUSR1)
+        out, err = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0 and "DONE" in out, out + err
+    assert err.count("hpcray status at") == 1, err
+    assert sorted(int(r[0]) for r in ROW.findall(err)) == worker_ranks("mpi"), err
