@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import run_mpi, run_single, run_spawn
+from conftest import MPI_RANKS, run_mpi, run_single, run_spawn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCENARIOS = os.path.join(HERE, "scenarios")
@@ -92,6 +92,29 @@ def test_processes_forked_by_an_actor_end_with_the_job(mode):
     while any(alive(p) for p in pool) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(alive(p) for p in pool), f"pool processes {pool} outlived the job"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_log_dir_gets_a_file_per_rank_with_its_tasks_output(mode, tmp_path):
+    logs = tmp_path / "logs"
+    proc = run(mode, "spmd.py", str(tmp_path), env={"HPCRAY_LOG_DIR": str(logs), "HPCRAY_LOG_LEVEL": "INFO"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    files = {int(re.match(r"rank(\d+)-pid\d+\.log$", name).group(1)): (logs / name).read_text()
+             for name in os.listdir(logs)}
+    assert sorted(files) == ([0] if mode == "single" else list(range(MPI_RANKS if mode == "mpi" else 4))), files
+    for i in range(6):  # each task's line, in the file of the rank that ran it, prefixed
+        holders = [r for r, text in files.items() if re.search(rf"\(say pid=\d+, rank={r}\) hello-from-task-{i}$",
+                                                               text, re.M)]
+        assert len(holders) == 1, files
+    if mode != "mpi":  # the driver's own hpcray log (under mpiexec it logs nothing at INFO here)
+        assert re.search(r"rank 0 INFO hpcray: ", files[0]), files[0]
+
+
+def test_log_dir_that_cannot_be_written_is_an_error_at_init(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = run("single", "spmd.py", str(tmp_path), env={"HPCRAY_LOG_DIR": str(blocker / "logs")})
+    assert proc.returncode != 0 and "HPCRAY_LOG_DIR=" in proc.stderr, proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -143,6 +143,8 @@ class Config:
     exit_timeout_s: float = 5.0
     #: Seconds between two status tables on the driver's stderr (None: only on SIGUSR1).
     status_s: Optional[float] = None
+    #: A folder for one log file per rank (its hpcray log and its tasks' output), or None.
+    log_dir: Optional[str] = None
     #: Python logging level name for hpcray's logger.
     log_level: str = "WARNING"
 
@@ -184,6 +186,7 @@ class Config:
             init_timeout_s=_env_float("HPCRAY_INIT_TIMEOUT_S", 120.0),
             exit_timeout_s=_env_float("HPCRAY_EXIT_TIMEOUT_S", 5.0),
             status_s=_env_optional_float("HPCRAY_STATUS_S") or None,
+            log_dir=os.environ.get("HPCRAY_LOG_DIR") or None,
             log_level=os.environ.get("HPCRAY_LOG_LEVEL", "WARNING").upper(),
         )
 

@@ -107,6 +107,15 @@ class TaskEnviron(os._Environ):  # type: ignore[name-defined]
         return dict(self)
 
 
+#: where a copy of every line a task prints goes too (HPCRAY_LOG_DIR's file of this rank), or None
+_copy_to: list = []
+
+
+def copy_task_output_to(stream: Any) -> None:
+    """Also write each line a task prints, with its prefix, to ``stream`` (None: stop)."""
+    _copy_to[:] = [stream] if stream is not None else []
+
+
 class PrefixedStream:
     """Wraps sys.stdout/sys.stderr: lines printed by a task get the task's prefix."""
 
@@ -124,9 +133,15 @@ class PrefixedStream:
         lines = pending.split("\n")
         self._local.pending = lines.pop()
         if lines:
-            self._stream.write("".join(ctx.prefix + line + "\n" for line in lines))
-            self._stream.flush()
+            self._write_out("".join(ctx.prefix + line + "\n" for line in lines))
         return len(text)
+
+    def _write_out(self, text: str) -> None:
+        self._stream.write(text)
+        self._stream.flush()
+        for copy in _copy_to:
+            copy.write(text)
+            copy.flush()
 
     def flush(self) -> None:
         if not self._dirty:
@@ -136,8 +151,9 @@ class PrefixedStream:
         pending = getattr(self._local, "pending", "")
         if pending and ctx is not None:
             self._local.pending = ""
-            self._stream.write(ctx.prefix + pending + "\n")
-        self._stream.flush()
+            self._write_out(ctx.prefix + pending + "\n")
+        else:
+            self._stream.flush()
 
     def __getattr__(self, name):
         return getattr(self._stream, name)

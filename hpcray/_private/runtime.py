@@ -19,6 +19,7 @@ import atexit
 import importlib
 import faulthandler
 import logging
+import logging.handlers
 import os
 import signal
 import socket
@@ -106,6 +107,8 @@ class ProcessState:
         self.worker_start: Optional[tuple] = None  # (comm, config): a worker rank about to serve
         self.fork_guard = False  # install_fork_guard() ran
         self.launch_logged = False  # how tasks run here (threads, spawned ranks) was logged
+        self.rank_log: Optional[Any] = None  # this rank's HPCRAY_LOG_DIR file (open_rank_log)
+        self.early_log: Optional[logging.Handler] = None  # what is logged before it is open
 
     def forget(self) -> None:
         """In a forked child: nothing of the parent's runtime is ours."""
@@ -249,6 +252,7 @@ def init_session(num_cpus: Optional[float], num_gpus: Optional[float], resources
     if mpi is not None and mpi[1] != 0:
         PROCESS.worker_start = (mpi[0], config)
         return None  # the caller serves (serve_worker_rank), outside the init lock
+    open_rank_log(0, config)
     PROCESS.jobs += 1
     job = PROCESS.jobs
     if namespace is None:  # like Ray: each driver gets an anonymous namespace of its own
@@ -297,11 +301,38 @@ def serve_worker_rank() -> None:
     serve_worker(comm, config)
 
 
+def open_rank_log(rank: int, config: Config) -> None:
+    """``HPCRAY_LOG_DIR``: this rank's file there, ``rank<R>-pid<P>.log``, gets the hpcray log
+    of this process and a copy of every line its tasks print (prefixed as on the terminal)."""
+    if not config.log_dir or PROCESS.rank_log is not None:
+        return
+    try:
+        os.makedirs(config.log_dir, exist_ok=True)
+        stream = open(os.path.join(config.log_dir, f"rank{rank}-pid{os.getpid()}.log"), "a", buffering=1)
+    except OSError as exc:
+        raise ValueError(f"HPCRAY_LOG_DIR={config.log_dir!r}: cannot write a log file there: {exc}") from None
+    PROCESS.rank_log = stream
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s rank {rank} %(levelname)s %(message)s"))
+    early = PROCESS.early_log
+    if early is not None:  # what was logged before this rank knew its number
+        PROCESS.early_log = None
+        logger.removeHandler(early)
+        early.setTarget(handler)
+        early.close()  # (flushes into the file)
+    logger.addHandler(handler)
+    context.copy_task_output_to(stream)
+
+
 def _configure_logging(config: Config) -> None:
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
+    if config.log_dir and PROCESS.rank_log is None and PROCESS.early_log is None:
+        # kept for this rank's HPCRAY_LOG_DIR file, which open_rank_log opens once the rank is known
+        PROCESS.early_log = logging.handlers.MemoryHandler(10_000, flushLevel=logging.CRITICAL + 1)
+        logger.addHandler(PROCESS.early_log)
     logger.setLevel(getattr(logging, config.log_level, logging.WARNING))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 import time
 from typing import Any, Dict, List, Optional
 
@@ -104,6 +105,10 @@ def serve_worker(comm: Any, config: Config, num_gpus: Optional[float] = None,
     runtime.install_fork_guard()  # (spawned workers come here without init(), which installs them)
     runtime.install_crash_reports()
     context.install_task_io()
+    try:
+        runtime.open_rank_log(rank, config)
+    except ValueError as exc:  # (the driver opened its own file there: it says so too, if it failed)
+        sys.stderr.write(f"hpcray: rank {rank}: {exc}\n")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides; it sends EXIT
     if hasattr(signal, "SIGUSR1"):  # asks the driver for its status table (status.py); sent to a
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # whole job, it must not end the workers
