@@ -7,7 +7,7 @@ from typing import Any, Dict
 
 from . import exceptions, util
 from ._private.api import (available_resources, cancel, cluster_resources, get, get_gpu_ids, init,
-                           is_initialized, nodes, put, shutdown, wait)
+                           is_initialized, nodes, put, shutdown, timeline, wait)
 from ._private.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from ._private.object_ref import ObjectRef
 from .actor import ActorClass, ActorHandle, get_actor, kill, method
@@ -44,4 +44,4 @@ __all__ = ["init", "shutdown", "is_initialized", "remote", "get", "put", "wait",
            "ObjectRefGenerator", "DynamicObjectRefGenerator",
            "ActorClass", "ActorHandle", "get_actor", "kill", "method",
            "RemoteFunction", "cluster_resources", "available_resources", "nodes", "get_gpu_ids",
-           "get_runtime_context", "exceptions", "util", "__version__"]
+           "get_runtime_context", "timeline", "exceptions", "util", "__version__"]

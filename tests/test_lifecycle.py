@@ -1,6 +1,7 @@
 """The life of a job: exit status, signals, what runs on which rank, printing, re-init, idle CPU.
 Each scenario runs as a subprocess with a timeout, single rank and under mpiexec."""
 
+import json
 import os
 import re
 import time
@@ -115,6 +116,17 @@ def test_log_dir_that_cannot_be_written_is_an_error_at_init(tmp_path):
     blocker.write_text("")
     proc = run("single", "spmd.py", str(tmp_path), env={"HPCRAY_LOG_DIR": str(blocker / "logs")})
     assert proc.returncode != 0 and "HPCRAY_LOG_DIR=" in proc.stderr, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_hpcray_timeline_writes_the_trace_when_the_driver_ends_by_an_error(mode, tmp_path):
+    path = tmp_path / "trace.json"
+    proc = run(mode, "exit_status.py", "raise", env={"HPCRAY_TIMELINE": str(path)})
+    assert proc.returncode == 1 and "driver failed on purpose" in proc.stderr, proc.stdout + proc.stderr
+    trace = json.loads(path.read_text())
+    ran = [e for e in trace if e["ph"] == "X" and e["name"] == "pid"]
+    assert len(ran) == 12, trace  # the script's 12 tasks named pid
+    assert {e["pid"] for e in ran} <= {0, 1, 2, 3}, ran
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -10,6 +10,8 @@ from .. import exceptions
 from . import context, runtime
 from .generators import ObjectRefGenerator
 from .object_ref import ObjectRef
+from .config import TIMELINE_WAIT_S
+from .timeline import chrome_trace, write_trace
 
 _INIT_KEYWORDS = {
     "address", "num_cpus", "num_gpus", "resources", "labels", "object_store_memory", "local_mode",
@@ -233,6 +235,19 @@ def available_resources() -> Dict[str, float]:
 def nodes() -> List[Dict[str, Any]]:
     """One dict per host, with Ray's keys (NodeID, Alive, NodeManagerAddress, Resources, ...)."""
     return query("nodes")
+
+
+def timeline(filename: Optional[str] = None) -> Optional[List[Dict[str, Any]]]:
+    """Ray's ``ray.timeline()``: the job's tasks, actor calls and waits as Chrome trace events
+    (open the file in Perfetto or chrome://tracing): a process per rank, named with its host, a
+    thread per thread. Written to ``filename`` as JSON, or returned as a list without one."""
+    if filename is not None and not isinstance(filename, (str, os.PathLike)):
+        raise TypeError(f"timeline(filename=...) must be a path or None, got {type(filename).__name__}")
+    trace = chrome_trace(live_session("timeline()").client.query("timeline", timeout=TIMELINE_WAIT_S))
+    if filename is None:
+        return trace
+    write_trace(filename, trace)
+    return None
 
 
 def get_gpu_ids() -> List[Union[int, str]]:

@@ -25,6 +25,7 @@ from .object_ref import DECREF, IdSource, ObjectRef, object_id_of
 from .serialization import SerializedValue, deserialize, serialize, try_serialize
 from .streams import item_id
 from .sync import SturdyCondition
+from .timeline import RECORDER
 
 logger = logging.getLogger("hpcray")
 
@@ -368,6 +369,8 @@ class CoreClient:
         self._request(missing, need_value, lending=lend is not None)
         deadline = None if timeout is None else time.monotonic() + timeout
         blocked = False
+        started = time.time()  # for the timeline, where this wait had to wait at all
+        waited = False
 
         def satisfied() -> bool:
             return waiter.have >= count or (fail_fast and waiter.error)
@@ -376,6 +379,7 @@ class CoreClient:
                 with self.lock:
                     if satisfied():
                         break
+                    waited = True
                     if self.broken is not None:
                         raise exceptions.RaySystemError(f"hpcray's comm thread failed: {self.broken!r}")
                     remaining = None
@@ -410,6 +414,8 @@ class CoreClient:
                             del self.waiters[object_id]
             if blocked:
                 self.post((P.UNBLOCKED, task.task_id))
+            if waited:
+                RECORDER.complete("wait for objects", "get", started, {"objects": len(ids), "needed": count})
 
     # ---- comm thread --------------------------------------------------------------------
     def on_stream_push(self, task_id: bytes, index: int, value: SerializedValue) -> None:

@@ -59,6 +59,11 @@ TERM_GRACE_S = 3.0
 SETTLE_S = 0.5
 #: the ranks' agreement on freeing the world window at the end of the job waits this long
 ARENA_CLOSE_S = 2.0
+#: the timeline keeps this many of each rank's newest events (timeline.py); older ones are
+#: dropped, counted, and the trace says so
+TIMELINE_MAX_EVENTS = 100_000
+#: timeline() waits this long for every rank's events
+TIMELINE_WAIT_S = 60.0
 #: a driver and the workers it spawned look this often whether the other's process still exists
 PROCESS_WATCH_S = 0.5
 #: init() ends the program when no worker it is spawning has been alive for this long
@@ -143,6 +148,8 @@ class Config:
     exit_timeout_s: float = 5.0
     #: Seconds between two status tables on the driver's stderr (None: only on SIGUSR1).
     status_s: Optional[float] = None
+    #: Where the driver writes the job's timeline (a Chrome trace) at its end, or None.
+    timeline_path: Optional[str] = None
     #: A folder for one log file per rank (its hpcray log and its tasks' output), or None.
     log_dir: Optional[str] = None
     #: Python logging level name for hpcray's logger.
@@ -187,6 +194,7 @@ class Config:
             exit_timeout_s=_env_float("HPCRAY_EXIT_TIMEOUT_S", 5.0),
             status_s=_env_optional_float("HPCRAY_STATUS_S") or None,
             log_dir=os.environ.get("HPCRAY_LOG_DIR") or None,
+            timeline_path=os.environ.get("HPCRAY_TIMELINE") or None,
             log_level=os.environ.get("HPCRAY_LOG_LEVEL", "WARNING").upper(),
         )
 

@@ -21,6 +21,7 @@ import queue
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from typing import Any, Callable, Dict, List, Optional
@@ -36,8 +37,12 @@ from .protocol import TaskSpec
 from .resources import RankLedger
 from .serialization import SerializedValue, deserialize, loads, serialize, try_serialize
 from .sync import SturdyCondition
+from .timeline import RECORDER
 
 logger = logging.getLogger("hpcray")
+
+#: the timeline's category of each kind of call (timeline.py)
+_CATEGORIES = {P.TASK: "task", P.ACTOR_CREATE: "actor_creation", P.ACTOR_METHOD: "actor_call"}
 
 class ArgRef:
     """Stands in the pickled arguments for the i-th top-level ObjectRef argument."""
@@ -494,6 +499,7 @@ class Executor:
     def call_and_pickle(self, spec: TaskSpec, get_callable: Callable[[], Callable],
                         values: List[SerializedValue]):
         """Call the task or method; return (pickled returns, error, retryable)."""
+        started = time.time()
         try:
             function = get_callable()
             call_args, call_kwargs = rebuild_arguments(spec.args, values, spec.deps)
@@ -506,9 +512,11 @@ class Executor:
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
+            RECORDER.complete(spec.name, _CATEGORIES[spec.kind], started, {"task_id": spec.task_id.hex()})
 
     async def call_and_pickle_async(self, spec: TaskSpec, get_callable: Callable[[], Callable],
                                     values: List[SerializedValue]):
+        started = time.time()
         try:
             function = get_callable()
             call_args, call_kwargs = rebuild_arguments(spec.args, values, spec.deps)
@@ -526,6 +534,7 @@ class Executor:
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
+            RECORDER.complete(spec.name, _CATEGORIES[spec.kind], started, {"task_id": spec.task_id.hex()})
 
     def _failure(self, spec: TaskSpec, exc: BaseException):
         from .actor_host import ActorExit

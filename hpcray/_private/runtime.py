@@ -43,6 +43,7 @@ from .protocol import RankInfo
 from .resources import accelerator_resource, detect_gpus, host_memory_bytes, host_name, usable_cpu_count
 from .scheduler import Scheduler, node_id_of
 from .status import StatusReporter, start_reporter
+from .timeline import RECORDER, chrome_trace, write_trace
 
 logger = logging.getLogger("hpcray")
 
@@ -109,6 +110,7 @@ class ProcessState:
         self.launch_logged = False  # how tasks run here (threads, spawned ranks) was logged
         self.rank_log: Optional[Any] = None  # this rank's HPCRAY_LOG_DIR file (open_rank_log)
         self.early_log: Optional[logging.Handler] = None  # what is logged before it is open
+        self.timeline_at_exit = False  # HPCRAY_TIMELINE's hook is registered
 
     def forget(self) -> None:
         """In a forked child: nothing of the parent's runtime is ours."""
@@ -264,6 +266,11 @@ def init_session(num_cpus: Optional[float], num_gpus: Optional[float], resources
             logger.warning("hpcray: init(num_cpus/num_gpus/resources) is ignored under MPI; the job's "
                            "ranks and Slurm decide the resources (see HPCRAY_NUM_CPUS, HPCRAY_RESOURCES)")
         session = _start_driver(mpi[0], config, job, namespace, job_env, mpi[3])
+    if config.timeline_path and not PROCESS.timeline_at_exit:
+        PROCESS.timeline_at_exit = True
+        # registered after _start_driver's _at_exit, so it runs before it (atexit is LIFO), while
+        # the ranks are there to send their events
+        atexit.register(_write_timeline_at_exit)
     return session
 
 
@@ -291,6 +298,7 @@ def close_session(session: Session) -> None:
     session.client.completions.close()
     if session.status is not None:
         session.status.stop()
+    RECORDER.clear()  # a session's timeline is its own (on every rank: shutdown, RESET)
 
 
 def serve_worker_rank() -> None:
@@ -524,6 +532,20 @@ def _describe_ranks(ranks: List[int]) -> str:
             where.append(f"it held {work}")
         parts.append(f"rank {r} ({'; '.join(where)})" if where else f"rank {r}")
     return ", ".join(parts)
+
+
+def _write_timeline_at_exit() -> None:
+    """``HPCRAY_TIMELINE=path``: the driver writes the job's timeline as its process ends, an
+    error's end too, while the ranks are still there to send their events."""
+    session = PROCESS.session
+    if session is None or session.scheduler is None or not session.config.timeline_path:
+        return
+    path = session.config.timeline_path
+    try:
+        trace = chrome_trace(session.client.query("timeline", timeout=session.config.exit_timeout_s))
+        write_trace(path, trace)
+    except Exception as exc:  # the program is ending: say why there is no trace, end all the same
+        sys.stderr.write(f"hpcray: HPCRAY_TIMELINE={path}: no timeline written: {type(exc).__name__}: {exc}\n")
 
 
 def _at_exit() -> None:

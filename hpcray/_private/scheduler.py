@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
 import time
 from collections import Counter, deque
 from typing import Any, Callable, Deque, Dict, List, Optional
@@ -30,6 +31,7 @@ from .object_ref import job_of
 from .placement import InGroup, OnHost, Spread
 from .placement_groups import PlacementGroups
 from .streams import StreamDirectory
+from .timeline import RECORDER
 from .protocol import RankInfo, TaskSpec
 from .resources import RankLedger
 from .config import ignore_unhandled_errors
@@ -144,7 +146,10 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory):
             P.PIN: self.on_pin, P.HANDLED: self.on_handled, P.CANCEL: self.on_cancel, P.KILL: self.on_kill, P.ACTOR_EXITED: self.on_actor_exited, P.GET_ACTOR: self.on_get_actor,
             P.PG_CREATE: self.on_group_create, P.PG_READY: self.on_group_ready, P.PG_REMOVE: self.on_group_remove,
             P.STREAM_ITEM: self.on_stream_item, P.STREAM_ACK: self.on_stream_ack,
+            P.TIMELINE_EVENTS: self.on_timeline_events,
         }
+        # timeline() requests waiting for ranks: reply id -> (requester, ranks to hear from, events)
+        self.timelines: Dict[bytes, tuple] = {}
 
     # ---- messages -------------------------------------------------------------------------
     def handle(self, src: int, msg: tuple) -> None:
@@ -342,6 +347,31 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory):
         record.rank = None
         self._make_ready(record, front=True)
 
+    def gather_timeline(self, src: int, reply_id: bytes) -> None:
+        """Every rank's timeline events for ``src`` (timeline.py): this process's at once, each
+        worker rank's when it answers TIMELINE_REQ (a rank that cannot answer leaves the
+        requester to its timeout)."""
+        events, dropped = RECORDER.snapshot()
+        by_rank = {0: (self.ranks[0].info.host if 0 in self.ranks else socket.gethostname(), events, dropped)}
+        others = {rank for rank in self.ranks if rank != 0}
+        if not others:
+            self.send(src, (P.OBJECT, reply_id, serialize(by_rank)))
+            return
+        self.timelines[reply_id] = (src, others, by_rank)
+        for rank in others:
+            self.send(rank, (P.TIMELINE_REQ, reply_id))
+
+    def on_timeline_events(self, src: int, reply_id: bytes, events: tuple) -> None:
+        waiting = self.timelines.get(reply_id)
+        if waiting is None:
+            return
+        requester, others, by_rank = waiting
+        by_rank[src] = events
+        others.discard(src)
+        if not others:
+            del self.timelines[reply_id]
+            self.send(requester, (P.OBJECT, reply_id, serialize(by_rank)))
+
     def _steal_settled(self, record: TaskRecord) -> None:
         """A task asked back came back, or ran where it was (it had started) or was dropped."""
         if record.stealing:
@@ -351,6 +381,9 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory):
     def on_query(self, src: int, name: str, reply_id: bytes) -> None:
         views = {"resources": self.resources_view, "nodes": self.nodes_view, "stats": self.stats,
                  "named_actors": self.named_actors_view, "placement_groups": self.groups_view}
+        if name == "timeline":
+            self.gather_timeline(src, reply_id)
+            return
         if isinstance(name, tuple):  # ("placement_group_named", name)
             self.send(src, (P.OBJECT, reply_id, serialize(self.group_named(name[1]))))
             return
