@@ -18,38 +18,42 @@ import logging
 import os
 import threading
 import time
+from threading import get_ident
 from collections import deque
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 from .config import TIMELINE_MAX_EVENTS
 
 logger = logging.getLogger("hpcray")
 
-#: (name, category, start s, duration s, thread id, thread name, args or None)
-Event = Tuple[str, str, float, float, int, str, Optional[Dict[str, Any]]]
-
-
 class Recorder:
-    """This process's events, the newest ``TIMELINE_MAX_EVENTS`` of them."""
+    """This process's events, the newest ``TIMELINE_MAX_EVENTS`` of them: (name, category, start
+    s, duration s, thread id, detail: a task id, a dict or None). Recording is one tuple appended
+    (formatting waits for ``snapshot``): it runs once per task and call."""
 
     def __init__(self, limit: int = TIMELINE_MAX_EVENTS):
         self.events: deque = deque(maxlen=limit)
         self.dropped = 0
 
-    def complete(self, name: str, category: str, start: float, args: Optional[Dict[str, Any]] = None) -> None:
+    def complete(self, name: str, category: str, start: float, detail: Any = None) -> None:
         """An event that began at ``start`` (``time.time()``) ends now, on this thread."""
-        end = time.time()
         events = self.events
         if len(events) == events.maxlen:
             if not self.dropped:
                 logger.warning("hpcray: the timeline keeps the last %d events of each rank; older "
                                "ones are dropped (the trace says how many)", events.maxlen)
             self.dropped += 1
-        thread = threading.current_thread()
-        events.append((name, category, start, end - start, thread.ident or 0, thread.name, args))
+        events.append((name, category, start, time.time() - start, get_ident(), detail))
 
-    def snapshot(self) -> Tuple[List[Event], int]:
-        return list(self.events), self.dropped
+    def snapshot(self) -> Tuple[List[tuple], int]:
+        """The events as they travel: (name, category, start, duration, thread id, thread name,
+        args or None) each, and how many older ones were dropped."""
+        names = {thread.ident: thread.name for thread in threading.enumerate()}
+        out = []
+        for name, category, start, duration, tid, detail in list(self.events):
+            args = {"task_id": detail.hex()} if isinstance(detail, bytes) else detail
+            out.append((name, category, start, duration, tid, names.get(tid, f"thread {tid}"), args))
+        return out, self.dropped
 
     def clear(self) -> None:
         self.events.clear()
@@ -59,7 +63,7 @@ class Recorder:
 RECORDER = Recorder()
 
 
-def chrome_trace(by_rank: Dict[int, Tuple[str, List[Event], int]]) -> List[Dict[str, Any]]:
+def chrome_trace(by_rank: Dict[int, Tuple[str, List[tuple], int]]) -> List[Dict[str, Any]]:
     """Chrome trace events (Perfetto, chrome://tracing): a process per rank, named with its host,
     a thread per thread, one complete ("X") event per recorded event."""
     trace: List[Dict[str, Any]] = []
