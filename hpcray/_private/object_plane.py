@@ -21,8 +21,9 @@ with the control messages. Without MPI (one rank) every value stays in rank 0's 
 from __future__ import annotations
 
 import threading
+import time
 import weakref
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from . import protocol as P
 from .arena import TAG_BYTES
 from .object_ref import return_ids_of
 from .serialization import SerializedValue, serialize
+from .timeline import RECORDER
 
 
 
@@ -83,6 +85,7 @@ class ObjectPlane:
         self.inline_max = inline_max
         self.owned: Dict[bytes, SerializedValue] = {}
         self.fetching: Dict[bytes, List[Callable[[SerializedValue], None]]] = {}
+        self.fetch_began: Dict[bytes, Tuple[float, int]] = {}  # (when, from which rank)
         self.arena = None  # the rank's SharedArena (arena.py), or None
 
     def keep_if_large(self, object_id: bytes, value: SerializedValue) -> SerializedValue:
@@ -125,6 +128,7 @@ class ObjectPlane:
             waiting.append(callback)
             return False
         self.fetching[object_id] = [callback]
+        self.fetch_began[object_id] = (time.time(), location)  # for the timeline
         if placement is not None and arena is not None and arena.world_window is not None:
             self._read_remote(object_id, value)
         else:
@@ -178,6 +182,11 @@ class ObjectPlane:
         self.transport.receive_buffers(src, sizes, arrived, self.pool.take)
 
     def on_object_data(self, object_id: bytes, value: SerializedValue) -> None:
+        began = self.fetch_began.pop(object_id, None)
+        if began is not None:
+            size = len(value.data) + sum(memoryview(b).nbytes for b in value.buffers)
+            RECORDER.complete("fetch object", "object_transfer", began[0],
+                              {"object_id": object_id.hex(), "from_rank": began[1], "bytes": size})
         for callback in self.fetching.pop(object_id, ()):
             callback(value)
 
@@ -187,6 +196,7 @@ class ObjectPlane:
     def reset(self) -> None:
         self.owned.clear()
         self.fetching.clear()
+        self.fetch_began.clear()
 
     @staticmethod
     def _lost(object_id: bytes, why: str) -> SerializedValue:

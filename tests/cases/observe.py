@@ -4,9 +4,15 @@ import json
 import os
 import time
 
+import numpy as np
+
 import hpcray as ray
 
-from .helpers import raises, scratch_file
+from .helpers import raises, scratch_file, skip
+
+# no arena: a large value on another rank of this host moves as a transfer (with the arena it is
+# mapped in place, and nothing moves)
+ENV = {"HPCRAY_ARENA_BYTES": "0"}
 
 
 @ray.remote
@@ -66,3 +72,20 @@ def case_timeline_to_a_file_is_json_that_chrome_reads():
 def case_timeline_with_a_bad_filename_is_an_error_at_the_call():
     exc = raises(TypeError, ray.timeline, 123)
     assert "filename" in str(exc)
+
+
+@ray.remote
+def make_large():
+    return np.ones(1_000_000)
+
+
+def case_timeline_shows_large_values_moved_between_ranks():
+    if all(rank == 0 for node in ray.nodes() for rank in node["Ranks"]):
+        skip("one process: no value moves between ranks")
+    ref = make_large.remote()
+    assert ray.get(ref, timeout=60).nbytes == 8_000_000
+    moved = [e for e in ray.timeline() if e["ph"] == "X" and e["cat"] == "object_transfer"
+             and e["args"]["object_id"] == ref.hex()]
+    assert len(moved) == 1, moved
+    assert moved[0]["pid"] == 0 and moved[0]["args"]["from_rank"] != 0, moved
+    assert moved[0]["args"]["bytes"] >= 8_000_000 and moved[0]["dur"] >= 0, moved
