@@ -62,6 +62,8 @@ ARENA_CLOSE_S = 2.0
 #: the timeline keeps this many of each rank's newest events (timeline.py); older ones are
 #: dropped, counted, and the trace says so
 TIMELINE_MAX_EVENTS = 100_000
+#: hpcray.util.state lists the newest this many tasks that ended (state_views.py)
+STATE_FINISHED_TASKS = 10_000
 #: timeline() waits this long for every rank's events
 TIMELINE_WAIT_S = 60.0
 #: a driver and the workers it spawned look this often whether the other's process still exists

@@ -30,6 +30,7 @@ from .actor_directory import DEAD, ActorDirectory
 from .object_ref import job_of
 from .placement import InGroup, OnHost, Spread
 from .placement_groups import PlacementGroups
+from .state_views import StateViews
 from .streams import StreamDirectory
 from .timeline import RECORDER
 from .protocol import RankInfo, TaskSpec
@@ -114,7 +115,7 @@ class RankState:
         return max(floor, min(DEPTH_MAX, int(LOOKAHEAD_S / pace)))
 
 
-class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory):
+class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews):
     """Places tasks on ranks and keeps the object table. Every method runs in the loop's turns (one thread at a time)."""
 
     def __init__(self, send: Callable[[int, tuple], None], workers: List[RankInfo], prefetch: int, job: int = 0):
@@ -137,6 +138,7 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory):
         self._init_actors()
         self._init_groups()
         self._init_streams()
+        self._init_state_views()
         self.children: Dict[bytes, set] = {}  # task -> tasks it submitted that are not done
         self.report_unhandled = not ignore_unhandled_errors()
         self._handlers = {
@@ -384,6 +386,9 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory):
         if name == "timeline":
             self.gather_timeline(src, reply_id)
             return
+        if isinstance(name, tuple) and name[0] == "state":  # ("state", kind): hpcray.util.state
+            self.send(src, (P.OBJECT, reply_id, serialize(self.state_rows(name[1]))))
+            return
         if isinstance(name, tuple):  # ("placement_group_named", name)
             self.send(src, (P.OBJECT, reply_id, serialize(self.group_named(name[1]))))
             return
@@ -525,6 +530,7 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory):
                 values: Optional[List[SerializedValue]] = None) -> None:
         record.finished = True
         spec = record.spec
+        self.remember_finished(record, error is not None)
         self.tasks.pop(spec.task_id, None)
         self.children.pop(spec.task_id, None)
         if spec.parent is not None:

@@ -89,3 +89,95 @@ def case_timeline_shows_large_values_moved_between_ranks():
     assert len(moved) == 1, moved
     assert moved[0]["pid"] == 0 and moved[0]["args"]["from_rank"] != 0, moved
     assert moved[0]["args"]["bytes"] >= 8_000_000 and moved[0]["dur"] >= 0, moved
+
+
+# ---- hpcray.util.state ------------------------------------------------------------------------
+@ray.remote
+def held_until(path):
+    while not os.path.exists(path):
+        time.sleep(0.02)
+    return ray.get_runtime_context().get_rank()
+
+
+@ray.remote
+def after(value):
+    return value
+
+
+@ray.remote
+def state_fails():
+    raise ValueError("on purpose")
+
+
+@ray.remote
+class StateActor:
+    def rank(self):
+        return ray.get_runtime_context().get_rank()
+
+
+def wait_for_rows(kind_list, predicate, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = kind_list()
+        if predicate(rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
+def case_state_lists_tasks_in_each_state_on_their_rank():
+    from hpcray.util.state import get_task, list_tasks, summarize_tasks
+    cpus = int(ray.cluster_resources()["CPU"])
+    gate = scratch_file("gate")
+    held = [held_until.remote(gate) for _ in range(cpus + 1)]
+    waiting = after.remote(held[0])
+    rows = wait_for_rows(lambda: list_tasks(filters=[("name", "=", "held_until")]),
+                         lambda rows: sum(r.state == "RUNNING" for r in rows) == cpus)
+    states = sorted(r.state for r in rows)
+    assert states.count("RUNNING") == cpus and len(states) == cpus + 1, rows
+    assert all(r.type == "NORMAL_TASK" and r.required_resources == {"CPU": 1.0} for r in rows), rows
+    assert get_task(waiting.task_id().hex()).state == "PENDING_ARGS_AVAIL"
+    open(gate, "w").close()
+    ranks = ray.get(held, timeout=60)
+    assert ray.get(waiting, timeout=60) == ranks[0]
+    raises(ValueError, ray.get, state_fails.remote())
+    done = {r.task_id: r for r in list_tasks(filters=[("name", "=", "held_until")], limit=1000)}
+    for ref, rank in zip(held, ranks):
+        row = done[ref.task_id().hex()]
+        assert (row.state, row.rank) == ("FINISHED", rank), row
+    assert [r.state for r in list_tasks(filters=[("name", "=", "state_fails")])] == ["FAILED"]
+    counts = summarize_tasks()["cluster"]["summary"]["held_until"]["state_counts"]
+    assert counts == {"FINISHED": cpus + 1}, counts
+    os.remove(gate)
+
+
+def case_state_lists_actors_and_their_end():
+    from hpcray.util.state import get_actor, list_actors, summarize_actors
+    actor = StateActor.options(name="state-listed").remote()
+    rank = ray.get(actor.rank.remote(), timeout=60)
+    row = get_actor(actor._actor_id.hex())
+    assert (row.class_name, row.state, row.name, row.rank) == ("StateActor", "ALIVE", "state-listed", rank), row
+    assert summarize_actors()["cluster"]["summary"]["StateActor"]["state_counts"].get("ALIVE") == 1
+    ray.kill(actor)
+    rows = wait_for_rows(lambda: list_actors(filters=[("name", "=", "state-listed")]),
+                         lambda rows: rows and rows[0].state == "DEAD")
+    assert [r.state for r in rows] == ["DEAD"], rows
+
+
+def case_state_lists_objects_and_nodes():
+    from hpcray.util.state import list_nodes, list_objects, summarize_objects
+    ref = ray.put(np.ones(100_000))
+    rows = list_objects(filters=[("object_id", "=", ref.hex())])
+    assert len(rows) == 1 and rows[0].object_size >= 800_000, rows
+    assert summarize_objects()["cluster"]["total_objects"] >= 1
+    nodes = list_nodes()
+    assert sorted(n.node_id for n in nodes) == sorted(n["NodeID"] for n in ray.nodes()), nodes
+    del ref
+
+
+def case_state_bad_filters_and_limits_are_errors_at_the_call():
+    from hpcray.util.state import list_tasks
+    assert "'>'" in str(raises(ValueError, list_tasks, filters=[("state", ">", "x")]))
+    ray.get(after.remote(1), timeout=60)
+    assert "no_such_field" in str(raises(ValueError, list_tasks, filters=[("no_such_field", "=", "x")]))
+    assert "limit" in str(raises(ValueError, list_tasks, limit=-1))
+    assert len(list_tasks(limit=1)) == 1
