@@ -9,7 +9,7 @@ Rows use Ray's field names. Tasks that ended are kept for the listing, the newes
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 from . import protocol as P
 from .actor_directory import ALIVE, DEAD, PENDING
@@ -17,6 +17,16 @@ from .config import STATE_FINISHED_TASKS
 
 _TYPES = {P.TASK: "NORMAL_TASK", P.ACTOR_CREATE: "ACTOR_CREATION_TASK", P.ACTOR_METHOD: "ACTOR_TASK"}
 _ACTOR_STATES = {PENDING: "PENDING_CREATION", ALIVE: "ALIVE", DEAD: "DEAD"}
+
+
+class _Ended(NamedTuple):
+    """What the row of a task that ended shows."""
+    task_id: bytes
+    name: str
+    kind: int
+    attempt: int
+    actor_id: Optional[bytes]
+    demand: Dict[str, float]
 
 
 class StateViews:
@@ -27,10 +37,13 @@ class StateViews:
         self.finished_dropped = 0
 
     def remember_finished(self, record: Any, failed: bool) -> None:
-        """A task or call ended (``Scheduler._finish``): one tuple, the row is made when asked."""
+        """A task or call ended (``Scheduler._finish``): one tuple of what its row shows (not the
+        spec, which holds the arguments); the row is made when asked."""
         if len(self.finished_tasks) == self.finished_tasks.maxlen:
             self.finished_dropped += 1
-        self.finished_tasks.append((record.spec, record.rank, failed))
+        spec = record.spec
+        self.finished_tasks.append((_Ended(spec.task_id, spec.name, spec.kind, spec.attempt, spec.actor_id,
+                                           spec.demand), record.rank, failed))
 
     def state_rows(self, kind: str) -> Any:
         if kind == "tasks":
