@@ -512,7 +512,7 @@ class Executor:
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-            RECORDER.complete(spec.name, _CATEGORIES[spec.kind], started, spec.task_id)
+            RECORDER.complete(spec.name, _CATEGORIES[spec.kind], started, (spec.task_id, spec.submitted, spec.owner))
 
     async def call_and_pickle_async(self, spec: TaskSpec, get_callable: Callable[[], Callable],
                                     values: List[SerializedValue]):
@@ -534,7 +534,7 @@ class Executor:
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-            RECORDER.complete(spec.name, _CATEGORIES[spec.kind], started, spec.task_id)
+            RECORDER.complete(spec.name, _CATEGORIES[spec.kind], started, (spec.task_id, spec.submitted, spec.owner))
 
     def _failure(self, spec: TaskSpec, exc: BaseException):
         from .actor_host import ActorExit

@@ -28,7 +28,8 @@ logger = logging.getLogger("hpcray")
 
 class Recorder:
     """This process's events, the newest ``TIMELINE_MAX_EVENTS`` of them: (name, category, start
-    s, duration s, thread id, detail: a task id, a dict or None). Recording is one tuple appended
+    s, duration s, thread id, detail: (task id, submitted, owner rank), a dict or None). Recording
+    is one tuple appended
     (formatting waits for ``snapshot``): it runs once per task and call."""
 
     def __init__(self, limit: int = TIMELINE_MAX_EVENTS):
@@ -51,7 +52,11 @@ class Recorder:
         names = {thread.ident: thread.name for thread in threading.enumerate()}
         out = []
         for name, category, start, duration, tid, detail in list(self.events):
-            args = {"task_id": detail.hex()} if isinstance(detail, bytes) else detail
+            if type(detail) is tuple:  # a task or call: (task id, submitted at, by which rank)
+                args = {"task_id": detail[0].hex(), "submitted": detail[1], "owner": detail[2],
+                        "queued_ms": round((start - detail[1]) * 1e3, 3)}
+            else:
+                args = detail
             out.append((name, category, start, duration, tid, names.get(tid, f"thread {tid}"), args))
         return out, self.dropped
 
@@ -67,6 +72,7 @@ def chrome_trace(by_rank: Dict[int, Tuple[str, List[tuple], int]]) -> List[Dict[
     """Chrome trace events (Perfetto, chrome://tracing): a process per rank, named with its host,
     a thread per thread, one complete ("X") event per recorded event."""
     trace: List[Dict[str, Any]] = []
+    submitters = set()
     for rank in sorted(by_rank):
         host, events, dropped = by_rank[rank]
         label = f"rank {rank} ({host})" + (f", {dropped} older events dropped" if dropped else "")
@@ -80,9 +86,23 @@ def chrome_trace(by_rank: Dict[int, Tuple[str, List[tuple], int]]) -> List[Dict[
             event = {"name": name, "cat": category, "ph": "X", "pid": rank, "tid": tid,
                      "ts": start * 1e6, "dur": duration * 1e6}
             if args:
+                submitted = args.pop("submitted", None)
+                owner = args.pop("owner", None)
+                if submitted is not None:  # its submission: an instant on the submitter's track
+                    submitters.add(owner)
+                    trace.append({"name": f"submit {name}", "cat": "submit", "ph": "i", "s": "t",
+                                  "pid": owner, "tid": SUBMIT_TRACK, "ts": submitted * 1e6,
+                                  "args": {"task_id": args["task_id"]}})
                 event["args"] = args
             trace.append(event)
+    for rank in sorted(submitters):
+        trace.append({"name": "thread_name", "ph": "M", "pid": rank, "tid": SUBMIT_TRACK,
+                      "args": {"name": "submissions"}})
     return trace
+
+
+#: the track (tid) of a rank's submissions in the trace
+SUBMIT_TRACK = 0
 
 
 def write_trace(filename: "str | os.PathLike", trace: List[Dict[str, Any]]) -> None:

@@ -40,10 +40,13 @@ def case_timeline_has_an_event_per_task_and_call_on_its_rank():
     tasks = complete_events(trace, "traced_task")
     assert len(tasks) == 6, tasks
     assert sorted(e["pid"] for e in tasks) == sorted(ranks), (tasks, ranks)
+    submits = {e["args"]["task_id"]: e for e in trace if e["ph"] == "i" and e["name"] == "submit traced_task"}
     for event in tasks:
         assert event["cat"] == "task" and event["dur"] >= 0.05e6 * 0.9, event
         assert started_us - 1e6 <= event["ts"] <= time.time() * 1e6, event
         assert isinstance(event["tid"], int) and len(event["args"]["task_id"]) > 0, event
+        submit = submits[event["args"]["task_id"]]  # submitted by the driver, before it ran
+        assert submit["pid"] == 0 and submit["ts"] <= event["ts"] and event["args"]["queued_ms"] >= 0, submit
     calls = complete_events(trace, "TracedActor.traced_method")
     assert [(e["pid"], e["cat"]) for e in calls] == [(actor_rank, "actor_call")], calls
     assert [e["pid"] for e in complete_events(trace, "TracedActor.__init__")] == [actor_rank]
