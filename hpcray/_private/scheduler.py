@@ -662,14 +662,19 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews):
         return nodes
 
     def status_view(self) -> Dict[str, Any]:
-        """What the status table shows (status.py): per rank its resources in use, the tasks and
-        calls it holds (running or queued there), finished and failed, its actors; and the work
-        no rank holds: waiting for arguments, ready to place, needing what no rank has."""
-        held: Dict[int, int] = {}
+        """What the status table shows (status.py): per rank its resources in use, the tasks it
+        runs (holding resources), the tasks and calls queued there (actor calls sent to its
+        actors count as queued), finished and failed, its actors; and the work no rank holds:
+        waiting for arguments, ready to place, needing what no rank has."""
+        running: Dict[int, int] = {}
+        queued: Dict[int, int] = {}
         waiting = 0
         for record in self.tasks.values():
-            if record.rank is not None:
-                held[record.rank] = held.get(record.rank, 0) + 1
+            rank = record.rank
+            if rank is not None:
+                state = self.ranks.get(rank)
+                counts = running if state is not None and record.spec.task_id in state.ledger.running else queued
+                counts[rank] = counts.get(rank, 0) + 1
             elif record.missing:
                 waiting += 1
         actors: Dict[int, int] = {}
@@ -682,7 +687,8 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews):
             ranks.append({
                 "rank": state.info.rank, "host": state.info.host, "pid": state.info.pid,
                 "cpu_used": ledger.total.get("CPU", 0.0) - ledger.available.get("CPU", 0.0),
-                "cpu_total": ledger.total.get("CPU", 0.0), "held": held.get(state.info.rank, 0),
+                "cpu_total": ledger.total.get("CPU", 0.0), "running": running.get(state.info.rank, 0),
+                "queued": queued.get(state.info.rank, 0),
                 "finished": state.finished, "failed": state.failed,
                 "actors": actors.get(state.info.rank, 0)})
         infeasible = []

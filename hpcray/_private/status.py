@@ -22,15 +22,16 @@ def format_status(view: Dict[str, Any], running_s: float) -> str:
     """The status table: one line per worker rank, then the work no rank holds."""
     minutes, seconds = divmod(int(running_s), 60)
     lines = [f"hpcray status at {time.strftime('%H:%M:%S')} (session running {minutes}m {seconds:02d}s)",
-             f"{'rank':>5} {'host':16} {'pid':>8} {'CPU used':>9} {'held':>6} {'finished':>9} "
-             f"{'failed':>7} {'actors':>7}"]
+             f"{'rank':>5} {'host':16} {'pid':>8} {'CPU used':>9} {'running':>8} {'queued':>7} "
+             f"{'finished':>9} {'failed':>7} {'actors':>7}"]
     for row in view["ranks"]:
         cpus = f"{row['cpu_used']:g}/{row['cpu_total']:g}"
-        lines.append(f"{row['rank']:>5} {row['host'][:16]:16} {row['pid']:>8} {cpus:>9} {row['held']:>6} "
-                     f"{row['finished']:>9} {row['failed']:>7} {row['actors']:>7}")
-    lines.append(f"held: tasks and actor calls running or queued on the rank. Not on any rank: "
-                 f"{view['ready']} ready to place, {view['waiting_for_arguments']} waiting for "
-                 f"arguments. Objects in the table: {view['objects']}.")
+        lines.append(f"{row['rank']:>5} {row['host'][:16]:16} {row['pid']:>8} {cpus:>9} {row['running']:>8} "
+                     f"{row['queued']:>7} {row['finished']:>9} {row['failed']:>7} {row['actors']:>7}")
+    lines.append(f"running: tasks holding the rank's resources; queued: tasks waiting there and calls "
+                 f"sent to its actors. Not on any rank: {view['ready']} ready to place, "
+                 f"{view['waiting_for_arguments']} waiting for arguments. Objects in the table: "
+                 f"{view['objects']}.")
     for name, demand, count in view["infeasible"]:
         lines.append(f"pending for good: {count} x {name} needs {demand}, which no rank of this job has")
     return "\n".join(lines) + "\n"

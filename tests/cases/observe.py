@@ -184,3 +184,16 @@ def case_state_bad_filters_and_limits_are_errors_at_the_call():
     assert "no_such_field" in str(raises(ValueError, list_tasks, filters=[("no_such_field", "=", "x")]))
     assert "limit" in str(raises(ValueError, list_tasks, limit=-1))
     assert len(list_tasks(limit=1)) == 1
+
+
+@ray.remote
+def lists_itself():
+    from hpcray.util.state import get_task
+    me = get_task(ray.get_runtime_context().get_task_id())
+    return me.name, me.state, me.rank
+
+
+def case_state_is_callable_from_a_task():
+    name, state, rank = ray.get(lists_itself.remote(), timeout=60)
+    assert (name, state) == ("lists_itself", "RUNNING"), (name, state)
+    assert rank in {r for n in ray.nodes() for r in n["Ranks"]}, rank
