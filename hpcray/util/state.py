@@ -48,30 +48,20 @@ def _rows(kind: str, filters: Optional[Sequence[Tuple[str, str, Any]]], limit: i
     return rows[:limit]
 
 
-def list_tasks(filters=None, limit: int = DEFAULT_LIMIT, timeout: float = 30, detail: bool = False,
-               raise_on_missing_output: bool = True) -> List[StateRow]:
-    """Tasks, actor creations and actor calls: pending, running or ended (newest ended kept)."""
-    return _rows("tasks", filters, limit, timeout)
+def _lister(kind: str, doc: str):
+    def list_rows(filters=None, limit: int = DEFAULT_LIMIT, timeout: float = 30, detail: bool = False,
+                  raise_on_missing_output: bool = True) -> List[StateRow]:
+        return _rows(kind, filters, limit, timeout)
+    list_rows.__name__ = list_rows.__qualname__ = f"list_{kind}"
+    list_rows.__doc__ = doc + " ``filters``: [(key, '=' or '!=', value)]; ``limit``: at most this many rows."
+    return list_rows
 
 
-def list_actors(filters=None, limit: int = DEFAULT_LIMIT, timeout: float = 30, detail: bool = False,
-                raise_on_missing_output: bool = True) -> List[StateRow]:
-    return _rows("actors", filters, limit, timeout)
-
-
-def list_objects(filters=None, limit: int = DEFAULT_LIMIT, timeout: float = 30, detail: bool = False,
-                 raise_on_missing_output: bool = True) -> List[StateRow]:
-    return _rows("objects", filters, limit, timeout)
-
-
-def list_placement_groups(filters=None, limit: int = DEFAULT_LIMIT, timeout: float = 30, detail: bool = False,
-                          raise_on_missing_output: bool = True) -> List[StateRow]:
-    return _rows("placement_groups", filters, limit, timeout)
-
-
-def list_nodes(filters=None, limit: int = DEFAULT_LIMIT, timeout: float = 30, detail: bool = False,
-               raise_on_missing_output: bool = True) -> List[StateRow]:
-    return _rows("nodes", filters, limit, timeout)
+list_tasks = _lister("tasks", "Tasks, actor creations and actor calls: pending, running or ended (newest ended kept).")
+list_actors = _lister("actors", "Actors: pending creation, alive or dead.")
+list_objects = _lister("objects", "Objects the job holds, with their size where their value exists.")
+list_placement_groups = _lister("placement_groups", "Placement groups, their bundles, strategy and state.")
+list_nodes = _lister("nodes", "Hosts of the job, with their resources and ranks.")
 
 
 def get_task(id: str, timeout: float = 30) -> Optional[StateRow]:
