@@ -13,8 +13,9 @@ from conftest import BASE_ENV, MPI_RANKS, mpiexec
 from test_lifecycle import MODES, SCENARIOS, run
 
 SCRIPT = os.path.join(SCENARIOS, "status.py")
-# rank, pid, running, queued, finished, failed, actors
-ROW = re.compile(r"^\s+(\d+) +\S+ +(\d+) +[\d.]+/[\d.]+ +(\d+) +(\d+) +(\d+) +(\d+) +(\d+)$", re.M)
+# rank, pid, running, queued, finished, failed, actors, objects MB, arena MB (used/size, or -)
+ROW = re.compile(r"^\s+(\d+) +\S+ +(\d+) +[\d.]+/[\d.]+ +(\d+) +(\d+) +(\d+) +(\d+) +(\d+) +(\S+) +(\S+)$",
+                 re.M)
 
 
 def worker_ranks(mode):
@@ -32,6 +33,10 @@ def test_sigusr1_prints_a_row_per_rank_and_what_no_rank_can_take(mode):
     assert sum(int(r[2]) for r in rows) >= 1, output  # 8 one-CPU tasks were submitted before the signal
     for row in rows:
         assert int(row[2]) <= 2, output  # no rank runs more tasks than it has CPUs
+        assert re.fullmatch(r"[\d.]+", row[7]) and re.fullmatch(r"[\d]+/[\d]+|-", row[8]), output  # answered
+    # the scenario keeps a large value made by a task: its rank shows it, in its arena or privately
+    held = [float(r[7]) + (float(r[8].split("/")[0]) if "/" in r[8] else 0.0) for r in rows]
+    assert max(held) >= 7, output
     assert re.search(r"pending for good: 1 x never needs \{[^}]*'no-such-thing': 1", proc.stderr), output
 
 

@@ -64,6 +64,8 @@ ARENA_CLOSE_S = 2.0
 TIMELINE_MAX_EVENTS = 100_000
 #: hpcray.util.state lists the newest this many tasks that ended (state_views.py)
 STATE_FINISHED_TASKS = 10_000
+#: the status table waits this long for the ranks' memory reports (then shows "?")
+STATUS_MEMORY_WAIT_S = 5.0
 #: timeline() waits this long for every rank's events
 TIMELINE_WAIT_S = 60.0
 #: a driver and the workers it spawned look this often whether the other's process still exists

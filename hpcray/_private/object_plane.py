@@ -88,6 +88,15 @@ class ObjectPlane:
         self.fetch_began: Dict[bytes, Tuple[float, int]] = {}  # (when, from which rank)
         self.arena = None  # the rank's SharedArena (arena.py), or None
 
+    def memory_report(self) -> dict:
+        """Bytes of the values this rank keeps for others: in private memory, and in its arena
+        segment (used and size); for the status table."""
+        owned = list(self.owned.values())  # (read from another thread than the loop's, at times)
+        arena = self.arena
+        return {"private_bytes": sum(v.nbytes for v in owned if v.placement is None),
+                "arena_used": arena.used_bytes() if arena is not None else 0,
+                "arena_bytes": arena.allocator.size if arena is not None else 0}
+
     def keep_if_large(self, object_id: bytes, value: SerializedValue) -> SerializedValue:
         """Keep a large value here; return what goes to the scheduler (a stub, or the value)."""
         if value.is_error or value.location is not None or self.transport is None:

@@ -65,7 +65,7 @@ PG_READY = 20  # (group id, object id, value): give the object the value once th
 PG_REMOVE = 21  # (group id,)
 STREAM_ITEM = 22  # (task id, index, value): a streaming task's next item (streams.py)
 STREAM_ACK = 23  # (task id, consumed): the owner has taken this many items of a stream
-TIMELINE_EVENTS = 24  # (reply id, (host, events, dropped)): a rank's timeline (timeline.py)
+RANK_REPORT = 24  # (reply id, report): what RANK_REPORT_REQ asked of this rank (status.rank_report)
 # downstream
 EXECUTE = 101
 OBJECT = 102
@@ -83,7 +83,7 @@ BUNDLE_RELEASE = 113  # ((group id, index),): and gives it back
 STREAM_PUSH = 114  # (task id, index, value): an item, to the stream's owner
 STREAM_END = 115  # (task id, total): the stream has ``total`` items (the last may be its error)
 STREAM_CONSUMED = 116  # (task id, consumed): to the producer of a stream with backpressure
-TIMELINE_REQ = 117  # (reply id,): send your timeline's events (TIMELINE_EVENTS)
+RANK_REPORT_REQ = 117  # (reply id, what): send your "timeline" or "memory" (RANK_REPORT)
 # peer to peer (any rank to any rank, object_plane.py)
 FETCH = 301
 OBJECT_DATA = 302

@@ -35,14 +35,14 @@ from . import protocol as P
 from .client import CoreClient
 from . import spawn
 from .comm import Backoff, CommLoop, MPITransport, duplicate, job_communicator
-from .config import (EXIT_ACK_S, MEMORY_SHARE, REMOTE_LEAVE_S, Config, launched_by_mpi,
+from .config import (EXIT_ACK_S, MEMORY_SHARE, REMOTE_LEAVE_S, STATUS_MEMORY_WAIT_S, Config, launched_by_mpi,
                      slurm_cpus_per_task)
 from .executor import Executor, host_address
 from .object_plane import ObjectPlane
 from .protocol import RankInfo
 from .resources import accelerator_resource, detect_gpus, host_memory_bytes, host_name, usable_cpu_count
 from .scheduler import Scheduler, node_id_of
-from .status import StatusReporter, start_reporter
+from .status import StatusReporter, rank_report, start_reporter
 from .timeline import RECORDER, chrome_trace, write_trace
 
 logger = logging.getLogger("hpcray")
@@ -415,8 +415,17 @@ def _wire(loop: CommLoop, session: Session) -> None:
     open_session(session, plane)
     scheduler = session.scheduler
     if scheduler is not None:
-        session.status = start_reporter(lambda: loop.call(scheduler.status_view, timeout=10),
-                                        session.config.status_s)
+        host = host_name(0, session.config.ranks_per_host)
+        scheduler.local_report = lambda what: rank_report(what, host, plane)
+
+        def status_view() -> Dict[str, Any]:
+            view = loop.call(scheduler.status_view, timeout=10)
+            try:  # each rank's object memory, asked of the ranks (one that does not answer: "?")
+                view["memory"] = session.client.query("memory", timeout=STATUS_MEMORY_WAIT_S)
+            except Exception:
+                view["memory"] = {}
+            return view
+        session.status = start_reporter(status_view, session.config.status_s)
     executor = session.executor
 
     def agent(msg: tuple) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import socket
 import time
 from collections import Counter, deque
 from typing import Any, Callable, Deque, Dict, List, Optional
@@ -32,7 +31,6 @@ from .placement import InGroup, OnHost, Spread
 from .placement_groups import PlacementGroups
 from .state_views import StateViews
 from .streams import StreamDirectory
-from .timeline import RECORDER
 from .protocol import RankInfo, TaskSpec
 from .resources import RankLedger
 from .config import ignore_unhandled_errors
@@ -148,10 +146,12 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews):
             P.PIN: self.on_pin, P.HANDLED: self.on_handled, P.CANCEL: self.on_cancel, P.KILL: self.on_kill, P.ACTOR_EXITED: self.on_actor_exited, P.GET_ACTOR: self.on_get_actor,
             P.PG_CREATE: self.on_group_create, P.PG_READY: self.on_group_ready, P.PG_REMOVE: self.on_group_remove,
             P.STREAM_ITEM: self.on_stream_item, P.STREAM_ACK: self.on_stream_ack,
-            P.TIMELINE_EVENTS: self.on_timeline_events,
+            P.RANK_REPORT: self.on_rank_report,
         }
-        # timeline() requests waiting for ranks: reply id -> (requester, ranks to hear from, events)
-        self.timelines: Dict[bytes, tuple] = {}
+        # requests waiting for ranks' reports: reply id -> (requester, ranks to hear from, reports)
+        self.reports: Dict[bytes, tuple] = {}
+        # this rank's own report (runtime wires it: status.rank_report with rank 0's object plane)
+        self.local_report: Callable[[str], Any] = lambda what: None
 
     # ---- messages -------------------------------------------------------------------------
     def handle(self, src: int, msg: tuple) -> None:
@@ -349,30 +349,29 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews):
         record.rank = None
         self._make_ready(record, front=True)
 
-    def gather_timeline(self, src: int, reply_id: bytes) -> None:
-        """Every rank's timeline events for ``src`` (timeline.py): this process's at once, each
-        worker rank's when it answers TIMELINE_REQ (a rank that cannot answer leaves the
-        requester to its timeout)."""
-        events, dropped = RECORDER.snapshot()
-        by_rank = {0: (self.ranks[0].info.host if 0 in self.ranks else socket.gethostname(), events, dropped)}
+    def gather_reports(self, src: int, reply_id: bytes, what: str) -> None:
+        """Every rank's report ``what`` ("timeline", "memory": status.rank_report) for ``src``,
+        by rank: this rank's at once, each worker rank's when it answers RANK_REPORT_REQ (a rank
+        that cannot answer leaves the requester to its timeout)."""
+        reports = {0: self.local_report(what)}
         others = {rank for rank in self.ranks if rank != 0}
         if not others:
-            self.send(src, (P.OBJECT, reply_id, serialize(by_rank)))
+            self.send(src, (P.OBJECT, reply_id, serialize(reports)))
             return
-        self.timelines[reply_id] = (src, others, by_rank)
+        self.reports[reply_id] = (src, others, reports)
         for rank in others:
-            self.send(rank, (P.TIMELINE_REQ, reply_id))
+            self.send(rank, (P.RANK_REPORT_REQ, reply_id, what))
 
-    def on_timeline_events(self, src: int, reply_id: bytes, events: tuple) -> None:
-        waiting = self.timelines.get(reply_id)
+    def on_rank_report(self, src: int, reply_id: bytes, report: Any) -> None:
+        waiting = self.reports.get(reply_id)
         if waiting is None:
             return
-        requester, others, by_rank = waiting
-        by_rank[src] = events
+        requester, others, reports = waiting
+        reports[src] = report
         others.discard(src)
         if not others:
-            del self.timelines[reply_id]
-            self.send(requester, (P.OBJECT, reply_id, serialize(by_rank)))
+            del self.reports[reply_id]
+            self.send(requester, (P.OBJECT, reply_id, serialize(reports)))
 
     def _steal_settled(self, record: TaskRecord) -> None:
         """A task asked back came back, or ran where it was (it had started) or was dropped."""
@@ -383,8 +382,8 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews):
     def on_query(self, src: int, name: str, reply_id: bytes) -> None:
         views = {"resources": self.resources_view, "nodes": self.nodes_view, "stats": self.stats,
                  "named_actors": self.named_actors_view, "placement_groups": self.groups_view}
-        if name == "timeline":
-            self.gather_timeline(src, reply_id)
+        if name in ("timeline", "memory"):
+            self.gather_reports(src, reply_id, name)
             return
         if isinstance(name, tuple) and name[0] == "state":  # ("state", kind): hpcray.util.state
             self.send(src, (P.OBJECT, reply_id, serialize(self.state_rows(name[1]))))
@@ -697,7 +696,9 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews):
                 infeasible.append((queue[0].spec.name, dict(queue[0].spec.demand), len(queue)))
         return {"ranks": ranks, "waiting_for_arguments": waiting,
                 "ready": sum(len(q) for q in self.ready.values()), "infeasible": infeasible,
-                "objects": len(self.objects)}
+                "objects": len(self.objects),
+                # values the table itself holds, on rank 0 (inline ones; all of them single-rank)
+                "table_bytes": sum(e.value.nbytes for e in self.objects.values() if e.value is not None)}
 
     def stats(self) -> Dict[str, int]:
         return {"objects": len(self.objects), "tasks": len(self.tasks),

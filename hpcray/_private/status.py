@@ -15,21 +15,42 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .timeline import RECORDER
+
+MB = 1 << 20
+
+
+def _megabytes(memory: Optional[Dict[str, int]]) -> Tuple[str, str]:
+    """(private MB, arena "used/size MB") of a rank's memory report; "?" where it did not answer."""
+    if not memory:
+        return "?", "?"
+    arena = f"{memory['arena_used'] / MB:.0f}/{memory['arena_bytes'] / MB:.0f}" if memory["arena_bytes"] else "-"
+    return f"{memory['private_bytes'] / MB:.1f}", arena
 
 
 def format_status(view: Dict[str, Any], running_s: float) -> str:
     """The status table: one line per worker rank, then the work no rank holds."""
     minutes, seconds = divmod(int(running_s), 60)
+    memory = dict(view.get("memory") or {})
+    if memory.get(0):  # rank 0 also keeps the values of the scheduler's object table
+        memory[0] = dict(memory[0], private_bytes=memory[0]["private_bytes"] + view["table_bytes"])
     lines = [f"hpcray status at {time.strftime('%H:%M:%S')} (session running {minutes}m {seconds:02d}s)",
              f"{'rank':>5} {'host':16} {'pid':>8} {'CPU used':>9} {'running':>8} {'queued':>7} "
-             f"{'finished':>9} {'failed':>7} {'actors':>7}"]
+             f"{'finished':>9} {'failed':>7} {'actors':>7} {'objects MB':>11} {'arena MB':>11}"]
     for row in view["ranks"]:
         cpus = f"{row['cpu_used']:g}/{row['cpu_total']:g}"
+        private, arena = _megabytes(memory.get(row["rank"]))
         lines.append(f"{row['rank']:>5} {row['host'][:16]:16} {row['pid']:>8} {cpus:>9} {row['running']:>8} "
-                     f"{row['queued']:>7} {row['finished']:>9} {row['failed']:>7} {row['actors']:>7}")
+                     f"{row['queued']:>7} {row['finished']:>9} {row['failed']:>7} {row['actors']:>7} "
+                     f"{private:>11} {arena:>11}")
+    if all(row["rank"] != 0 for row in view["ranks"]):  # the driver serves no tasks: its own line
+        private, arena = _megabytes(memory.get(0))
+        lines.append(f"driver (rank 0): objects {private} MB, arena {arena} MB")
     lines.append(f"running: tasks holding the rank's resources; queued: tasks waiting there and calls "
-                 f"sent to its actors. Not on any rank: {view['ready']} ready to place, "
+                 f"sent to its actors; objects: values kept there for others, in private memory and "
+                 f"in its arena segment (used/size). Not on any rank: {view['ready']} ready to place, "
                  f"{view['waiting_for_arguments']} waiting for arguments. Objects in the table: "
                  f"{view['objects']}.")
     for name, demand, count in view["infeasible"]:
@@ -72,6 +93,16 @@ class StatusReporter:
                 sys.stderr.flush()
             except Exception:  # no stderr: nothing to show it on
                 pass
+
+
+def rank_report(what: str, host: str, plane: Any) -> Any:
+    """What a rank answers RANK_REPORT_REQ with: its "timeline" (host, events, dropped), or its
+    "memory" (``ObjectPlane.memory_report``)."""
+    if what == "timeline":
+        return (host,) + RECORDER.snapshot()
+    if what == "memory":
+        return plane.memory_report() if plane is not None else {}
+    raise ValueError(f"unknown rank report {what!r}")
 
 
 _reporters: List[StatusReporter] = []  # the live session's, for the signal handler

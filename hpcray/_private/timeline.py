@@ -2,9 +2,9 @@
 
 Each process records into ``RECORDER`` (a bounded deque: recording costs one append per task or
 call, ~1 µs against the ~150 µs a task costs). ``timeline()`` asks the scheduler, which asks every
-worker rank for its events and answers once all have (``Scheduler.gather_timeline``):
+worker rank for its events and answers once all have (``Scheduler.gather_reports``):
 
-    driver: QUERY "timeline" ─► scheduler ─► TIMELINE_REQ to each worker ─► TIMELINE_EVENTS back
+    driver: QUERY "timeline" ─► scheduler ─► RANK_REPORT_REQ to each worker ─► RANK_REPORT back
             ◄─ OBJECT(reply, {rank: (host, events, dropped)}) ◄─┘ (once every worker answered)
 
 Times are wall-clock (``time.time``), comparable across the ranks of one host and, as far as the

@@ -23,7 +23,7 @@ from .executor import Executor
 from .object_plane import ObjectPlane
 from .resources import host_name
 from .scheduler import node_id_of
-from .timeline import RECORDER
+from .status import rank_report
 
 
 class WorkerAgent:
@@ -54,10 +54,9 @@ class WorkerAgent:
                 session.client.on_stream_push(msg[1], msg[2], msg[3])
             else:
                 session.client.on_stream_end(msg[1], msg[2])
-        elif kind == P.TIMELINE_REQ:
-            events, dropped = RECORDER.snapshot()
-            self.loop.send(0, (P.TIMELINE_EVENTS, msg[1], (host_name(self.rank, self.config.ranks_per_host),
-                                                             events, dropped)))
+        elif kind == P.RANK_REPORT_REQ:
+            host = host_name(self.rank, self.config.ranks_per_host)
+            self.loop.send(0, (P.RANK_REPORT, msg[1], rank_report(msg[2], host, self.plane)))
         elif kind == P.WELCOME:
             self._welcome(*msg[1:])
         elif kind == P.RESET:

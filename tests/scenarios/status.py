@@ -9,6 +9,8 @@ import signal
 import sys
 import time
 
+import numpy as np
+
 import hpcray as ray
 
 ray.init()
@@ -26,7 +28,14 @@ def never():
 
 
 print("DRIVER", os.getpid(), flush=True)
+@ray.remote
+def make_large():
+    return np.ones(1_000_000)  # 8 MB, kept where it was made (its arena, or private memory)
+
+
 if sys.argv[1] == "self":
+    large = make_large.remote()
+    ray.wait([large], timeout=60)
     pending = never.remote()
     refs = [slow.remote() for _ in range(8)]
     time.sleep(0.1)
