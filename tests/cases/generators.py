@@ -241,16 +241,20 @@ def case_a_task_reads_a_stream_it_started():
     assert ray.get(reader.remote(10), timeout=30) == 45
 
 
-def case_backpressure_bounds_unread_items():
-    marker = scratch_file("produced")
-
-    @ray.remote(_generator_backpressure_num_objects=2)
+def counting_producer(backpressure: int, items: int):
+    """A generator task with this backpressure that appends a line to its marker file before each
+    of its ``items`` items: the file counts how far it ran."""
+    @ray.remote(_generator_backpressure_num_objects=backpressure)
     def producer(marker):
-        for i in range(6):
+        for i in range(items):
             append_line(marker)
             yield i
+    return producer
 
-    gen = producer.remote(marker)
+
+def case_backpressure_bounds_unread_items():
+    marker = scratch_file("produced")
+    gen = counting_producer(2, 6).remote(marker)
     wait_for_condition(lambda: count_lines(marker) == 2, timeout=20)
     time.sleep(0.5)
     assert count_lines(marker) == 2, "the producer ran ahead of its backpressure limit"
@@ -261,14 +265,7 @@ def case_backpressure_bounds_unread_items():
 
 def case_a_dropped_generator_releases_its_held_back_producer():
     marker = scratch_file("produced-unread")
-
-    @ray.remote(_generator_backpressure_num_objects=1)
-    def producer(marker):
-        for i in range(5):
-            append_line(marker)
-            yield i
-
-    gen = producer.remote(marker)
+    gen = counting_producer(1, 5).remote(marker)
     wait_for_condition(lambda: count_lines(marker) == 1, timeout=20)  # held back after one item
     del gen
     gc.collect()
