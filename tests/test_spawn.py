@@ -131,3 +131,23 @@ def test_spawn_auto_spawns_where_it_can(setting):
     env = {"HPCRAY_SPAWN_WORKERS": "2", "HPCRAY_SPAWN": "auto" if setting == "auto" else ""}
     proc = run_single([SCRIPT, "where"], timeout=60, env=env)
     assert proc.returncode == 0 and "TASKS_ELSEWHERE" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_process_liveness_without_proc_asks_the_kernel(monkeypatch):
+    """Where there is no /proc (macOS), a live process must not look dead: the watchers would end
+    the program at once."""
+    from hpcray._private import spawn
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(30)
+    monkeypatch.setattr(spawn.os.path, "isdir", lambda path: False if path == "/proc" else os.path.isdir(path))
+    assert spawn.process_alive(os.getpid())
+    assert not spawn.process_alive(child.pid)  # (reaped: gone)
+
+
+def test_the_spawn_watch_relies_on_its_timeout_where_it_cannot_see_processes(monkeypatch):
+    from hpcray._private import spawn
+    monkeypatch.setattr(spawn, "process_table", lambda: {})
+    watch = spawn.SpawnWatch.__new__(spawn.SpawnWatch)
+    watch.earlier_children = set()
+    launched, workers, visible = watch._launched()
+    assert (launched, workers, visible) == ([], 0, False)

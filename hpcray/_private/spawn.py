@@ -119,8 +119,9 @@ class SpawnWatch:
     def stop(self) -> None:
         self.done.set()
 
-    def _launched(self) -> Tuple[List[int], int]:
-        """The processes the launcher started (it among them), and how many are not launchers."""
+    def _launched(self) -> Tuple[List[int], int, bool]:
+        """The processes the launcher started (it among them), how many are not launchers, and
+        whether processes can be seen at all (no /proc: then only the timeout ends the wait)."""
         table = process_table()
         ours = [pid for pid, (parent, _) in table.items()
                 if parent == os.getpid() and pid not in self.earlier_children]
@@ -130,14 +131,14 @@ class SpawnWatch:
             level = set(ours)
             ours = [pid for pid, (parent, _) in table.items() if parent in level]
         workers = sum(1 for pid in found if table[pid][1] not in _LAUNCHER_NAMES)
-        return found, workers
+        return found, workers, bool(table)
 
     def _watch(self) -> None:
         started = last_alive = time.monotonic()
         while not self.done.wait(PROCESS_WATCH_S / 5):
             now = time.monotonic()
-            launched, workers = self._launched()
-            if workers:
+            launched, workers, visible = self._launched()
+            if workers or not visible:
                 last_alive = now
             if now - last_alive > SPAWN_GONE_S:
                 why = (f"the {self.count} spawned worker rank(s) ended before joining the driver "
@@ -167,6 +168,13 @@ class SpawnWatch:
 _LAUNCHER_NAMES: Set[str] = {"mpiexec", "mpirun", "hydra_pmi_proxy", "prterun", "prted", "prte", "orted"}
 
 
+def _stat(pid: "int | str") -> Tuple[str, List[str]]:
+    """(command name, the fields after it) of /proc/PID/stat; OSError where there is none."""
+    with open(f"/proc/{pid}/stat") as handle:
+        text = handle.read()
+    return text[text.find("(") + 1:text.rfind(")")], text[text.rfind(")") + 1:].split()
+
+
 def process_table() -> Dict[int, Tuple[int, str]]:
     """pid -> (parent pid, command name) of this host's live processes; {} without /proc."""
     table: Dict[int, Tuple[int, str]] = {}
@@ -178,12 +186,9 @@ def process_table() -> Dict[int, Tuple[int, str]]:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as handle:
-                text = handle.read()
+            name, fields = _stat(entry)
         except OSError:
             continue
-        name = text[text.find("(") + 1:text.rfind(")")]
-        fields = text[text.rfind(")") + 1:].split()
         if len(fields) > 1 and fields[0] not in ("Z", "X"):
             table[int(entry)] = (int(fields[1]), name)
     return table
@@ -246,12 +251,7 @@ def watch_workers(world: Any, describe: Any) -> None:
 
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` (of this host) still runs: not gone, not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (FileNotFoundError, IndexError):
-        return False
-    except OSError:  # no /proc: ask the kernel
+    if not os.path.isdir("/proc"):  # (macOS): ask the kernel, which cannot tell zombies apart
         try:
             os.kill(pid, 0)
             return True
@@ -259,3 +259,7 @@ def process_alive(pid: int) -> bool:
             return False
         except PermissionError:
             return True
+    try:
+        return _stat(pid)[1][0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
