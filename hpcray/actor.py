@@ -151,10 +151,6 @@ class ActorClass:
                 self._init_signature.bind(*args, **kwargs)
             except TypeError as exc:
                 raise TypeError(f"{self.__name__}.remote(): {exc}") from None
-        for unsupported in ("max_restarts",):
-            if options.get(unsupported, 0) not in (0, None):
-                opt.warn_once(unsupported, f"hpcray: {unsupported} is accepted, but restarting an actor "
-                                           "after its rank dies needs fault tolerance (not yet built)")
         meta = self._meta
         if options.keys() & {"max_task_retries", "retry_exceptions", "max_pending_calls"}:
             meta = _ActorMeta(self._cls, options)

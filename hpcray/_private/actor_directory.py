@@ -41,7 +41,8 @@ def actor_key(actor_id: bytes) -> bytes:
 
 class ActorRecord:
     __slots__ = ("actor_id", "handle_id", "rank", "state", "death", "name", "namespace", "detached",
-                 "lifetime", "callers", "class_name", "meta_blob", "inflight", "group")
+                 "lifetime", "callers", "class_name", "meta_blob", "inflight", "group", "max_restarts",
+                 "restarts_left", "creation", "pins")
 
     def __init__(self, spec: P.TaskSpec):
         options = spec.actor_options
@@ -59,6 +60,11 @@ class ActorRecord:
         self.callers: Dict[int, Deque] = {}
         self.inflight: set = set()
         self.group = spec.strategy.group_id if type(spec.strategy) is InGroup else None
+        self.max_restarts = spec.max_retries  # (a creation's max_retries is max_restarts)
+        self.restarts_left = spec.max_retries  # -1: no limit
+        # a restartable actor's creation and the arguments it keeps pinned for new instances
+        self.creation: Optional[P.TaskSpec] = None
+        self.pins: List[bytes] = []
 
 
 def death_value(actor: ActorRecord, message: str, init_failed: bool = False) -> SerializedValue:
@@ -116,9 +122,12 @@ class ActorDirectory:
         spec = record.spec
         actor = self.actors.get(spec.actor_id)
         state = self.ranks.get(src)
-        if actor is None:
-            return
+        if actor is None or src != record.rank:
+            return  # (a report of an instance killed to be restarted)
         if error is None:
+            if actor.restarts_left != 0 and actor.creation is None:
+                actor.creation = spec  # kept for new instances, with its arguments
+                actor.pins, record.pins = record.pins, []
             if actor.state == PENDING:
                 actor.state = ALIVE
                 if state is not None:
@@ -181,8 +190,10 @@ class ActorDirectory:
         if actor is not None:
             self._forward_calls(actor, record.spec.owner)
 
-    def actor_call_done(self, record, error: Optional[SerializedValue], retryable: bool, values) -> None:
+    def actor_call_done(self, src: int, record, error: Optional[SerializedValue], retryable: bool, values) -> None:
         actor = self.actors.get(record.spec.actor_id)
+        if src != record.rank:
+            return  # a call sent to an instance killed to be restarted: it is sent again
         if actor is not None:
             actor.inflight.discard(record.spec.task_id)
         if error is not None and actor is not None and actor.state != DEAD and record.take_retry(retryable):
@@ -217,6 +228,9 @@ class ActorDirectory:
     def on_kill(self, src: int, actor_id: bytes, no_restart: bool) -> None:
         actor = self.actors.get(actor_id)
         if actor is None or actor.state == DEAD:
+            return
+        if not no_restart and actor.restarts_left != 0:
+            self.kill_and_restart(actor)
             return
         death = death_value(actor, f"The actor {actor.class_name} was killed by `hpcray.kill()` "
                                    "(`ray.kill`).")
@@ -258,6 +272,10 @@ class ActorDirectory:
         actor.state = DEAD
         actor.death = death
         self._unname(actor)
+        for object_id in actor.pins:
+            self._unpin(object_id)
+        actor.pins = []
+        actor.creation = None
         if actor.detached:
             actor.detached = False
             self._unpin(actor.handle_id)

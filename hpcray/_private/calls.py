@@ -190,7 +190,7 @@ class ActorPlan:
     """An actor's creation options, checked and worked out (``create_actor``)."""
 
     __slots__ = ("placement", "lifetime", "strategy", "groups", "name", "namespace", "detached",
-                 "max_concurrency", "get_if_exists")
+                 "max_concurrency", "get_if_exists", "max_restarts")
 
     def __init__(self, options: Dict[str, Any], namespace: str):
         explicit_cpus = options.get("num_cpus") is not None
@@ -216,6 +216,7 @@ class ActorPlan:
         self.detached = options.get("lifetime") == "detached"
         self.max_concurrency = options.get("max_concurrency")
         self.get_if_exists = bool(options.get("get_if_exists", False))
+        self.max_restarts: int = options.get("max_restarts") or 0
 
 
 def create_actor(session: Any, export: Export, class_name: str, meta_blob: bytes, is_async: bool,
@@ -228,9 +229,9 @@ def create_actor(session: Any, export: Export, class_name: str, meta_blob: bytes
     task_id = client.new_task_id()
     reply = client.new_reply_id() if plan.name is not None else None
     spec = P.TaskSpec(task_id, fn_id, None, f"{class_name}.__init__", serialized, deps,
-                      [object_id_of(task_id, 0)], 1, plan.placement, 0, False, None, plan.strategy,
-                      client.rank)
-    spec.kind = P.ACTOR_CREATE
+                      [object_id_of(task_id, 0)], 1, plan.placement, plan.max_restarts, False, None,
+                      plan.strategy, client.rank)
+    spec.kind = P.ACTOR_CREATE  # (its max_retries is the actor's max_restarts)
     spec.actor_id = task_id
     spec.actor_options = P.ActorOptions(class_name, meta_blob, plan.name, plan.namespace, plan.detached,
                                         plan.lifetime, plan.max_concurrency, plan.groups, is_async,

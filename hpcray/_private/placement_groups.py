@@ -56,7 +56,7 @@ def bundle_demand(demand: Dict[str, float], group_hex: str, index: int, wildcard
 
 
 class GroupRecord:
-    __slots__ = ("group_id", "name", "bundles", "strategy", "state", "ranks", "ready_ids")
+    __slots__ = ("group_id", "name", "bundles", "strategy", "state", "ranks", "ready_ids", "lost")
 
     def __init__(self, group_id: bytes, bundles: List[Dict[str, float]], strategy: str, name: str):
         self.group_id = group_id
@@ -66,6 +66,7 @@ class GroupRecord:
         self.state = PENDING
         self.ranks: List[int] = []
         self.ready_ids: List[tuple] = []  # (object id, value) of ready() refs waiting
+        self.lost: List[int] = []  # bundles of a placed group whose rank died (rank_loss.py)
 
 
 class PlacementGroups:
@@ -129,7 +130,9 @@ class PlacementGroups:
         group.ready_ids = []
         if was_created:
             for index, rank in enumerate(group.ranks):
-                state = self.ranks[rank]
+                state = self.ranks.get(rank)
+                if state is None:
+                    continue  # a bundle whose rank died and that is not placed again yet
                 state.ledger.release((group_id, index))
                 self.send(rank, (P.BUNDLE_RELEASE, (group_id, index)))
         self.dirty = True
@@ -138,6 +141,9 @@ class PlacementGroups:
     def place_pending_groups(self) -> None:
         """Reserve every pending group that fits now, oldest first."""
         for group in list(self.pending_groups):
+            if group.lost:
+                self._place_lost_bundles(group)
+                continue
             plan = self._plan(group, lambda state: dict(state.ledger.available))
             if plan is None:
                 continue  # it fits the totals: it waits for resources to be given back
@@ -152,6 +158,31 @@ class PlacementGroups:
             for object_id, value in group.ready_ids:
                 self._set_value(object_id, value)
             group.ready_ids = []
+
+    def _place_lost_bundles(self, group: GroupRecord) -> None:
+        """Bundles whose rank died go where they fit now, under the group's strategy: with the
+        other bundles' host for STRICT_PACK, on hosts none of them uses for STRICT_SPREAD."""
+        kept_hosts = {self.ranks[r].node_id for r in group.ranks if r is not None and r in self.ranks}
+        states = self.order
+        if group.strategy == "STRICT_PACK" and kept_hosts:
+            states = [s for s in states if s.node_id in kept_hosts]
+        elif group.strategy == "STRICT_SPREAD":
+            states = [s for s in states if s.node_id not in kept_hosts]
+        bundles = [group.bundles[i] for i in group.lost]
+        plan = _fill(bundles, states, lambda state: dict(state.ledger.available),
+                     spread=group.strategy in ("SPREAD", "STRICT_SPREAD"),
+                     distinct_hosts=group.strategy == "STRICT_SPREAD")
+        if plan is None:
+            return  # it waits for room (or ranks) to come back
+        self.pending_groups.remove(group)
+        group_hex = group.group_id.hex()
+        for index, state in zip(group.lost, plan):
+            bundle = group.bundles[index]
+            added = bundle_resources(bundle, group_hex, index)
+            state.ledger.reserve((group.group_id, index), bundle, added)
+            self.send(state.info.rank, (P.BUNDLE_RESERVE, (group.group_id, index), bundle, added))
+            group.ranks[index] = state.info.rank
+        group.lost = []
 
     def _plan(self, group: GroupRecord, room_of) -> Optional[List]:
         """A rank for each bundle under the group's strategy, or None."""
@@ -198,7 +229,7 @@ class PlacementGroups:
             return []
         index = spec.strategy.bundle_index
         ranks = group.ranks if index < 0 else [group.ranks[index]]
-        return [self.ranks[r] for r in dict.fromkeys(ranks)]
+        return [self.ranks[r] for r in dict.fromkeys(ranks) if r in self.ranks]
 
     def _group_gone(self, group_id: bytes):
         return self._error_value(exceptions.RaySystemError(
@@ -211,7 +242,8 @@ class PlacementGroups:
             table[group.group_id.hex()] = {
                 "placement_group_id": group.group_id.hex(), "name": group.name,
                 "bundles": {i: dict(b) for i, b in enumerate(group.bundles)},
-                "bundles_to_node_id": {i: self.ranks[r].node_id for i, r in enumerate(group.ranks)},
+                "bundles_to_node_id": {i: self.ranks[r].node_id for i, r in enumerate(group.ranks)
+                                       if r in self.ranks},
                 "bundles_to_rank": dict(enumerate(group.ranks)),
                 "strategy": group.strategy, "state": group.state,
             }

@@ -29,6 +29,7 @@ from .actor_directory import DEAD, ActorDirectory
 from .object_ref import job_of
 from .placement import InGroup, OnHost, Spread
 from .placement_groups import PlacementGroups
+from .rank_loss import RankLoss
 from .state_views import StateViews
 from .streams import StreamDirectory
 from .protocol import RankInfo, TaskSpec
@@ -113,7 +114,7 @@ class RankState:
         return max(floor, min(DEPTH_MAX, int(LOOKAHEAD_S / pace)))
 
 
-class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews):
+class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, RankLoss):
     """Places tasks on ranks and keeps the object table. Every method runs in the loop's turns (one thread at a time)."""
 
     def __init__(self, send: Callable[[int, tuple], None], workers: List[RankInfo], prefetch: int, job: int = 0):
@@ -137,6 +138,7 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews):
         self._init_groups()
         self._init_streams()
         self._init_state_views()
+        self._init_rank_loss()
         self.children: Dict[bytes, set] = {}  # task -> tasks it submitted that are not done
         self.report_unhandled = not ignore_unhandled_errors()
         self._handlers = {
@@ -152,6 +154,8 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews):
         self.reports: Dict[bytes, tuple] = {}
         # this rank's own report (runtime wires it: status.rank_report with rank 0's object plane)
         self.local_report: Callable[[str], Any] = lambda what: None
+
+    new_record = TaskRecord
 
     # ---- messages -------------------------------------------------------------------------
     def handle(self, src: int, msg: tuple) -> None:
@@ -264,7 +268,7 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews):
             self.actor_created(src, record, error)
             return
         if kind == P.ACTOR_METHOD:
-            self.actor_call_done(record, error, retryable, values)
+            self.actor_call_done(src, record, error, retryable, values)
             return
         if error is not None:
             if record.take_retry(retryable):
@@ -418,7 +422,7 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews):
     def _feasible(self, spec: TaskSpec) -> bool:
         group = self.group_of(spec)
         if group is not None:  # waits for its group; removal fails it
-            return group.state != "CREATED" or any(
+            return group.state != "CREATED" or bool(group.lost) or any(
                 s.ledger.can_ever_fit(spec.demand) for s in self.group_candidates(spec))
         return any(s.ledger.can_ever_fit(spec.demand) for s in self._candidates(spec, soft_ok=True))
 
@@ -658,6 +662,12 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews):
                 "NodeManagerHostname": info.host, "NodeName": address, "Resources": resources,
                 "Labels": {"ray.io/node-id": node_id}, "Ranks": [s.info.rank for s in states],
             })
+        for info in self.dead_ranks.values():  # a host whose every rank died: Ray's dead node
+            node_id = node_id_of(info.host)
+            if node_id not in self.by_node and all(n["NodeID"] != node_id for n in nodes):
+                nodes.append({"NodeID": node_id, "Alive": False, "NodeManagerAddress": "",
+                              "NodeManagerHostname": info.host, "NodeName": "", "Resources": {},
+                              "Labels": {"ray.io/node-id": node_id}, "Ranks": []})
         return nodes
 
     def status_view(self) -> Dict[str, Any]:

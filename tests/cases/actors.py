@@ -206,6 +206,41 @@ def case_kill_fails_running_queued_and_later_calls():
     raises(ValueError, ray.kill, "not an actor")
 
 
+def case_kill_without_no_restart_restarts_a_restartable_actor():
+    """Ray: ``kill(actor, no_restart=False)`` ends this instance and, with restarts left, starts
+    a new one (``__init__`` with the original arguments; same handle and name); calls in flight
+    fail; with no restart left, the actor is dead."""
+    marker = scratch_file("kill-restart")
+
+    @ray.remote
+    class Slow:
+        def __init__(self, start):
+            self.value = start
+
+        def add(self):
+            self.value += 1
+            return self.value
+
+        def sleep(self, seconds):
+            append_line(marker)
+            time.sleep(seconds)
+
+    slow = Slow.options(name="kill-restart", max_restarts=1).remote(10)
+    assert ray.get(slow.add.remote()) == 11
+    running = slow.sleep.remote(5)
+    wait_for_condition(lambda: count_lines(marker) == 1, timeout=20)
+    ray.kill(slow, no_restart=False)
+    raises(exceptions.RayActorError, ray.get, running, timeout=10, match="restarted")
+    assert ray.get(slow.add.remote(), timeout=30) == 11  # a new instance: __init__(10) again
+    assert ray.get(ray.get_actor("kill-restart").add.remote(), timeout=30) == 12
+    ray.kill(slow, no_restart=False)  # no restart left: dead
+    raises(exceptions.ActorDiedError, ray.get, slow.add.remote(), timeout=10, match="kill")
+    never = Slow.remote(0)  # max_restarts=0 (the default): kill(no_restart=False) is final
+    assert ray.get(never.add.remote()) == 1
+    ray.kill(never, no_restart=False)
+    raises(exceptions.RayActorError, ray.get, never.add.remote(), timeout=10)
+
+
 def case_terminate_and_exit_actor_are_graceful():
     counter = Counter.remote()
     refs = [counter.increment.remote() for _ in range(5)]

@@ -1,0 +1,189 @@
+"""The scheduler's side of a worker rank's death (Open MPI with ULFM; any other MPI ends the job).
+
+    transport: an MPI call fails ─► Get_failed / Ack_failed ─► CommLoop ─► on_ranks_dead(ranks)
+        the rank's RankState goes            ─► cluster_resources(), nodes() show the loss
+        its tasks (queued or running)        ─► placed again (a crash uses one of max_retries,
+                                                whatever retry_exceptions says) or WorkerCrashedError
+        its actors                           ─► a new instance elsewhere (max_restarts): __init__
+                                                again with the original arguments, same handle and
+                                                name; calls in flight fail (ActorDiedError) unless
+                                                max_task_retries allows another try; later calls
+                                                wait for the new instance. No restart left:
+                                                ActorDiedError for every call
+        values only it held (private memory) ─► ObjectLostError (a value in its arena segment is
+                                                still mapped by the ranks of its host)
+        placement-group bundles there        ─► placed again where they fit (their tasks wait)
+        reports asked of it                  ─► answered without it
+
+``kill(actor, no_restart=False)`` restarts an actor the same way (its calls in flight fail). Mixin
+of Scheduler.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import deque
+from typing import Dict, List
+
+from .. import exceptions
+from . import protocol as P
+from .actor_directory import ALIVE, DEAD, PENDING, ActorRecord, actor_key, death_value
+from .protocol import RankInfo
+
+logger = logging.getLogger("hpcray")
+
+
+class RankLoss:
+    """Mixin for Scheduler: needs self.ranks, self.order, self.by_node, self.tasks, self.objects,
+    self.actors, self.groups, self.reports and the scheduler's placement and completion methods."""
+
+    def _init_rank_loss(self) -> None:
+        self.dead_ranks: Dict[int, RankInfo] = {}
+
+    def on_ranks_dead(self, ranks: List[int]) -> None:
+        """Worker ranks died: go on with the others (see the module's diagram)."""
+        for rank in ranks:
+            state = self.ranks.pop(rank, None)
+            if state is None:
+                continue
+            self.dead_ranks[rank] = state.info
+            self.order.remove(state)
+            peers = self.by_node.get(state.node_id, [])
+            if state in peers:
+                peers.remove(state)
+            if not peers:
+                self.by_node.pop(state.node_id, None)
+            where = f"rank {rank} (pid {state.info.pid} on {state.info.host})"
+            work = self.work_on_rank(rank)
+            logger.error("hpcray: %s died%s; the job goes on with %d rank(s)", where,
+                         f" (it held {work})" if work else "", len(self.ranks))
+            self._objects_lost_with(rank, where)
+            self._bundles_lost_with(rank)
+            self._tasks_lost_with(rank, where)
+            self._actors_lost_with(rank, where)
+            self._reports_without(rank)
+        self.dirty = True
+
+    # ---- the steps ------------------------------------------------------------------------
+    def _objects_lost_with(self, rank: int, where: str) -> None:
+        for object_id, entry in list(self.objects.items()):
+            value = entry.value
+            if value is not None and value.location == rank and value.placement is None:
+                entry.value = self._error_value(exceptions.ObjectLostError(
+                    object_id.hex(), message=f"Object {object_id.hex()} is lost: it lived on {where}, "
+                                             "which died"))
+
+    def _tasks_lost_with(self, rank: int, where: str) -> None:
+        for record in [r for r in self.tasks.values() if r.rank == rank and not r.finished]:
+            if record.spec.kind != P.TASK:
+                continue  # actor creations and calls: _actors_lost_with
+            self._steal_settled(record)
+            record.rank = None
+            if record.take_retry(True):
+                logger.warning("hpcray: %s died while it held task %s; running it again elsewhere "
+                               "(attempt %d)", where, record.spec.name, record.spec.attempt + 1)
+                self._make_ready(record, front=True)
+            else:
+                self._finish(record, self._error_value(exceptions.WorkerCrashedError(
+                    f"The worker running task {record.spec.name} (task {record.spec.task_id.hex()}) died: "
+                    f"{where} ended while the task was queued or running there, and no retries are "
+                    f"left (max_retries={record.spec.max_retries})")))
+
+    def _actors_lost_with(self, rank: int, where: str) -> None:
+        for actor in [a for a in self.actors.values() if a.rank == rank and a.state is not DEAD]:
+            self.restart_or_bury(actor, f"its {where} died")
+
+    def restart_or_bury(self, actor: ActorRecord, cause: str, retry_in_flight: bool = True) -> None:
+        """The actor's instance is gone (``cause``): start a new one if restarts are left, else
+        it is dead. Calls in flight fail unless they may be tried again (``retry_in_flight``: only
+        where the old instance can report nothing more, which a dead rank cannot)."""
+        restart = actor.restarts_left != 0 and not self._restart_blocked(actor)
+        error = death_value(actor, f"The actor {actor.class_name} died unexpectedly before finishing "
+                                   f"this call: {cause}" + ("; it is being restarted" if restart else ""))
+        if not restart:
+            self._actor_died(actor, death_value(
+                actor, f"The actor {actor.class_name} is dead: {cause}, and it has no restarts left "
+                       f"(max_restarts={actor.max_restarts})"))
+            return
+        if actor.restarts_left > 0:
+            actor.restarts_left -= 1
+        actor.rank = None
+        actor.state = PENDING
+        inflight = sorted(actor.inflight)  # (ids of one caller grow with its submissions)
+        actor.inflight.clear()
+        again: Dict[int, List] = {}
+        for task_id in inflight:
+            record = self.tasks.get(task_id)
+            if record is None or record.finished:
+                continue
+            record.rank = None
+            if retry_in_flight and record.take_retry(True):
+                again.setdefault(record.spec.owner, []).append(record)
+            else:
+                self._finish(record, error)
+        for caller, records in again.items():  # before the calls made after them
+            actor.callers.setdefault(caller, deque()).extendleft(reversed(records))
+        logger.warning("hpcray: actor %s: %s; restarting it (restarts left: %s)", actor.class_name,
+                       cause, "unlimited" if actor.restarts_left < 0 else actor.restarts_left)
+        creation = self.tasks.get(actor.actor_id)
+        if creation is not None and not creation.finished:  # it died in __init__: start that again
+            creation.rank = None
+            creation.spec.attempt += 1
+            self._make_ready(creation, front=True)
+            return
+        spec = copy.copy(actor.creation)
+        spec.attempt += 1
+        actor.creation = spec
+        record = self.new_record(spec)
+        self.tasks[spec.task_id] = record  # (the creation's id: the new instance reports under it)
+        if self._pin_arguments(record):
+            self._make_ready(record, front=True)
+
+    def _restart_blocked(self, actor: ActorRecord) -> bool:
+        """Whether a new instance cannot be made: its creation's arguments are gone."""
+        creation = actor.creation
+        if creation is None:
+            record = self.tasks.get(actor.actor_id)
+            if record is None:
+                return True
+            creation = record.spec
+        for dep in creation.deps:
+            entry = self.objects.get(dep)
+            if entry is None or entry.value is None or entry.value.is_error:
+                return True
+        return False
+
+    def _bundles_lost_with(self, rank: int) -> None:
+        for group in self.groups.values():
+            if group.state != "CREATED" or rank not in group.ranks:
+                continue
+            lost = [i for i, r in enumerate(group.ranks) if r == rank]
+            for index in lost:
+                group.ranks[index] = None
+            group.lost = lost
+            self.pending_groups.append(group)
+            logger.warning("hpcray: placement group %s lost bundle(s) %s with rank %d; placing them again",
+                           group.group_id.hex(), lost, rank)
+
+    def _reports_without(self, rank: int) -> None:
+        for reply_id, (requester, others, reports) in list(self.reports.items()):
+            if rank in others:
+                self.on_rank_report(rank, reply_id, None)
+
+    # ---- kill(no_restart=False) -------------------------------------------------------------
+    def kill_and_restart(self, actor: ActorRecord) -> None:
+        """``kill(actor, no_restart=False)``: end this instance; a new one starts if restarts are
+        left (Ray's semantics), else the actor is dead."""
+        rank = actor.rank
+        was_alive = actor.state is ALIVE
+        cause = "it was killed by `hpcray.kill(no_restart=False)`"
+        if rank is not None:
+            self.send(rank, (P.ACTOR_KILL, actor.actor_id, death_value(actor, cause)))
+            state = self.ranks.get(rank)
+            if state is not None:  # what the instance (or its __init__, still running) held there
+                state.ledger.finish(actor_key(actor.actor_id) if was_alive else actor.actor_id)
+                self.dirty = True
+        # (its calls in flight fail: the killed instance may still report them, maybe from the
+        # rank the new one gets, where a retried call's report could not be told from theirs)
+        self.restart_or_bury(actor, cause, retry_in_flight=False)

@@ -1,0 +1,103 @@
+"""The scheduler's side of a dead rank (rank_loss.py) on its own, without MPI: what ULFM runs
+(test_fault_tolerance.py) checked on every machine, Open MPI or not. Sent messages are recorded."""
+
+from hpcray import exceptions
+from hpcray._private import protocol as P
+from hpcray._private.serialization import deserialize, serialize
+
+from test_scheduler import executed, make_scheduler, submit
+
+
+def value_of(scheduler, object_id):
+    return deserialize(scheduler.objects[object_id].value)
+
+
+def create_actor(scheduler, sent, max_restarts, name=None):
+    task_id = (999).to_bytes(16, "big")
+    spec = P.TaskSpec(task_id, b"c" * 16, b"blob", "Counter.__init__", serialize(((), {})), [],
+                      [task_id + b"\x01"], 1, {"CPU": 1.0}, max_restarts, None, None, None, 0)
+    spec.kind = P.ACTOR_CREATE
+    spec.actor_id = task_id
+    spec.actor_options = P.ActorOptions("Counter", b"meta", name, "", False, {}, None, {}, False, False, None)
+    scheduler.handle(0, (P.SUBMIT, spec))
+    scheduler.dispatch()
+    rank = next(d for d, m in sent if m[0] == P.EXECUTE and m[1].task_id == task_id)
+    scheduler.handle(rank, (P.TASK_DONE, task_id, [serialize(None)], None, False))
+    return task_id, rank
+
+
+def call(scheduler, actor_id, n, max_task_retries=0):
+    task_id = (5000 + n).to_bytes(16, "big")
+    spec = P.TaskSpec(task_id, b"c" * 16, None, "Counter.add", serialize(((), {})), [],
+                      [task_id + b"\x01"], 1, {}, max_task_retries, None, None, None, 0)
+    spec.kind = P.ACTOR_METHOD
+    spec.actor_id = actor_id
+    spec.method = "add"
+    scheduler.handle(0, (P.SUBMIT, spec))
+    scheduler.dispatch()
+    return task_id
+
+
+def test_a_dead_ranks_tasks_run_elsewhere_or_fail_and_its_resources_go():
+    scheduler, sent = make_scheduler(ranks=3, prefetch=0)
+    ids = submit(scheduler, 3)  # one per rank
+    on_one = executed(sent, 1)[0]  # (max_retries=0: it may not run again)
+    scheduler.on_ranks_dead([1])
+    scheduler.dispatch()
+    assert scheduler.resources_view()["total"]["CPU"] == 2.0
+    error = value_of(scheduler, on_one + b"\x01")
+    assert isinstance(error, exceptions.WorkerCrashedError), error
+    assert "noop" in str(error) and "rank 1 (pid 1001 on host)" in str(error)
+    scheduler2, sent2 = make_scheduler(ranks=3, prefetch=0)
+    submit(scheduler2, 3)
+    lost = executed(sent2, 2)[0]
+    scheduler2.tasks[lost].retries_left = 3  # max_retries=3
+    scheduler2.on_ranks_dead([2])
+    scheduler2.handle(1, (P.TASK_DONE, executed(sent2, 1)[0], [serialize(None)], None, False))
+    scheduler2.dispatch()
+    assert lost in executed(sent2, 1)  # sent again, to the rank that had room
+    assert scheduler2.tasks[lost].spec.attempt == 1 and ids
+
+
+def test_a_value_only_the_dead_rank_held_is_lost():
+    scheduler, sent = make_scheduler(ranks=2)
+    ids = submit(scheduler, 1)
+    stub = serialize(b"x" * 10).stub(1)  # kept in rank 1's private memory
+    scheduler.handle(1, (P.TASK_DONE, ids[0], [stub], None, False))
+    scheduler.on_ranks_dead([1])
+    error = value_of(scheduler, ids[0] + b"\x01")
+    assert isinstance(error, exceptions.ObjectLostError) and "rank 1" in str(error)
+
+
+def test_an_actor_restarts_on_another_rank_until_its_restarts_are_used_up():
+    scheduler, sent = make_scheduler(ranks=3)
+    actor_id, first = create_actor(scheduler, sent, max_restarts=1, name="counter")
+    in_flight = call(scheduler, actor_id, 1)
+    scheduler.on_ranks_dead([first])
+    error = value_of(scheduler, in_flight + b"\x01")
+    assert isinstance(error, exceptions.ActorDiedError) and "being restarted" in str(error)
+    waiting = call(scheduler, actor_id, 2)  # made after the death: waits for the new instance
+    assert scheduler.objects[waiting + b"\x01"].value is None
+    again = [d for d, m in sent if m[0] == P.EXECUTE and m[1].task_id == actor_id]
+    assert len(again) == 2 and again[1] != first  # __init__ once more, elsewhere
+    second = again[1]
+    scheduler.handle(second, (P.TASK_DONE, actor_id, [serialize(None)], None, False))
+    assert any(d == second and m[0] == P.ACTOR_CALL and m[1].task_id == waiting for d, m in sent)
+    assert scheduler.named_actors_view() == [("", "counter")]
+    scheduler.on_ranks_dead([second])
+    error = value_of(scheduler, waiting + b"\x01")
+    assert isinstance(error, exceptions.ActorDiedError) and "no restarts left" in str(error)
+    assert scheduler.named_actors_view() == []
+
+
+def test_a_call_in_flight_is_sent_again_when_max_task_retries_allows():
+    scheduler, sent = make_scheduler(ranks=3)
+    actor_id, first = create_actor(scheduler, sent, max_restarts=-1)
+    in_flight = call(scheduler, actor_id, 1, max_task_retries=1)
+    scheduler.on_ranks_dead([first])
+    scheduler.dispatch()  # (the loop's next step when the scheduler is dirty)
+    second = [d for d, m in sent if m[0] == P.EXECUTE and m[1].task_id == actor_id][1]
+    scheduler.handle(second, (P.TASK_DONE, actor_id, [serialize(None)], None, False))
+    assert any(d == second and m[0] == P.ACTOR_CALL and m[1].task_id == in_flight for d, m in sent)
+    scheduler.handle(second, (P.TASK_DONE, in_flight, [serialize(7)], None, False))
+    assert value_of(scheduler, in_flight + b"\x01") == 7
