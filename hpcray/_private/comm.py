@@ -302,16 +302,16 @@ class MPITransport:
         ``on_dead``. Any other MPI error is raised (a bug: the loop's failure path ends the job)."""
         if not fault_tolerant():
             raise exc
+        MPI = self.MPI
         comm = self.comm
         group = comm.Get_failed()
         comm.Ack_failed()
         try:
-            ranks = self.MPI.Group.Translate_ranks(group, list(range(group.Get_size())), comm.Get_group())
+            ranks = MPI.Group.Translate_ranks(group, list(range(group.Get_size())), comm.Get_group())
         finally:
             group.Free()
         new = sorted(set(ranks) - self.dead)
         if not new:
-            MPI = self.MPI
             if exc.Get_error_class() == getattr(MPI, "ERR_REVOKED", -1):
                 # the driver revoked the communicator: the job ends (finalize_after_failure)
                 self.revoked = True
@@ -652,10 +652,11 @@ class CommLoop:
 
     def _send_outbox(self) -> None:
         transport = self.transport
-        for dest, batch in self.outbox.items():
-            transport.send(dest, batch)
-        self.outbox = {}
+        outbox = self.outbox
+        self.outbox = {}  # (first: a send that meets a dead rank makes the scheduler send more)
         self.outbox_since = 0.0
+        for dest, batch in outbox.items():
+            transport.send(dest, batch)
 
     @staticmethod
     def _progress_transfers(transport: MPITransport) -> bool:
@@ -757,8 +758,6 @@ class CommLoop:
             plane.on_object_data_raw(source, *msg[1:])
 
     def _ranks_died(self, ranks: List[int]) -> None:
-        for dest in ranks:
-            self.outbox.pop(dest, None)
         if self.plane is not None:
             self.plane.on_ranks_dead(ranks)
         if self.scheduler is not None:
