@@ -72,6 +72,12 @@ TIMELINE_WAIT_S = 60.0
 PROCESS_WATCH_S = 0.5
 #: init() ends the program when no worker it is spawning has been alive for this long
 SPAWN_GONE_S = 5.0
+#: a collective group's members wait this long for each other to join (collective.py)
+COLLECTIVE_JOIN_TIMEOUT_S = 60.0
+#: a member waiting in a collective polls MPI without sleeping this long, then sleeps up to 1 ms
+COLLECTIVE_SPIN_S = 0.05
+#: a member waiting in a collective asks this often whether its group was destroyed
+COLLECTIVE_CHECK_S = 0.5
 
 
 def _env_float(name: str, default: float, minimum: float = 0.0) -> float:
