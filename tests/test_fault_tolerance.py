@@ -54,6 +54,7 @@ DEATH = r"hpcray: rank \d+ \(pid \d+ on [^)]+\) died \(it held {}\); the job goe
     ("retries_exhausted", "tasks dies_always"), ("actor_restart", "tasks Counter.crash; actors Counter"),
     ("call_retried", r".*Counter.crash_once.*"), ("named_actor", "tasks Counter.crash; actors Counter"),
     ("object_lost", "tasks Counter.crash; actors Counter"), ("bundle_moved", "tasks dies_once"),
+    ("collective_member_dies", "tasks Member.crash; actors Member"),
 ])
 def test_the_job_survives_a_dead_rank(ulfm, case, held):
     before = shm_files()
@@ -74,6 +75,8 @@ def test_the_job_survives_a_dead_rank(ulfm, case, held):
         assert "restarting it (restarts left: 0)" in proc.stderr, output
     if case == "object_lost":
         assert re.search(r"LOST Object [0-9a-f]+ is lost: rank \d+, which held it, died", proc.stdout), output
+    if case == "collective_member_dies":  # the others' allreduce fails at once, naming it
+        assert proc.stdout.count("member(s) [2] of the group died") == 2, output
     assert shm_files() <= before, f"left in /dev/shm: {shm_files() - before}"
 
 

@@ -216,7 +216,7 @@ class MpiGroup(Group):
                     return
             except MPI.Exception as exc:
                 raise CollectiveError(f"{what} in the collective group {self.name!r}: "
-                                      f"{exc.Get_error_string()}") from None
+                                      f"{self._why(exc)}") from None
             if self.destroyed:
                 raise CollectiveError(f"the collective group {self.name!r} was destroyed while {what} waited")
             now = time.monotonic()
@@ -230,6 +230,21 @@ class MpiGroup(Group):
             else:
                 time.sleep(delay)
                 delay = min(delay * 2, 1e-3)
+
+    def _why(self, exc: Any) -> str:
+        """An MPI error in words: which members died (ULFM), else MPI's own string."""
+        from mpi4py import MPI
+        try:
+            failed = self.comm.Get_failed()
+            group = self.comm.Get_group()
+            dead = MPI.Group.Translate_ranks(failed, list(range(failed.Get_size())), group)
+            failed.Free()
+            group.Free()
+        except Exception:  # an MPI without fault tolerance
+            dead = []
+        if dead:
+            return f"member(s) {sorted(dead)} of the group died"
+        return exc.Get_error_string()
 
     def _store_destroyed(self, asked: Any) -> Any:
         from . import api

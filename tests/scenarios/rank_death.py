@@ -187,6 +187,34 @@ elif CASE == "bundle_moved":
     assert after != before, (before, after)
     print("BUNDLE", before, after)
 
+elif CASE == "collective_member_dies":
+    # a member of a collective group dies: the others' operation fails, never hangs
+    from hpcray.util import collective as col
+
+    @ray.remote
+    class Member:
+        def __init__(self, rank):
+            col.init_collective_group(3, rank, group_name="doomed")
+
+        def allreduce(self):
+            try:
+                col.allreduce(np.ones(4), "doomed")
+                return "no error"
+            except Exception as exc:
+                return f"{type(exc).__name__}: {exc}"
+
+        def crash(self):
+            die("kill")
+
+    members = [Member.remote(r) for r in range(3)]
+    assert ray.get([m.allreduce.remote() for m in members], timeout=60) == ["no error"] * 3
+    members[2].crash.remote()
+    wait_for_cpus(cpus - 1)
+    started = time.monotonic()
+    answers = ray.get([m.allreduce.remote() for m in members[:2]], timeout=60)
+    assert all(a.startswith("CollectiveError") for a in answers), answers
+    print("ANSWERS", answers, f"{time.monotonic() - started:.1f} s")
+
 elif CASE == "driver_dies":
     ray.get([rank_of.remote() for _ in range(4)])
     print("DRIVER_DIES", flush=True)
