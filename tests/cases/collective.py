@@ -11,7 +11,7 @@ from hpcray.util import collective as col
 from hpcray.util.placement_group import placement_group, remove_placement_group
 from hpcray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from .helpers import raises
+from .helpers import CaseSkipped, raises
 
 ENV = {"HPCRAY_NUM_CPUS": "4"}  # per worker rank under MPI; the process's CPUs on a single rank
 
@@ -92,6 +92,14 @@ class Member:
             return getattr(col, what)(*args, **kwargs)
         except Exception as exc:
             return type(exc).__name__, str(exc)
+
+    def torch_tensors(self, name):
+        import torch
+        dense = torch.full((3,), float(self.rank + 1))  # shares memory with its numpy view
+        col.allreduce(dense, name)
+        strided = torch.ones(6, dtype=torch.float64)[::2]  # not contiguous: staged and copied back
+        col.allreduce(strided, name, op=col.ReduceOp.MAX)
+        return dense.tolist(), strided.tolist()
 
     def strided(self, name):
         a = np.ones(4)[::2]
@@ -244,3 +252,18 @@ def case_the_driver_can_be_a_member():
     col.destroy_collective_group("with-driver")
     ray.get(helper.leave.remote("with-driver"))
     assert not col.is_group_initialized("with-driver")
+
+
+def case_torch_tensors_work_in_place():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise CaseSkipped("torch is not installed (tensors are staged through numpy; see README)")
+    group, actors = members(2)
+    try:
+        ray.get([a.join.remote("torch") for a in actors], timeout=60)
+        assert ray.get([a.torch_tensors.remote("torch") for a in actors], timeout=60) == \
+            [([3.0] * 3, [1.0] * 3)] * 2
+        ray.get([a.leave.remote("torch") for a in actors])
+    finally:
+        remove_placement_group(group)
