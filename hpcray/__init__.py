@@ -5,7 +5,10 @@ serve tasks). See the README for what runs where."""
 import inspect
 from typing import Any, Dict
 
+import cloudpickle  # noqa: F401 (Ray's `from ray import cloudpickle`)
+
 from . import exceptions, util
+from ._private import config as _config
 from ._private.api import (available_resources, cancel, cluster_resources, get, get_gpu_ids, init,
                            is_initialized, nodes, put, shutdown, timeline, wait)
 from ._private.generators import DynamicObjectRefGenerator, ObjectRefGenerator
@@ -15,6 +18,11 @@ from .remote_function import RemoteFunction
 from .runtime_context import get_runtime_context
 
 __version__ = "0.1.0"
+ObjectID = ObjectRef  # Ray's older name
+
+if _config.ray_alias_wanted():  # a process of a `python -m hpcray` job: `import ray` is hpcray
+    from ._private import ray_alias as _ray_alias
+    _ray_alias.install()
 
 
 def remote(*args: Any, **kwargs: Any) -> Any:
@@ -44,4 +52,4 @@ __all__ = ["init", "shutdown", "is_initialized", "remote", "get", "put", "wait",
            "ObjectRefGenerator", "DynamicObjectRefGenerator",
            "ActorClass", "ActorHandle", "get_actor", "kill", "method",
            "RemoteFunction", "cluster_resources", "available_resources", "nodes", "get_gpu_ids",
-           "get_runtime_context", "timeline", "exceptions", "util", "__version__"]
+           "get_runtime_context", "timeline", "exceptions", "util", "__version__", "ObjectID"]

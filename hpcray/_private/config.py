@@ -80,6 +80,15 @@ COLLECTIVE_SPIN_S = 0.05
 COLLECTIVE_CHECK_S = 0.5
 
 
+#: set by ``python -m hpcray``: every process of the job resolves ``import ray`` to hpcray
+#: (ray_alias.py), spawned workers included
+RAY_ALIAS_ENV = "HPCRAY_RAY_ALIAS"
+
+
+def ray_alias_wanted() -> bool:
+    return os.environ.get(RAY_ALIAS_ENV) == "1"
+
+
 def _env_float(name: str, default: float, minimum: float = 0.0) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":

@@ -1,0 +1,34 @@
+"""``python -m hpcray app.py``: a Ray program runs unchanged (``import ray`` is hpcray's, on every
+rank), in every launch mode; an installed Ray is not touched."""
+
+import os
+import re
+
+import pytest
+
+from conftest import run_mpi, run_single, run_spawn
+from test_lifecycle import MODES, SCENARIOS
+
+PROGRAM = os.path.join(SCENARIOS, "ray_program.py")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_ray_program_runs_unchanged(mode):
+    run = {"single": run_single, "mpi": run_mpi, "spawn": run_spawn}[mode]
+    proc = run(["-m", "hpcray", PROGRAM, "--flag", "value"], timeout=120)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "OK" in proc.stdout.splitlines(), output
+    assert "ARGS ['--flag', 'value']" in proc.stdout, output
+    assert "RAY_IS hpcray True" in proc.stdout, output
+    helper = re.search(r"HELPER \('hpcray', (\d+)\)", proc.stdout)
+    assert helper, output
+    if mode != "single":  # the task ran on a worker rank, which resolved `import ray` too
+        assert int(helper.group(1)) > 0, output
+
+
+def test_version_help_and_a_missing_file():
+    assert run_single(["-m", "hpcray", "--version"]).stdout.startswith("hpcray ")
+    assert "python -m hpcray" in run_single(["-m", "hpcray", "--help"]).stdout
+    missing = run_single(["-m", "hpcray", "no-such-program.py"])
+    assert missing.returncode == 2 and "no-such-program.py" in missing.stderr
