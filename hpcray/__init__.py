@@ -52,4 +52,4 @@ __all__ = ["init", "shutdown", "is_initialized", "remote", "get", "put", "wait",
            "ObjectRefGenerator", "DynamicObjectRefGenerator",
            "ActorClass", "ActorHandle", "get_actor", "kill", "method",
            "RemoteFunction", "cluster_resources", "available_resources", "nodes", "get_gpu_ids",
-           "get_runtime_context", "timeline", "exceptions", "util", "__version__", "ObjectID"]
+           "get_runtime_context", "timeline", "exceptions", "util", "__version__", "ObjectID", "cloudpickle"]

@@ -121,8 +121,37 @@ class ActorClass:
                         f"use '{self.__name__}.remote()'.")
 
     def __mro_entries__(self, bases):
-        raise TypeError(f"Inheriting from actor classes is not allowed: {self.__name__} is an actor "
-                        "class; subclass the plain class, then decorate the subclass with @remote")
+        # (the subclass's name is known only once its class is made: a base that refuses it)
+        actor_class = self.__name__
+
+        class _NotAnActorBase:
+            def __init_subclass__(cls, **kwargs):
+                raise exceptions.ActorClassInheritanceException(
+                    f"Attempted to define subclass '{cls.__name__}' of actor class '{actor_class}'. "
+                    "Inheriting from actor classes is not currently supported. You can instead "
+                    "inherit from a non-actor base class and make the derived class an actor class "
+                    "(with @ray.remote).")
+        return (_NotAnActorBase,)
+
+    def __getattr__(self, name: str) -> Any:
+        """The class's own attributes and static or class methods (``Model.SCALE``), as on Ray;
+        a plain method is called through a handle."""
+        cls = self.__dict__.get("_cls")
+        if cls is None or name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            raw = inspect.getattr_static(cls, name)
+        except AttributeError:
+            raise AttributeError(f"'ActorClass({self.__name__})' has no attribute {name!r}") from None
+        if inspect.isfunction(raw):
+            raise AttributeError(f"'{self.__name__}.{name}' is an actor method: call it on a handle, "
+                                 f"'{self.__name__}.remote().{name}.remote()'")
+        return getattr(cls, name)
+
+    def _remote(self, args=None, kwargs=None, **options) -> "ActorHandle":
+        """Ray's older form: ``Cls._remote(args=[...], kwargs={...}, **options)``."""
+        target = self.options(**options) if options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
 
     def __reduce__(self):
         return (ActorClass, (self._cls, self._default_options))
@@ -154,7 +183,7 @@ class ActorClass:
         meta = self._meta
         if options.keys() & {"max_task_retries", "retry_exceptions", "max_pending_calls"}:
             meta = _ActorMeta(self._cls, options)
-        plan = calls.ActorPlan(options, session.namespace)
+        plan = calls.ActorPlan(options, session.namespace, self.__name__)
         actor_id, ref = calls.create_actor(session, self._export, self.__name__, meta.blob(), meta.is_async,
                                            plan, args, kwargs)
         return ActorHandle(actor_id, meta, ref)

@@ -133,6 +133,10 @@ def _dual_class(cause_cls: type) -> type:
     return cls
 
 
+class ActorClassInheritanceException(TypeError):
+    """A class tried to inherit from an actor class (decorate a plain subclass instead)."""
+
+
 class WorkerCrashedError(RayError):
     """The worker running the task died unexpectedly."""
 

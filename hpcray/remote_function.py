@@ -61,6 +61,11 @@ class RemoteFunction:
     def bind(self, *args, **kwargs):
         raise NotImplementedError("Ray DAGs (.bind) are not supported by hpcray")
 
+    def _remote(self, args=None, kwargs=None, **options):
+        """Ray's older form: ``f._remote(args=[...], kwargs={...}, **options)``."""
+        target = self.options(**options) if options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
+
     def _submit(self, args: Tuple[Any, ...], kwargs: Dict[str, Any], plan: calls.TaskPlan):
         session = api.ensure_session()
         if self._signature is not None and (kwargs or len(args) != self._arity):

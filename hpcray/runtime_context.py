@@ -6,6 +6,7 @@ import os
 from typing import Any, Dict, List, Optional
 
 from ._private import context, runtime
+from ._private.ids import BinaryID
 
 
 class RuntimeContext:
@@ -92,14 +93,84 @@ class RuntimeContext:
         return json.dumps(self.runtime_env)
 
     def get(self) -> Dict[str, Any]:
-        return {"job_id": self.get_job_id(), "node_id": self.get_node_id(),
-                "task_id": self.get_task_id(), "actor_id": self.get_actor_id(),
-                "namespace": self.namespace}
+        """Ray's dict: job, node and namespace; the task and actor ids only inside a task or
+        actor (the driver has none)."""
+        info: Dict[str, Any] = {"job_id": self.get_job_id(), "node_id": self.get_node_id(),
+                                "namespace": self.namespace}
+        if context.current() is not None:
+            info["task_id"] = self.get_task_id()
+            actor_id = self.get_actor_id()
+            if actor_id is not None:
+                info["actor_id"] = actor_id
+        return info
+
+    def get_task_name(self) -> Optional[str]:
+        """The running task's name (its function's, or ``options(name=...)``; ``Class.method``
+        for an actor call), or None on the driver."""
+        self._session()
+        ctx = context.current()
+        return ctx.name if ctx is not None else None
+
+    def get_task_function_name(self) -> Optional[str]:
+        """The running task's function as ``module.qualname`` (an actor call's method as
+        ``module.Class.method``), or None on the driver."""
+        self._session()
+        ctx = context.current()
+        return ctx.function_name if ctx is not None else None
+
+    def is_canceled(self) -> bool:
+        """Whether the running task or actor call was cancelled (``ray.cancel``)."""
+        session = self._session()
+        ctx = context.current()
+        if ctx is None:
+            return False
+        if session.executor is not None and session.executor.was_cancelled(ctx.task_id):
+            return True
+        try:
+            import asyncio
+            task = asyncio.current_task()
+        except RuntimeError:  # not in an event loop
+            return False
+        return bool(task is not None and task.cancelling())
+
+    # Ray's older properties: ids as objects with hex()
+    @property
+    def job_id(self) -> "JobID":
+        return JobID(bytes.fromhex(self.get_job_id()))
+
+    @property
+    def node_id(self) -> "NodeID":
+        return NodeID(bytes.fromhex(self.get_node_id()))
+
+    @property
+    def task_id(self) -> Optional["TaskID"]:
+        task_id = self.get_task_id()
+        return TaskID(bytes.fromhex(task_id)) if task_id is not None else None
+
+    @property
+    def actor_id(self) -> Optional[Any]:
+        from .actor import ActorID
+        actor_id = self.get_actor_id()
+        return ActorID(bytes.fromhex(actor_id)) if actor_id is not None else None
+
+
+class JobID(BinaryID):
+    __slots__ = ()
+
+
+class NodeID(BinaryID):
+    __slots__ = ()
+
+
+class TaskID(BinaryID):
+    __slots__ = ()
 
 
 _context = RuntimeContext()
 
 
 def get_runtime_context() -> RuntimeContext:
-    """The runtime context; does not start hpcray."""
+    """The runtime context; like Ray, it starts hpcray (``init()``) if nothing did yet."""
+    from ._private import api
+    api.ensure_session()
     return _context

@@ -32,3 +32,14 @@ def test_version_help_and_a_missing_file():
     assert "python -m hpcray" in run_single(["-m", "hpcray", "--help"]).stdout
     missing = run_single(["-m", "hpcray", "no-such-program.py"])
     assert missing.returncode == 2 and "no-such-program.py" in missing.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_get_runtime_context_before_init_starts_hpcray(mode):
+    """As on Ray: asking for the runtime context first initializes."""
+    run = {"single": run_single, "mpi": run_mpi, "spawn": run_spawn}[mode]
+    code = ("import hpcray as ray\nctx = ray.get_runtime_context()\n"
+            "print('STARTED', ray.is_initialized(), len(ctx.get_job_id()) > 0, sorted(ctx.get()))")
+    proc = run(["-c", code], timeout=120)
+    assert "STARTED True True ['job_id', 'namespace', 'node_id']" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr

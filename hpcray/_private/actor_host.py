@@ -307,9 +307,12 @@ class ActorHost:
         if actor.gpus:
             env = {"CUDA_VISIBLE_DEVICES": ",".join(actor.gpus)}
         # (the actor's resources are shared: get_assigned_resources() hands out a copy)
-        return context.TaskContext(spec.task_id, spec.name, actor.resources, env,
-                                   self.executor.rank, actor.gpus, actor.actor_id, actor.handle,
-                                   actor.spec.strategy)
+        ctx = context.TaskContext(spec.task_id, spec.name, actor.resources, env,
+                                  self.executor.rank, actor.gpus, actor.actor_id, actor.handle,
+                                  actor.spec.strategy)
+        if actor.instance is not None:
+            ctx.function_name = f"{context.qualified_name(type(actor.instance))}.{spec.method}"
+        return ctx
 
     def run_call(self, actor: HostedActor, spec: P.TaskSpec, values: List[SerializedValue]) -> None:
         """On a pool thread (Executor.spawn), whose _settle() clears the context afterwards."""

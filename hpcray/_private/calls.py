@@ -21,7 +21,7 @@ from . import protocol as P
 from .executor import NO_ARGUMENTS, ArgRef
 from .generators import ObjectRefGenerator
 from .object_ref import ObjectRef, object_id_of, return_ids_of
-from .placement import InGroup, Placement, strategy_of
+from .placement import InGroup, Placement, check_fits_group, strategy_of
 from .placement_groups import bundle_demand
 from .serialization import SerializedValue, dumps_function, try_serialize
 
@@ -138,7 +138,7 @@ class TaskPlan:
     """What a set of task options means for each call, worked out once."""
 
     __slots__ = ("options", "num_returns", "demand", "max_retries", "retry_blob", "env_vars",
-                 "strategy", "name", "plain_demand", "stream_limit")
+                 "strategy", "name", "plain_demand", "stream_limit", "unfit")
 
     def __init__(self, options: Dict[str, Any], default_name: str, is_generator: bool = False):
         self.options = options
@@ -153,7 +153,12 @@ class TaskPlan:
         self.env_vars = dict(env) if env else None
         self.strategy = strategy_of(options)
         self.demand = self.plain_demand
+        self.unfit: Optional[ValueError] = None  # raised by each .remote(), as Ray does
         if type(self.strategy) is InGroup:
+            try:
+                check_fits_group(options, self.plain_demand, self.name)
+            except ValueError as exc:
+                self.unfit = exc
             self.demand = group_demand(self.plain_demand, self.strategy)
         if options.get("max_calls"):
             opt.warn_once("max_calls", "hpcray: max_calls is accepted but a rank's process is never "
@@ -163,6 +168,8 @@ class TaskPlan:
 def submit_task(session: Any, export: Export, plan: TaskPlan, args: Tuple[Any, ...],
                 kwargs: Dict[str, Any]) -> Any:
     """Submit a task; its ObjectRef, a list of them (num_returns > 1) or None (num_returns=0)."""
+    if plan.unfit is not None:
+        raise plan.unfit
     serialized, deps = pack_arguments(args, kwargs, plan.name)
     fn_id, blob = export.get()
     client = session.client
@@ -192,13 +199,14 @@ class ActorPlan:
     __slots__ = ("placement", "lifetime", "strategy", "groups", "name", "namespace", "detached",
                  "max_concurrency", "get_if_exists", "max_restarts")
 
-    def __init__(self, options: Dict[str, Any], namespace: str):
+    def __init__(self, options: Dict[str, Any], namespace: str, class_name: str = "actor"):
         explicit_cpus = options.get("num_cpus") is not None
         placement = opt.resource_demand(options, default_cpus=1.0)
         # a living actor holds CPUs only when asked for them (Ray: 1 CPU to be placed, 0 held)
         lifetime = dict(placement) if explicit_cpus else {k: v for k, v in placement.items() if k != "CPU"}
         strategy = inherited_strategy(strategy_of(options))
         if type(strategy) is InGroup:  # placed in, and holding, bundle resources
+            check_fits_group(options, placement, class_name)
             placement = group_demand(placement, strategy)
             lifetime = group_demand(lifetime, strategy, wildcard=False)
         groups = options.get("concurrency_groups") or {}

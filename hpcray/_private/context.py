@@ -28,7 +28,7 @@ class TaskContext:
     """The task or actor call the current thread is running."""
 
     __slots__ = ("task_id", "name", "resources", "env", "rank", "_prefix", "gpu_ids", "actor_id",
-                 "actor_handle", "group")
+                 "actor_handle", "group", "function_name")
 
     def __init__(self, task_id: bytes, name: str, resources: Dict[str, float],
                  env: Optional[Dict[str, str]], rank: int, gpu_ids: Optional[list] = None,
@@ -45,6 +45,7 @@ class TaskContext:
         self.actor_handle = actor_handle  # (actor id, meta blob, handle object id)
         # the placement.InGroup it runs in, or None
         self.group = strategy if type(strategy) is InGroup else None
+        self.function_name: Optional[str] = None  # module.qualname, once the function is loaded
 
     @property
     def prefix(self) -> str:
@@ -176,3 +177,8 @@ def uninstall_task_io() -> None:
         sys.stdout = sys.stdout._stream
     if isinstance(sys.stderr, PrefixedStream):
         sys.stderr = sys.stderr._stream
+
+
+def qualified_name(obj: Any) -> str:
+    """``module.qualname`` of a function or class (get_task_function_name)."""
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', getattr(obj, '__name__', '?'))}"

@@ -204,6 +204,10 @@ class Executor:
             self.launch_when_fetched.discard(task_id)
             self.launch(task_id)
 
+    def was_cancelled(self, task_id: bytes) -> bool:
+        """Whether a cancel reached this running task (get_runtime_context().is_canceled())."""
+        return task_id in self.cancelled
+
     def on_cancel(self, task_id: bytes) -> None:
         """Drop a task that has not started; interrupt one that runs (KeyboardInterrupt in its
         thread, as Ray does, seen at its next Python instruction or get() poll)."""
@@ -554,6 +558,14 @@ class Executor:
     def _function(self, spec: TaskSpec) -> Any:
         """The task's function (or actor class), unpickled once per session. A failure here is
         the task's error (it names the function), never the pool thread's."""
+        function = self._load_function(spec)
+        ctx = context.current()
+        if ctx is not None and ctx.task_id == spec.task_id:
+            name = context.qualified_name(function)
+            ctx.function_name = name + ".__init__" if spec.kind == P.ACTOR_CREATE else name
+        return function
+
+    def _load_function(self, spec: TaskSpec) -> Any:
         fn_id = spec.fn_id
         function = self.functions.get(fn_id)
         if function is None:

@@ -241,6 +241,11 @@ def _check_strategy_combination(options: Dict[str, Any]) -> None:
     if legacy and options.get("scheduling_strategy") is not None:
         raise ValueError("placement_group and scheduling_strategy cannot be given together; "
                          "use PlacementGroupSchedulingStrategy")
+    if legacy:
+        warnings.warn("placement_group parameter is deprecated. Use scheduling_strategy="
+                      "PlacementGroupSchedulingStrategy(...) instead, see the usage at "
+                      "https://docs.ray.io/en/master/ray-core/package-ref.html#ray-remote.",
+                      DeprecationWarning, stacklevel=4)
 
 
 def resource_demand(options: Dict[str, Any], default_cpus: float) -> Dict[str, float]:

@@ -5,7 +5,7 @@ TaskSpec's ``strategy`` slot (None: anywhere, first fit), made from a call's opt
 
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Optional, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Union
 
 
 class Spread(NamedTuple):
@@ -39,6 +39,9 @@ class GroupHandle:
         raise NotImplementedError
 
     def _bundle_total(self) -> int:
+        raise NotImplementedError
+
+    def _bundle_list(self) -> List[Dict[str, float]]:
         raise NotImplementedError
 
 
@@ -80,3 +83,25 @@ def strategy_of(options: Dict[str, Any]) -> Optional[Placement]:
     if isinstance(strategy, Strategy):
         return strategy._placement()
     raise ValueError(f"scheduling_strategy={strategy!r} is not supported")
+
+
+def check_fits_group(options: Dict[str, Any], demand: Dict[str, float], what: str) -> None:
+    """Ray's check at the call: a task or actor whose demand fits no bundle of its placement
+    group (its bundle, when it names one) is a ValueError there, not a call pending for ever."""
+    legacy = options.get("placement_group", "default")
+    if legacy not in ("default", None):
+        group, index = legacy, options.get("placement_group_bundle_index", -1)
+    else:
+        strategy = options.get("scheduling_strategy")
+        group = getattr(strategy, "placement_group", None)
+        index = getattr(strategy, "placement_group_bundle_index", -1)
+    if not isinstance(group, GroupHandle):
+        return
+    bundles = group._bundle_list()
+    if not bundles:
+        return  # (a handle whose bundles nobody knows: the scheduler decides)
+    candidates = bundles if not isinstance(index, int) or index < 0 or index >= len(bundles) else [bundles[index]]
+    need = {key: amount for key, amount in demand.items() if amount > 0}
+    if not any(all(bundle.get(key, 0.0) >= amount - 1e-9 for key, amount in need.items()) for bundle in candidates):
+        raise ValueError(f"Cannot schedule {what} with the placement group because the resource request "
+                         f"{need} cannot fit into any bundles for the placement group, {bundles}.")

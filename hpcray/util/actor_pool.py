@@ -20,20 +20,23 @@ class ActorPool:
         self._waiting: List[Tuple[Callable, Any]] = []
 
     def map(self, fn: Callable[[Any, Any], Any], values: Iterable[Any]) -> Iterator[Any]:
-        """Apply ``fn`` to every value; yield results in the order of ``values``."""
+        """Apply ``fn`` to every value (submitted now, as on Ray); iterate the results in the
+        order of ``values``."""
         self._drain_finished()
         for value in values:
             self.submit(fn, value)
-        while self.has_next():
-            yield self.get_next()
+        return self._results(self.get_next)
 
     def map_unordered(self, fn: Callable[[Any, Any], Any], values: Iterable[Any]) -> Iterator[Any]:
         """Like ``map`` but yields each result as soon as it is ready."""
         self._drain_finished()
         for value in values:
             self.submit(fn, value)
+        return self._results(self.get_next_unordered)
+
+    def _results(self, next_result: Callable[[], Any]) -> Iterator[Any]:
         while self.has_next():
-            yield self.get_next_unordered()
+            yield next_result()
 
     def _drain_finished(self) -> None:
         while self.has_next():

@@ -46,6 +46,9 @@ class PlacementGroup(GroupHandle):
     def _bundle_total(self) -> int:
         return self.bundle_count
 
+    def _bundle_list(self) -> List[Dict[str, float]]:
+        return self.bundle_specs
+
     def ready(self):
         """An ObjectRef whose value (this group) is there once every bundle is reserved."""
         from .._private import api
@@ -98,6 +101,9 @@ def _check_bundles(bundles: Any) -> List[Dict[str, float]]:
     for bundle in bundles:
         if not isinstance(bundle, dict) or not bundle:
             raise ValueError(f"Bundles cannot be an empty dictionary or not a dict: {bundle!r}")
+        if "bundle" in bundle:
+            raise ValueError(f"bundle {bundle!r}: 'bundle' is a system-reserved resource name and cannot "
+                             "be in a placement group's bundle")
         for key, amount in bundle.items():
             if not isinstance(key, str) or not isinstance(amount, numbers.Real) or isinstance(amount, bool) \
                     or amount < 0:

@@ -1,0 +1,150 @@
+"""Ray semantics a Ray program relies on (issue: Ray programs unchanged): the runtime context,
+``_remote``, actor class attributes, Ray's checks of placement-group calls, ActorPool.map's
+submission, the message for subclassing an actor class."""
+
+import time
+import warnings
+
+import hpcray as ray
+from hpcray import exceptions
+from hpcray.util import ActorPool
+from hpcray.util.placement_group import placement_group, remove_placement_group
+from hpcray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from .helpers import append_line, count_lines, raises, scratch_file, wait_for_condition
+
+ENV = {"HPCRAY_NUM_CPUS": "2"}  # per worker rank under MPI; the process's CPUs on a single rank
+
+
+@ray.remote
+def task_context():
+    ctx = ray.get_runtime_context()
+    return (ctx.get_task_name(), ctx.get_task_function_name(), sorted(ctx.get()),
+            ctx.task_id.hex() == ctx.get_task_id(), ctx.actor_id, ctx.is_canceled())
+
+
+@ray.remote
+class Model:
+    SCALE = 3
+
+    @staticmethod
+    def helper(x):
+        return x * Model.SCALE  # the decorated class, seen from inside the actor
+
+    def __init__(self):
+        self.made_by = ray.get_runtime_context().get_task_function_name()
+
+    def context(self):
+        ctx = ray.get_runtime_context()
+        return (ctx.get_task_name(), ctx.get_task_function_name(), self.made_by, sorted(ctx.get()),
+                ctx.actor_id.hex() == ctx.get_actor_id())
+
+    def scaled(self, x):
+        return Model.helper(x) + Model.SCALE
+
+
+def case_runtime_context_names_ids_and_keys():
+    ctx = ray.get_runtime_context()
+    assert sorted(ctx.get()) == ["job_id", "namespace", "node_id"]  # the driver: no task, no actor
+    assert ctx.get_task_name() is None and ctx.get_task_function_name() is None
+    assert ctx.job_id.hex() == ctx.get_job_id() and ctx.node_id.hex() == ctx.get_node_id()
+    assert ctx.task_id is None and ctx.actor_id is None and ctx.is_canceled() is False
+    name, function, keys, same_id, actor, cancelled = ray.get(task_context.remote())
+    assert name == "task_context" and function.endswith("ray_compat.task_context"), function
+    assert keys == ["job_id", "namespace", "node_id", "task_id"] and same_id and actor is None
+    assert cancelled is False
+    assert ray.get(task_context.options(name="renamed").remote())[:2] == \
+        ("renamed", function)  # the name is the option's, the function stays the function
+    model = Model.remote()
+    name, function, made_by, keys, same_actor = ray.get(model.context.remote())
+    assert name == "Model.context" and function.endswith("ray_compat.Model.context"), (name, function)
+    assert made_by.endswith("ray_compat.Model.__init__"), made_by
+    assert keys == ["actor_id", "job_id", "namespace", "node_id", "task_id"] and same_actor
+
+
+def case_is_canceled_inside_a_cancelled_task():
+    marker = scratch_file("is-canceled")
+
+    @ray.remote
+    def waits(path):
+        try:
+            append_line(path, "started")
+            for _ in range(3000):  # (a cancel lands between two short sleeps)
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            append_line(path, f"canceled={ray.get_runtime_context().is_canceled()}")
+            raise
+
+    ref = waits.remote(marker)
+    wait_for_condition(lambda: count_lines(marker) == 1, timeout=20)
+    ray.cancel(ref)
+    raises(exceptions.TaskCancelledError, ray.get, ref, timeout=20)
+    wait_for_condition(lambda: count_lines(marker) == 2, timeout=20)
+    assert open(marker).read().splitlines()[1] == "canceled=True"
+
+
+def case_underscore_remote_takes_args_kwargs_and_options():
+    @ray.remote
+    def add(a, b=0):
+        return a + b
+
+    assert ray.get(add._remote(args=[1], kwargs={"b": 2}, num_cpus=0.5)) == 3
+    assert ray.get(add._remote(args=[5])) == 5
+    model = Model._remote(args=[], kwargs={}, num_cpus=0)
+    assert ray.get(model.scaled.remote(2)) == 9
+
+
+def case_actor_class_attributes_and_static_methods():
+    assert Model.SCALE == 3 and Model.helper(2) == 6
+    raises(AttributeError, getattr, Model, "scaled", match="actor method")
+    raises(AttributeError, getattr, Model, "missing")
+    assert ray.get(Model.remote().scaled.remote(1)) == 6  # Model.helper and Model.SCALE inside
+
+
+def case_subclassing_an_actor_class_is_rays_error():
+    try:
+        class Derived(Model):
+            pass
+        raise AssertionError("no error")
+    except exceptions.ActorClassInheritanceException as exc:
+        assert isinstance(exc, TypeError)
+        assert str(exc).startswith("Attempted to define subclass 'Derived' of actor class 'Model'. "
+                                   "Inheriting from actor classes is not currently supported."), exc
+
+
+def case_placement_group_calls_are_checked_as_ray_checks_them():
+    raises(ValueError, placement_group, [{"CPU": 1, "bundle": 1}], match="reserved")
+    group = placement_group([{"CPU": 1}])
+    ray.get(group.ready(), timeout=30)
+    try:
+        in_group = PlacementGroupSchedulingStrategy(group)
+        raises(ValueError, task_context.options(num_cpus=2, scheduling_strategy=in_group).remote,
+               match="cannot fit into any bundles for the placement group")
+        raises(ValueError, Model.options(num_gpus=1, scheduling_strategy=in_group).remote,
+               match="Cannot schedule Model with the placement group")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ref = task_context.options(placement_group=group).remote()
+        assert any(issubclass(w.category, DeprecationWarning) and "placement_group parameter is deprecated"
+                   in str(w.message) for w in caught), [str(w.message) for w in caught]
+        assert ray.get(ref, timeout=30)[0] == "task_context"
+    finally:
+        remove_placement_group(group)
+
+
+def case_actor_pool_map_submits_at_once():
+    marker = scratch_file("pool-map")
+
+    @ray.remote(num_cpus=0)
+    class Worker:
+        def work(self, value):
+            append_line(marker)
+            return value * 10
+
+    pool = ActorPool([Worker.remote(), Worker.remote()])
+    results = pool.map(lambda actor, value: actor.work.remote(value), [1, 2])
+    wait_for_condition(lambda: count_lines(marker) == 2, timeout=20)  # before anyone iterates
+    assert list(results) == [10, 20]
+    unordered = pool.map_unordered(lambda actor, value: actor.work.remote(value), [3, 4])
+    wait_for_condition(lambda: count_lines(marker) == 4, timeout=20)
+    assert sorted(unordered) == [30, 40]
