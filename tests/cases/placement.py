@@ -64,14 +64,12 @@ def case_tasks_run_in_their_bundle():
     remove_placement_group(group)
 
 
-def case_demand_larger_than_the_bundle_waits_then_fails_on_remove():
+def case_demand_larger_than_the_bundle_is_an_error_and_work_after_removal_fails():
     group = placement_group([{"CPU": 1}])
     ray.get(group.ready(), timeout=20)
-    too_big = where.options(num_cpus=2, scheduling_strategy=in_group(group)).remote()
-    ready, _ = ray.wait([too_big], timeout=0.5)
-    assert not ready
+    too_big = where.options(num_cpus=2, scheduling_strategy=in_group(group))
+    raises(ValueError, too_big.remote, match="cannot fit into any bundles")  # Ray's check
     remove_placement_group(group)
-    raises(exceptions.RaySystemError, ray.get, too_big, timeout=20)
     late = where.options(scheduling_strategy=in_group(group)).remote()  # the group is gone
     raises(exceptions.RaySystemError, ray.get, late, timeout=20)
 
