@@ -83,8 +83,9 @@ class RayTaskError(RayError):
         its class cannot be subclassed; ``.cause`` still holds it.
         """
         cause_cls = type(self.cause) if self.cause is not None else None
-        if cause_cls is None or issubclass(RayTaskError, cause_cls) or issubclass(cause_cls, RayError):
-            return self
+        if cause_cls is None or issubclass(RayTaskError, cause_cls) or (
+                issubclass(cause_cls, RayError) and cause_cls is not TaskCancelledError):
+            return self  # (a running task that was cancelled is both, as on Ray)
         try:
             cls = _dual_class(cause_cls)
             try:
@@ -195,7 +196,10 @@ class NodeDiedError(RayError):
 class TaskCancelledError(RayError):
     """The task was cancelled with ``cancel()``."""
 
-    def __init__(self, task_id: Any = None, error_message: Optional[str] = None):
+    def __init__(self, task_id: Any = None, error_message: Optional[str] = None, *more: Any):
+        if isinstance(self, RayTaskError):  # RayTaskError(TaskCancelledError): its cause has these
+            super().__init__(task_id, error_message, *more)
+            return
         self.task_id = task_id
         self.error_message = error_message
         super().__init__(task_id, error_message)

@@ -84,6 +84,7 @@ class ActorHost:
         self.creations: Dict[bytes, HostedActor] = {}  # creation task id -> actor
         self.calls: Dict[bytes, HostedActor] = {}  # running call's task id -> actor
         self.futures: Dict[bytes, Any] = {}  # running async call -> its concurrent future
+        self.coroutines_begun: set = set()  # async calls whose coroutine started (they report)
         self._loops_lock = threading.Lock()
 
     # ---- comm thread ----------------------------------------------------------------------
@@ -237,8 +238,11 @@ class ActorHost:
             self.futures[spec.task_id] = future
 
             def cancelled_before_start(done, task_id=spec.task_id) -> None:
-                if done.cancelled():  # cancelled before the coroutine ran: report it here
+                # cancelled before the coroutine ran: report it here (one that ran reports its
+                # own end: interrupted, as Ray's RayTaskError(TaskCancelledError))
+                if done.cancelled() and task_id not in self.coroutines_begun:
                     self.executor.post((P.TASK_DONE, task_id, None, cancelled_value(task_id), False))
+                self.coroutines_begun.discard(task_id)
             future.add_done_callback(cancelled_before_start)
         else:
             self.executor.spawn(lambda: self.run_call(actor, spec, values))
@@ -322,6 +326,7 @@ class ActorHost:
         self._report(actor, spec, results, error, retryable)
 
     async def run_async_call(self, actor: HostedActor, spec: P.TaskSpec, values: List[SerializedValue]) -> None:
+        self.coroutines_begun.add(spec.task_id)
         context.set_current(self._context(actor, spec))
         results, error, retryable = await self.executor.call_and_pickle_async(
             spec, lambda: self._bound_method(actor, spec), values)

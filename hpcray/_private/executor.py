@@ -75,7 +75,17 @@ def rebuild_arguments(args: SerializedValue, values: List[SerializedValue], ids:
 
 
 def cancelled_value(task_id: bytes) -> SerializedValue:
+    """What a task or call cancelled before it started leaves (Ray: a TaskCancelledError)."""
     return serialize(exceptions.TaskCancelledError(task_id.hex()), is_error=True)
+
+
+def interrupted_value(spec: TaskSpec, rank: int, ip: str) -> SerializedValue:
+    """What a task or call cancelled while it ran leaves: as on Ray, an error that is both a
+    RayTaskError and a TaskCancelledError."""
+    cause = exceptions.TaskCancelledError(spec.task_id.hex())
+    error = exceptions.RayTaskError(spec.name, f"TaskCancelledError: task {spec.task_id.hex()} was "
+                                    "cancelled while it ran", cause, pid=os.getpid(), ip=ip, rank=rank)
+    return serialize(error.as_instanceof_cause(), is_error=True)
 
 
 def host_address() -> str:
@@ -551,7 +561,7 @@ class Executor:
         if isinstance(exc, asyncio.CancelledError) or (
                 isinstance(exc, KeyboardInterrupt) and spec.task_id in self.cancelled):
             self.cancelled.discard(spec.task_id)
-            return None, cancelled_value(spec.task_id), False
+            return None, interrupted_value(spec, self.rank, self.ip), False
         retryable = RetryPolicy.matches(spec.retry_blob, exc) if isinstance(exc, Exception) else False
         return None, error_value(spec.name, exc, self.rank, self.ip), retryable
 

@@ -168,3 +168,39 @@ def case_many_cancels_nothing_hangs():
             raises(exceptions.TaskCancelledError, ray.get, ref, timeout=30)
         else:
             assert ray.get(ref, timeout=30) == i
+
+
+def case_the_error_of_a_cancel_says_whether_the_work_had_started():
+    """Ray 2.60: a task or async actor call cancelled while it ran raises an error that is both a
+    RayTaskError and a TaskCancelledError; one cancelled before it started, a TaskCancelledError."""
+    marker = scratch_file("cancel-kind")
+
+    @ray.remote
+    def naps(path):
+        append_line(path)
+        for _ in range(3000):
+            time.sleep(0.01)
+
+    @ray.remote
+    class Sleeper:
+        async def nap(self, path):
+            append_line(path)
+            await asyncio.sleep(30)
+
+    running = naps.remote(marker)
+    wait_for_condition(lambda: count_lines(marker) == 1, timeout=20)
+    ray.cancel(running)
+    error = raises(exceptions.TaskCancelledError, ray.get, running, timeout=20)
+    assert isinstance(error, exceptions.RayTaskError), type(error).__mro__
+    signal = SignalActor.remote()
+    never_started = combine.remote(wait_for.remote(signal), 1)  # waits for its argument
+    ray.cancel(never_started)
+    error = raises(exceptions.TaskCancelledError, ray.get, never_started, timeout=20)
+    assert not isinstance(error, exceptions.RayTaskError), type(error).__mro__
+    ray.get(signal.send.remote())
+    sleeper = Sleeper.remote()
+    call = sleeper.nap.remote(marker)
+    wait_for_condition(lambda: count_lines(marker) == 2, timeout=20)
+    ray.cancel(call)
+    error = raises(exceptions.TaskCancelledError, ray.get, call, timeout=20)
+    assert isinstance(error, exceptions.RayTaskError), type(error).__mro__
