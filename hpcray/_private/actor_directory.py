@@ -2,12 +2,14 @@
 
     ACTOR_CREATE spec ─► placed like a task ─► rank r runs __init__ ─► TASK_DONE ─► ALIVE
                                    │ (rank known at once)                          │
-    ACTOR_METHOD spec ─► callers[src] FIFO ─(head's deps ready)─► ACTOR_CALL to r ─┘
+    ACTOR_METHOD spec ─► callers[caller] FIFO ─(head's deps ready)─► ACTOR_CALL to r ─┘
     handle object freed (no handle left) ─► ACTOR_TERMINATE ─► ACTOR_EXITED ─► DEAD
     KILL ─► ACTOR_KILL to r, queued calls fail ─► DEAD
 
-Calls from one caller rank stay in submission order: only the head of a caller's queue may be
-forwarded, and only once its top-level arguments are ready. Used as a mixin of Scheduler.
+Calls from one caller (the driver, or one task or actor call: ``caller_of``) stay in submission
+order: only the head of a caller's queue may be forwarded, and only once its top-level arguments
+are ready; calls of other callers, on the same rank too, do not wait behind it (as on Ray). Used
+as a mixin of Scheduler.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class ActorRecord:
         self.lifetime: Dict[str, float] = options.lifetime
         self.class_name: str = options.class_name
         self.meta_blob: bytes = options.meta_blob
-        self.callers: Dict[int, Deque] = {}
+        self.callers: Dict[tuple, Deque] = {}  # caller_of(spec) -> its calls, in order
         self.inflight: set = set()
         self.group = spec.strategy.group_id if type(spec.strategy) is InGroup else None
         self.max_restarts = spec.max_retries  # (a creation's max_retries is max_restarts)
@@ -65,6 +67,12 @@ class ActorRecord:
         # a restartable actor's creation and the arguments it keeps pinned for new instances
         self.creation: Optional[P.TaskSpec] = None
         self.pins: List[bytes] = []
+
+
+def caller_of(spec: P.TaskSpec) -> tuple:
+    """Who made an actor call, for its ordering: the rank and the task (None: the driver's or a
+    rank's own code outside tasks)."""
+    return spec.owner, spec.parent
 
 
 def death_value(actor: ActorRecord, message: str, init_failed: bool = False) -> SerializedValue:
@@ -158,13 +166,14 @@ class ActorDirectory:
         if entry is not None:
             entry.refs += 1
             record.pins.append(actor.handle_id)
-        queue = actor.callers.get(src)
+        caller = caller_of(spec)
+        queue = actor.callers.get(caller)
         if queue is None:
-            queue = actor.callers[src] = deque()
+            queue = actor.callers[caller] = deque()
         queue.append(record)
-        self._forward_calls(actor, src)
+        self._forward_calls(actor, caller)
 
-    def _forward_calls(self, actor: ActorRecord, caller: int) -> None:
+    def _forward_calls(self, actor: ActorRecord, caller: tuple) -> None:
         queue = actor.callers.get(caller)
         if not queue or actor.rank is None:
             return
@@ -188,7 +197,7 @@ class ActorDirectory:
     def call_dependencies_ready(self, record) -> None:
         actor = self.actors.get(record.spec.actor_id)
         if actor is not None:
-            self._forward_calls(actor, record.spec.owner)
+            self._forward_calls(actor, caller_of(record.spec))
 
     def actor_call_done(self, src: int, record, error: Optional[SerializedValue], retryable: bool, values) -> None:
         actor = self.actors.get(record.spec.actor_id)

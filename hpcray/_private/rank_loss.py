@@ -28,7 +28,7 @@ from typing import Dict, List
 
 from .. import exceptions
 from . import protocol as P
-from .actor_directory import ALIVE, DEAD, PENDING, ActorRecord, actor_key, death_value
+from .actor_directory import ALIVE, DEAD, PENDING, ActorRecord, actor_key, caller_of, death_value
 from .protocol import RankInfo
 
 logger = logging.getLogger("hpcray")
@@ -112,14 +112,14 @@ class RankLoss:
         actor.state = PENDING
         inflight = sorted(actor.inflight)  # (ids of one caller grow with its submissions)
         actor.inflight.clear()
-        again: Dict[int, List] = {}
+        again: Dict[tuple, List] = {}
         for task_id in inflight:
             record = self.tasks.get(task_id)
             if record is None or record.finished:
                 continue
             record.rank = None
             if retry_in_flight and record.take_retry(True):
-                again.setdefault(record.spec.owner, []).append(record)
+                again.setdefault(caller_of(record.spec), []).append(record)
             else:
                 self._finish(record, error)
         for caller, records in again.items():  # before the calls made after them

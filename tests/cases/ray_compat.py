@@ -11,7 +11,7 @@ from hpcray.util import ActorPool
 from hpcray.util.placement_group import placement_group, remove_placement_group
 from hpcray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from .helpers import append_line, count_lines, raises, scratch_file, wait_for_condition
+from .helpers import SignalActor, append_line, count_lines, raises, scratch_file, wait_for_condition
 
 ENV = {"HPCRAY_NUM_CPUS": "2"}  # per worker rank under MPI; the process's CPUs on a single rank
 
@@ -148,3 +148,37 @@ def case_actor_pool_map_submits_at_once():
     unordered = pool.map_unordered(lambda actor, value: actor.work.remote(value), [3, 4])
     wait_for_condition(lambda: count_lines(marker) == 4, timeout=20)
     assert sorted(unordered) == [30, 40]
+
+
+@ray.remote
+def released_by(signal):
+    ray.get(signal.wait.remote())
+    return "released"
+
+
+@ray.remote
+class Recorder:
+    def record(self, value):
+        return value
+
+
+@ray.remote(max_concurrency=2)
+class Caller:
+    def call_with(self, target, holder):
+        return [target.record.remote(holder[0])]  # waits for its argument at the scheduler
+
+    def call_plain(self, target):
+        return ray.get(target.record.remote("plain"), timeout=20)
+
+
+def case_actor_calls_are_ordered_per_caller_not_per_rank():
+    """Two callers on one rank (two calls of one actor): the second's call to a third actor does
+    not wait behind the first's, whose argument is not ready."""
+    signal = SignalActor.remote()
+    target, caller = Recorder.remote(), Caller.remote()
+    held = ray.get(caller.call_with.remote(target, [released_by.remote(signal)]))
+    assert ray.get(caller.call_plain.remote(target), timeout=30) == "plain"
+    ready, _ = ray.wait(held, timeout=0.2)
+    assert not ready  # still waiting for its argument
+    ray.get(signal.send.remote())
+    assert ray.get(held[0], timeout=20) == "released"
