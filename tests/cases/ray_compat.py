@@ -182,3 +182,30 @@ def case_actor_calls_are_ordered_per_caller_not_per_rank():
     assert not ready  # still waiting for its argument
     ray.get(signal.send.remote())
     assert ray.get(held[0], timeout=20) == "released"
+
+
+@ray.remote(concurrency_groups={"slow": 1, "fast": 1})
+class Grouped:
+    @ray.method(concurrency_group="slow")
+    def blocked(self, signal):
+        return ray.get(signal.wait.remote())
+
+    @ray.method(concurrency_group="fast")
+    def quick(self):
+        return "fast"
+
+    def default(self):
+        return "default"
+
+
+def case_a_call_blocked_in_one_concurrency_group_does_not_hold_up_another():
+    signal = SignalActor.remote()
+    grouped = Grouped.remote()
+    blocked = grouped.blocked.remote(signal)
+    time.sleep(0.3)  # (it runs, blocked)
+    assert ray.get(grouped.quick.remote(), timeout=20) == "fast"
+    assert ray.get(grouped.default.remote(), timeout=20) == "default"
+    ready, _ = ray.wait([blocked], timeout=0.1)
+    assert not ready
+    ray.get(signal.send.remote())
+    ray.get(blocked, timeout=20)
