@@ -43,3 +43,15 @@ def test_get_runtime_context_before_init_starts_hpcray(mode):
     proc = run(["-c", code], timeout=120)
     assert "STARTED True True ['job_id', 'namespace', 'node_id']" in proc.stdout, proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_init_amounts_are_the_jobs_totals_in_every_mode(mode):
+    """A program that asks init() for CPUs, GPUs (pretend ones here) and custom resources gets
+    them in every launch mode, instead of waiting for ever under MPI."""
+    run = {"single": run_single, "mpi": run_mpi, "spawn": run_spawn}[mode]
+    proc = run([os.path.join(SCENARIOS, "init_amounts.py")], timeout=120)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "TOTAL 3.0 2.0 3.0 0.5" in proc.stdout, output
+    assert "GPU_TASKS [1, 1, 1, 1]" in proc.stdout, output

@@ -55,8 +55,10 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[float] = None, num
     the driver's process ends, so call ``init()`` near the top of the program.
 
     Single rank (no MPI launcher): ``num_cpus`` (default: the CPUs this process may use),
-    ``num_gpus`` and ``resources`` size the local executor. Under MPI they are ignored (with a
-    notice): the launch decides. ``address`` and Ray's other keywords are accepted and ignored.
+    ``num_gpus`` and ``resources`` size the local executor. With worker ranks (spawned, or under
+    ``mpiexec``, where every rank calls ``init()`` with the same amounts) they are the job's
+    totals, shared out over the worker ranks. ``address`` and Ray's other keywords are accepted
+    and ignored.
     """
     unknown = set(kwargs) - _INIT_KEYWORDS
     if unknown:

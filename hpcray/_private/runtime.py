@@ -105,7 +105,8 @@ class ProcessState:
         self.session: Optional[Session] = None  # the live session, on any rank
         self.world: Optional[World] = None  # MPI and the arena: made once, kept across sessions
         self.jobs = 0  # sessions this driver started (the job number of the next is one more)
-        self.worker_start: Optional[tuple] = None  # (comm, config): a worker rank about to serve
+        # (comm, config, its share of init()'s amounts): a worker rank about to serve
+        self.worker_start: Optional[tuple] = None
         self.fork_guard = False  # install_fork_guard() ran
         self.launch_logged = False  # how tasks run here (threads, spawned ranks) was logged
         self.rank_log: Optional[Any] = None  # this rank's HPCRAY_LOG_DIR file (open_rank_log)
@@ -140,6 +141,23 @@ def local_rank_info(rank: int, config: Config, num_cpus: Optional[float] = None,
     totals.update(config.resources_per_rank)
     totals.update(resources or {})
     return RankInfo(rank, host, os.getpid(), totals, gpu_ids, names)
+
+
+def worker_share(rank: int, workers: int, num_cpus: Optional[float], num_gpus: Optional[float],
+                 resources: Optional[Dict[str, float]]) -> Dict[str, Any]:
+    """Worker rank ``rank``'s part of what ``init()`` was given (under ``mpiexec`` every rank
+    calls it with the same amounts): they are the job's totals, shared out over the worker ranks
+    (whole units as evenly as possible, the first ranks getting the remainder), as the spawned
+    workers share them. Amounts not given: None (the rank's own defaults)."""
+    combined = dict(resources or {})
+    if num_cpus is not None:
+        combined["CPU"] = num_cpus
+    if num_gpus is not None:
+        combined["GPU"] = num_gpus
+    mine = spawn.split_resources(combined, max(1, workers))[rank - 1] if combined else {}
+    cpus = mine.pop("CPU", 0.0) if num_cpus is not None else None
+    gpus = mine.pop("GPU", 0.0) if num_gpus is not None else None
+    return {"num_cpus": cpus, "num_gpus": gpus, "resources": mine if resources is not None else None}
 
 
 def _finish_resources(info: RankInfo, gpu_ids: List[str], memory: float, head_host: str) -> None:
@@ -252,7 +270,8 @@ def init_session(num_cpus: Optional[float], num_gpus: Optional[float], resources
     else:
         mpi = (world.comm, 0, world.comm.Get_size(), world.spawned)
     if mpi is not None and mpi[1] != 0:
-        PROCESS.worker_start = (mpi[0], config)
+        share = worker_share(mpi[1], mpi[2] - 1, num_cpus, num_gpus, resources)
+        PROCESS.worker_start = (mpi[0], config, share)
         return None  # the caller serves (serve_worker_rank), outside the init lock
     open_rank_log(0, config)
     PROCESS.jobs += 1
@@ -262,9 +281,6 @@ def init_session(num_cpus: Optional[float], num_gpus: Optional[float], resources
     if mpi is None:
         session = _start_single(config, job, num_cpus, num_gpus, resources, namespace, job_env)
     else:
-        if mpi[3] is None and any(v is not None for v in (num_cpus, num_gpus, resources)):
-            logger.warning("hpcray: init(num_cpus/num_gpus/resources) is ignored under MPI; the job's "
-                           "ranks and Slurm decide the resources (see HPCRAY_NUM_CPUS, HPCRAY_RESOURCES)")
         session = _start_driver(mpi[0], config, job, namespace, job_env, mpi[3])
     if config.timeline_path and not PROCESS.timeline_at_exit:
         PROCESS.timeline_at_exit = True
@@ -304,9 +320,9 @@ def close_session(session: Session) -> None:
 def serve_worker_rank() -> None:
     """A worker rank's init(): serve the driver's sessions until its process ends; never returns."""
     from .worker_rank import serve_worker
-    comm, config = PROCESS.worker_start
+    comm, config, share = PROCESS.worker_start
     PROCESS.worker_start = None
-    serve_worker(comm, config)
+    serve_worker(comm, config, **share)
 
 
 def open_rank_log(rank: int, config: Config) -> None:

@@ -112,7 +112,8 @@ class WorkerAgent:
 
 
 def serve_worker(comm: Any, config: Config, num_gpus: Optional[float] = None,
-                 resources: Optional[Dict[str, float]] = None, spawned: Optional[tuple] = None) -> None:
+                 resources: Optional[Dict[str, float]] = None, spawned: Optional[tuple] = None,
+                 num_cpus: Optional[float] = None) -> None:
     """Serve tasks on this rank until the driver's process ends; then leave the process.
     A worker the driver spawned (spawn.py) is given its share of ``init()``'s GPUs and
     resources, and ``spawned``: the communicators to disconnect from the driver at the end."""
@@ -135,7 +136,8 @@ def serve_worker(comm: Any, config: Config, num_gpus: Optional[float] = None,
     runtime.end_job_on_loop_failure(loop, comm)
     agent = WorkerAgent(rank, loop, config, arena, spawned is not None)
     loop.agent = agent.handle
-    loop.send(0, (P.HELLO, runtime.local_rank_info(rank, config, num_gpus=num_gpus, resources=resources)))
+    loop.send(0, (P.HELLO, runtime.local_rank_info(rank, config, num_cpus=num_cpus, num_gpus=num_gpus,
+                                                   resources=resources)))
     # What this process holds now (modules, the user's script up to init()) lives until the end:
     # the cyclic collector need not walk it again. Without this, a full collection walked it all
     # (about 12 ms here) whenever tasks or calls queued on this rank aged into the oldest
