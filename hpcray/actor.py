@@ -171,7 +171,9 @@ class ActorClass:
         return _ActorClassWithOptions(self, merged)
 
     def bind(self, *args, **kwargs):
-        raise NotImplementedError("Ray DAGs (.bind) are not supported by hpcray")
+        """A node of a graph (``hpcray.dag``): this actor, made by ``execute()``."""
+        from .dag import ClassNode
+        return ClassNode(self, args, kwargs)
 
     def _create(self, args, kwargs, options: Dict[str, Any]) -> "ActorHandle":
         session = api.ensure_session()
@@ -196,6 +198,10 @@ class _ActorClassWithOptions:
 
     def remote(self, *args, **kwargs) -> "ActorHandle":
         return self._parent._create(args, kwargs, self._options)
+
+    def bind(self, *args, **kwargs):
+        from .dag import ClassNode
+        return ClassNode(self, args, kwargs)
 
     def options(self, **options) -> "_ActorClassWithOptions":
         merged = dict(self._options)
@@ -303,7 +309,9 @@ class ActorMethod:
                         f"'object.{self._name}()', try 'object.{self._name}.remote()'.")
 
     def bind(self, *args, **kwargs):
-        raise NotImplementedError("Ray DAGs (.bind) are not supported by hpcray")
+        """A node of a graph (``hpcray.dag``): this call on this actor."""
+        from .dag import ClassMethodNode
+        return ClassMethodNode(self._handle, self._name, self._options, args, kwargs)
 
 
 class ActorID(BinaryID):

@@ -59,7 +59,9 @@ class RemoteFunction:
         return _FunctionWithOptions(self, calls.TaskPlan(merged, self._name, self._is_generator))
 
     def bind(self, *args, **kwargs):
-        raise NotImplementedError("Ray DAGs (.bind) are not supported by hpcray")
+        """A node of a graph (``hpcray.dag``): this task, run by ``execute()``."""
+        from .dag import FunctionNode
+        return FunctionNode(self, args, kwargs)
 
     def _remote(self, args=None, kwargs=None, **options):
         """Ray's older form: ``f._remote(args=[...], kwargs={...}, **options)``."""
@@ -94,7 +96,9 @@ class _FunctionWithOptions:
                                                                  self._parent._is_generator))
 
     def bind(self, *args, **kwargs):
-        raise NotImplementedError("Ray DAGs (.bind) are not supported by hpcray")
+        """A node of a graph (``hpcray.dag``): this task, run by ``execute()``."""
+        from .dag import FunctionNode
+        return FunctionNode(self, args, kwargs)
 
 
 def _rebuild_remote_function(function: Any, options: Dict[str, Any]) -> RemoteFunction:

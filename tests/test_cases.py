@@ -4,14 +4,14 @@ import pytest
 
 from conftest import check_mpi_case, case_names
 from cases.helpers import CaseSkipped, run_case
-from cases import (actors, arena, cancel, collective, errors, failures, generators, handoff, hosts, hosts_p2p,
+from cases import (actors, arena, cancel, collective, dag, errors, failures, generators, handoff, hosts, hosts_p2p,
                    mpi_use, objects, observe, options, placement, ray_compat, resources, tasks, waiting)
 
 MODULES = {"tasks": tasks, "errors": errors, "options": options, "resources": resources,
            "waiting": waiting, "actors": actors, "objects": objects, "cancel": cancel, "arena": arena,
            "hosts": hosts, "hosts_p2p": hosts_p2p, "placement": placement, "handoff": handoff,
            "mpi_use": mpi_use, "failures": failures, "generators": generators, "observe": observe,
-           "collective": collective, "ray_compat": ray_compat}
+           "collective": collective, "ray_compat": ray_compat, "dag": dag}
 PARAMS = [(m, c) for m, module in MODULES.items() for c in case_names(module)]
 
 
