@@ -55,3 +55,17 @@ def test_init_amounts_are_the_jobs_totals_in_every_mode(mode):
     assert proc.returncode == 0, output
     assert "TOTAL 3.0 2.0 3.0 0.5" in proc.stdout, output
     assert "GPU_TASKS [1, 1, 1, 1]" in proc.stdout, output
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("hook", ["function", "string", "broken"])
+def test_worker_process_setup_hook(mode, hook):
+    run = {"single": run_single, "mpi": run_mpi, "spawn": run_spawn}[mode]
+    proc = run([os.path.join(SCENARIOS, "setup_hook.py"), hook], timeout=120)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    if hook == "broken":
+        assert "SETUP_ERROR True" in proc.stdout, output
+    else:
+        assert "EVERY_PROCESS_RAN_IT True" in proc.stdout, output
+    assert "BAD_HOOK True" in proc.stdout, output

@@ -81,10 +81,11 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[float] = None, num
         if problem:
             raise ValueError(f"init(): {problem}")
         job_env = runtime_env.get("env_vars")
+    setup_hook = (runtime_env or {}).get("worker_process_setup_hook")
     with runtime.PROCESS.lock:
         existing = runtime.current()
         if existing is None:
-            session = runtime.init_session(num_cpus, num_gpus, resources, namespace, job_env)
+            session = runtime.init_session(num_cpus, num_gpus, resources, namespace, job_env, setup_hook)
     if existing is None:
         if session is None:  # a worker rank: it serves tasks until the driver's process ends
             runtime.serve_worker_rank()

@@ -146,6 +146,7 @@ class Executor:
         self.launched: set = set()  # tasks handed to a pool thread, not started yet
         self.threads: Dict[bytes, tuple] = {}  # running task -> (thread ident, session)
         self.cancelled: set = set()
+        self.setup_error: Optional[SerializedValue] = None  # the session's setup hook failed here
         self._targeted: set = set()  # threads sent an interrupt that may not have landed yet
         self.host = ActorHost(self)
         self._work: "queue.SimpleQueue" = queue.SimpleQueue()
@@ -163,7 +164,10 @@ class Executor:
     def handle(self, msg: tuple) -> None:
         """A downstream message for this rank's executor or actors."""
         kind = msg[0]
-        if kind == P.EXECUTE:
+        if (kind == P.EXECUTE or kind == P.ACTOR_CALL) and self.setup_error is not None:
+            # the session's worker_process_setup_hook failed here: nothing runs (setup_hook.py)
+            self.post((P.TASK_DONE, msg[1].task_id, None, self.setup_error, False))
+        elif kind == P.EXECUTE:
             self.on_execute(msg[1], msg[2], msg[3])
         elif kind == P.ACTOR_CALL:
             self.host.on_call(msg[1], msg[2])

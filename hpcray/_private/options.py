@@ -84,6 +84,11 @@ def _check_runtime_env(value: Any) -> Optional[str]:
                 isinstance(k, str) and isinstance(v, str) for k, v in entry.items()
             ):
                 return "runtime_env['env_vars'] must be a dict of str to str"
+        elif key == "worker_process_setup_hook":
+            from .setup_hook import check
+            problem = check(entry)
+            if problem:
+                return problem
         elif key == "config" or key.startswith("_"):
             continue
         elif key in ("working_dir", "py_modules", "pip", "conda", "uv", "container", "image_uri",

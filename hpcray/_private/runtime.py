@@ -42,6 +42,7 @@ from .object_plane import ObjectPlane
 from .protocol import RankInfo
 from .resources import accelerator_resource, detect_gpus, host_memory_bytes, host_name, usable_cpu_count
 from .scheduler import Scheduler, node_id_of
+from .setup_hook import pack as setup_hook_pack, run as setup_hook_run
 from .status import StatusReporter, rank_report, start_reporter
 from .timeline import RECORDER, chrome_trace, write_trace
 
@@ -258,8 +259,11 @@ def _log_launch_once(what: str) -> None:
 # Driver side
 # ---------------------------------------------------------------------------------------------
 def init_session(num_cpus: Optional[float], num_gpus: Optional[float], resources: Optional[Dict[str, float]],
-                 namespace: Optional[str], job_env: Optional[Dict[str, str]]) -> Optional[Session]:
-    """Start a session on the driver; None on a worker rank (then ``serve_worker_rank``)."""
+                 namespace: Optional[str], job_env: Optional[Dict[str, str]],
+                 setup_hook: Any = None) -> Optional[Session]:
+    """Start a session on the driver; None on a worker rank (then ``serve_worker_rank``).
+    ``setup_hook``: runtime_env's worker_process_setup_hook (setup_hook.py), run by every process
+    that runs tasks."""
     config = Config.from_env()
     _configure_logging(config)
     install_fork_guard()
@@ -280,8 +284,9 @@ def init_session(num_cpus: Optional[float], num_gpus: Optional[float], resources
         namespace = f"anonymous-{os.getpid()}-{job}"
     if mpi is None:
         session = _start_single(config, job, num_cpus, num_gpus, resources, namespace, job_env)
+        session.executor.setup_error = setup_hook_run(setup_hook_pack(setup_hook), 0)
     else:
-        session = _start_driver(mpi[0], config, job, namespace, job_env, mpi[3])
+        session = _start_driver(mpi[0], config, job, namespace, job_env, mpi[3], setup_hook_pack(setup_hook))
     if config.timeline_path and not PROCESS.timeline_at_exit:
         PROCESS.timeline_at_exit = True
         # registered after _start_driver's _at_exit, so it runs before it (atexit is LIFO), while
@@ -380,7 +385,8 @@ def _start_single(config: Config, job: int, num_cpus, num_gpus, resources, names
     return session
 
 
-def _start_driver(comm: Any, config: Config, job: int, namespace, job_env, spawned=None) -> Session:
+def _start_driver(comm: Any, config: Config, job: int, namespace, job_env, spawned=None,
+                  setup_hook: Any = None) -> Session:
     if PROCESS.world is None:
         transport = MPITransport(comm)
         arena = start_arena(comm, config)
@@ -409,7 +415,7 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env, spawn
     session.host, session.node_id = head_host, node_id_of(head_host)
     _wire(loop, session)
     for info in live:
-        loop.send(info.rank, (P.WELCOME, job, info.gpu_ids, info.resources, session.namespace))
+        loop.send(info.rank, (P.WELCOME, job, info.gpu_ids, info.resources, session.namespace, setup_hook))
     loop.start()
     return session
 

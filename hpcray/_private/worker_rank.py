@@ -23,6 +23,7 @@ from .executor import Executor
 from .object_plane import ObjectPlane
 from .resources import host_name
 from .scheduler import node_id_of
+from .setup_hook import run as run_setup_hook
 from .status import rank_report
 
 
@@ -80,7 +81,8 @@ class WorkerAgent:
         elif self.executor is not None:
             self.executor.handle(msg)
 
-    def _welcome(self, job: int, gpu_ids: List[str], resources: Dict[str, float], namespace: str) -> None:
+    def _welcome(self, job: int, gpu_ids: List[str], resources: Dict[str, float], namespace: str,
+                 setup_hook: Any = None) -> None:
         if self.unlink_shm:
             self.unlink_shm = False
             runtime.unlink_mapped_shm()
@@ -99,6 +101,8 @@ class WorkerAgent:
         session.host = host_name(self.rank, self.config.ranks_per_host)
         session.node_id = node_id_of(session.host)
         runtime.open_session(session, self.plane)
+        # (on the comm thread, before any task of the session can arrive: a hook is short setup)
+        self.executor.setup_error = run_setup_hook(setup_hook, self.rank)
 
     def _reset(self) -> None:
         if self.executor is not None:
