@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .. import exceptions
 from . import context
 from .config import COLLECTIVE_CHECK_S, COLLECTIVE_JOIN_TIMEOUT_S, COLLECTIVE_SPIN_S
 
@@ -186,10 +187,19 @@ class StoreGroup(Group):
     """Members in one process, or sharing a rank: each operation is an exchange in the store."""
 
     def exchange(self, signature: tuple, value: Any) -> List[Any]:
-        from . import api
         if self.destroyed:
             raise CollectiveError(f"the collective group {self.name!r} was destroyed")
-        return answer(api.get(self.store.exchange.remote(self.next_seq(), self.rank, signature, value)))
+        return self.ask(self.store.exchange.remote(self.next_seq(), self.rank, signature, value))
+
+    def ask(self, ref: Any) -> Any:
+        """The store's answer to a call; a store killed meanwhile (the group destroyed from the
+        driver) is a CollectiveError too."""
+        from . import api
+        try:
+            return answer(api.get(ref))
+        except exceptions.RayActorError:
+            raise CollectiveError(f"the collective group {self.name!r} was destroyed (its store is "
+                                  "gone)") from None
 
 
 class MpiGroup(Group):
@@ -508,9 +518,8 @@ def send(group: Group, tensor: Any, dst_rank: int) -> None:
     if isinstance(group, MpiGroup):
         group.wait([group.comm.Isend(array, dst_rank, SENDRECV_TAG)], "send")
         return
-    from . import api
     n = group.sent[dst_rank] = group.sent.get(dst_rank, 0) + 1
-    api.get(group.store.post.remote(group.rank, dst_rank, n, array))
+    group.ask(group.store.post.remote(group.rank, dst_rank, n, array))
 
 
 def recv(group: Group, tensor: Any, src_rank: int) -> None:
@@ -528,9 +537,8 @@ def recv(group: Group, tensor: Any, src_rank: int) -> None:
             raise CollectiveError(f"recv from rank {src_rank}: {status.Get_count(MPI.BYTE)} bytes "
                                   f"arrived for a tensor of {array.nbytes} ({array.shape} {array.dtype})")
     else:
-        from . import api
         n = group.received[src_rank] = group.received.get(src_rank, 0) + 1
-        value = answer(api.get(group.store.fetch.remote(src_rank, group.rank, n)))
+        value = group.ask(group.store.fetch.remote(src_rank, group.rank, n))
         if value.shape != array.shape or value.dtype != array.dtype:
             raise CollectiveError(f"recv from rank {src_rank}: a tensor of {value.shape} {value.dtype} "
                                   f"arrived for one of {array.shape} {array.dtype}")
