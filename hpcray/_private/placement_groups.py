@@ -150,11 +150,8 @@ class PlacementGroups:
             self.pending_groups.remove(group)
             group.ranks = [state.info.rank for state in plan]
             group.state = CREATED
-            group_hex = group.group_id.hex()
-            for index, (state, bundle) in enumerate(zip(plan, group.bundles)):
-                added = bundle_resources(bundle, group_hex, index)
-                state.ledger.reserve((group.group_id, index), bundle, added)
-                self.send(state.info.rank, (P.BUNDLE_RESERVE, (group.group_id, index), bundle, added))
+            for index, state in enumerate(plan):
+                self._reserve_bundle(group, index, state)
             for object_id, value in group.ready_ids:
                 self._set_value(object_id, value)
             group.ready_ids = []
@@ -175,14 +172,18 @@ class PlacementGroups:
         if plan is None:
             return  # it waits for room (or ranks) to come back
         self.pending_groups.remove(group)
-        group_hex = group.group_id.hex()
         for index, state in zip(group.lost, plan):
-            bundle = group.bundles[index]
-            added = bundle_resources(bundle, group_hex, index)
-            state.ledger.reserve((group.group_id, index), bundle, added)
-            self.send(state.info.rank, (P.BUNDLE_RESERVE, (group.group_id, index), bundle, added))
+            self._reserve_bundle(group, index, state)
             group.ranks[index] = state.info.rank
         group.lost = []
+
+    def _reserve_bundle(self, group: GroupRecord, index: int, state) -> None:
+        """Bundle ``index`` on ``state``'s rank: on the scheduler's ledger of it and, by
+        BUNDLE_RESERVE, on the rank's own."""
+        bundle = group.bundles[index]
+        added = bundle_resources(bundle, group.group_id.hex(), index)
+        state.ledger.reserve((group.group_id, index), bundle, added)
+        self.send(state.info.rank, (P.BUNDLE_RESERVE, (group.group_id, index), bundle, added))
 
     def _plan(self, group: GroupRecord, room_of) -> Optional[List]:
         """A rank for each bundle under the group's strategy, or None."""

@@ -98,14 +98,13 @@ class RankLoss:
         """The actor's instance is gone (``cause``): start a new one if restarts are left, else
         it is dead. Calls in flight fail unless they may be tried again (``retry_in_flight``: only
         where the old instance can report nothing more, which a dead rank cannot)."""
-        restart = actor.restarts_left != 0 and not self._restart_blocked(actor)
-        error = death_value(actor, f"The actor {actor.class_name} died unexpectedly before finishing "
-                                   f"this call: {cause}" + ("; it is being restarted" if restart else ""))
-        if not restart:
+        if actor.restarts_left == 0 or self._restart_blocked(actor):
             self._actor_died(actor, death_value(
                 actor, f"The actor {actor.class_name} is dead: {cause}, and it has no restarts left "
                        f"(max_restarts={actor.max_restarts})"))
             return
+        error = death_value(actor, f"The actor {actor.class_name} died unexpectedly before finishing "
+                                   f"this call: {cause}; it is being restarted")
         if actor.restarts_left > 0:
             actor.restarts_left -= 1
         actor.rank = None
