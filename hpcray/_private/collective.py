@@ -452,14 +452,9 @@ def broadcast(group: Group, tensor: Any, src_rank: int) -> None:
 
 
 def allgather(group: Group, tensor_list: List[Any], tensor: Any) -> None:
-    if not isinstance(tensor_list, list) or len(tensor_list) != group.world_size:
-        raise ValueError(f"allgather: tensor_list must be a list of {group.world_size} tensors (one per member)")
+    _check_list(group, tensor_list, "allgather")
     array, _ = host_view(tensor)
-    outputs = [host_view(t) for t in tensor_list]
-    for out, _ in outputs:
-        if out.shape != array.shape or out.dtype != array.dtype:
-            raise ValueError(f"allgather: every tensor of tensor_list must be like tensor "
-                             f"({array.shape} {array.dtype}), got {out.shape} {out.dtype}")
+    outputs = _views_like(tensor_list, array, "allgather")
     sig = signature("allgather", array)
     if isinstance(group, MpiGroup):
         group.agree(sig, "allgather")
@@ -493,14 +488,9 @@ def reduce(group: Group, tensor: Any, dst_rank: int, op: ReduceOp) -> None:
 
 
 def reducescatter(group: Group, tensor: Any, tensor_list: List[Any], op: ReduceOp) -> None:
-    if not isinstance(tensor_list, list) or len(tensor_list) != group.world_size:
-        raise ValueError(f"reducescatter: tensor_list must be a list of {group.world_size} tensors (one per member)")
+    _check_list(group, tensor_list, "reducescatter")
     array, write_back = host_view(tensor)
-    inputs = [host_view(t)[0] for t in tensor_list]
-    for part in inputs:
-        if part.shape != array.shape or part.dtype != array.dtype:
-            raise ValueError(f"reducescatter: every tensor of tensor_list must be like tensor "
-                             f"({array.shape} {array.dtype}), got {part.shape} {part.dtype}")
+    inputs = [view for view, _ in _views_like(tensor_list, array, "reducescatter")]
     sig = signature(f"reducescatter {op.name}", array)
     if isinstance(group, MpiGroup):
         group.agree(sig, "reducescatter")
@@ -544,6 +534,21 @@ def recv(group: Group, tensor: Any, src_rank: int) -> None:
                                   f"arrived for one of {array.shape} {array.dtype}")
         np.copyto(array, value)
     write_back()
+
+
+def _check_list(group: Group, tensor_list: Any, what: str) -> None:
+    if not isinstance(tensor_list, list) or len(tensor_list) != group.world_size:
+        raise ValueError(f"{what}: tensor_list must be a list of {group.world_size} tensors (one per member)")
+
+
+def _views_like(tensor_list: List[Any], array: np.ndarray, what: str) -> List[Tuple[np.ndarray, Callable[[], None]]]:
+    """``host_view`` of each tensor of ``tensor_list``, each like ``array``."""
+    views = [host_view(t) for t in tensor_list]
+    for view, _ in views:
+        if view.shape != array.shape or view.dtype != array.dtype:
+            raise ValueError(f"{what}: every tensor of tensor_list must be like tensor "
+                             f"({array.shape} {array.dtype}), got {view.shape} {view.dtype}")
+    return views
 
 
 def _check_peer(group: Group, rank: Any, name: str, distinct: bool = False) -> None:
