@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional
 from . import exceptions
 from ._private import api, calls, context
 from ._private.ids import BinaryID
+from ._private.interrupts import shielded
 from ._private import options as opt
 from ._private.object_ref import ObjectRef
 from ._private.serialization import dumps_function, loads
@@ -320,6 +321,7 @@ class ActorID(BinaryID):
     __slots__ = ()
 
 
+@shielded
 def get_actor(name: str, namespace: Optional[str] = None) -> ActorHandle:
     """The handle of a named actor (ValueError when there is none)."""
     if not isinstance(name, str) or not name:
@@ -332,6 +334,7 @@ def get_actor(name: str, namespace: Optional[str] = None) -> ActorHandle:
     return ActorHandle(actor_id, loads(meta_blob), ObjectRef(handle_id))
 
 
+@shielded
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """Kill an actor at once: its running and queued calls fail with RayActorError."""
     if not isinstance(actor, ActorHandle):

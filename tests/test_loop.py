@@ -164,6 +164,13 @@ def test_ctrl_c_inside_lend_leaves_no_lock_taken(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_ctrl_c_inside_a_call_is_raised_when_the_call_is_over(mode):
+    proc = run(mode, "ctrl_c_in_call.py", timeout=90)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "CTRL_C_IN_CALL_OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_bad_inline_progress_setting_is_an_error_naming_the_variable(mode):
     code = "import hpcray; hpcray.init()"
     env = {"HPCRAY_INLINE_PROGRESS": "yes"}

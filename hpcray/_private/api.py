@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from .. import exceptions
 from . import context, runtime
 from .generators import ObjectRefGenerator
+from .interrupts import shielded
 from .object_ref import ObjectRef
 from .config import TIMELINE_WAIT_S
 from .timeline import chrome_trace, write_trace
@@ -142,6 +143,7 @@ def _check_timeout(timeout: Optional[float]) -> None:
             raise ValueError(f"The 'timeout' argument must be non-negative, got {timeout}")
 
 
+@shielded
 def get(object_refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float] = None) -> Any:
     """The value(s) of one ObjectRef or a list of them, in order.
 
@@ -164,12 +166,14 @@ def get(object_refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional
     return values[0] if single else values
 
 
+@shielded
 def put(value: Any, *, _owner: Any = None) -> ObjectRef:
     """Store ``value`` and return an ObjectRef to it (putting an ObjectRef raises TypeError)."""
     session = ensure_session()
     return session.client.put(value)
 
 
+@shielded
 def wait(object_refs: List[Union[ObjectRef, ObjectRefGenerator]], *, num_returns: int = 1,
          timeout: Optional[float] = None, fetch_local: bool = True) -> Tuple[List[Any], List[Any]]:
     """Split refs into (ready, not ready) once ``num_returns`` are ready or ``timeout`` passes.
@@ -200,6 +204,7 @@ def wait(object_refs: List[Union[ObjectRef, ObjectRefGenerator]], *, num_returns
     return session.client.wait(object_refs, num_returns, timeout, fetch_local)
 
 
+@shielded
 def cancel(object_ref: Union[ObjectRef, ObjectRefGenerator], *, force: bool = False,
            recursive: bool = True) -> None:
     """Cancel the task that makes ``object_ref`` (or a generator's stream: it ends with

@@ -20,6 +20,7 @@ from . import options as opt
 from . import protocol as P
 from .executor import NO_ARGUMENTS, ArgRef
 from .generators import ObjectRefGenerator
+from .interrupts import shielded
 from .object_ref import ObjectRef, object_id_of, return_ids_of
 from .placement import InGroup, Placement, check_fits_group, strategy_of
 from .placement_groups import bundle_demand
@@ -165,6 +166,7 @@ class TaskPlan:
                           "replaced: tasks keep running in the same long-lived rank process")
 
 
+@shielded
 def submit_task(session: Any, export: Export, plan: TaskPlan, args: Tuple[Any, ...],
                 kwargs: Dict[str, Any]) -> Any:
     """Submit a task; its ObjectRef, a list of them (num_returns > 1) or None (num_returns=0)."""
@@ -227,6 +229,7 @@ class ActorPlan:
         self.max_restarts: int = options.get("max_restarts") or 0
 
 
+@shielded
 def create_actor(session: Any, export: Export, class_name: str, meta_blob: bytes, is_async: bool,
                  plan: ActorPlan, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[bytes, ObjectRef]:
     """Create an actor: (actor id, ref of its handle object). With ``get_if_exists`` and a live
@@ -278,6 +281,7 @@ class MethodPlan:
         self.name = display_name
 
 
+@shielded
 def call_actor(session: Any, actor_id: bytes, method: str, plan: MethodPlan, owner: str,
                args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[Any, List[bytes]]:
     """Submit an actor method call: (its ObjectRef, a list of them or None; the return ids)."""

@@ -21,6 +21,7 @@ from .. import exceptions
 from . import context
 from . import protocol as P
 from .config import WAKE_S
+from .interrupts import SHIELD
 from .object_ref import DECREF, IdSource, ObjectRef, object_id_of
 from .serialization import SerializedValue, deserialize, serialize, try_serialize
 from .streams import item_id
@@ -107,7 +108,7 @@ class CoreClient:
         self.requested: set = set()
         # ``with self.lock`` where no one waits or is notified: the Condition's own lock, taken
         # without the Condition's Python-level __enter__/__exit__ (two calls per use)
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.cond = SturdyCondition(self.lock)
         self.callbacks: Dict[bytes, List[Callable[[SerializedValue], None]]] = {}
         self.exported: set = set()
@@ -134,9 +135,7 @@ class CoreClient:
         else:
             self.post((P.SUBMIT, spec))
         counted = ObjectRef.counted  # the SUBMIT counts these refs (no INCREF each)
-        refs = [counted(object_id) for object_id in spec.return_ids]
-        self.loop.raise_deferred_interrupt()  # after the refs exist: they free the returns
-        return refs
+        return [counted(object_id) for object_id in spec.return_ids]
 
     # ---- streams (generators.py) ---------------------------------------------------------
     def open_stream(self, task_id: bytes) -> None:
@@ -366,6 +365,8 @@ class CoreClient:
         # A thread that is not running a task (a cancel interrupts tasks anywhere) makes the
         # loop's progress itself first, for as long as progress keeps coming (comm.CommLoop.lend).
         lend = loop.lend if task is None and loop.lendable else None
+        # the main thread inside a shielded call: a Ctrl-C is raised here, between two waits
+        shield = SHIELD if task is None and SHIELD.depth and SHIELD.on_main() else None
         self._request(missing, need_value, lending=lend is not None)
         deadline = None if timeout is None else time.monotonic() + timeout
         blocked = False
@@ -376,6 +377,8 @@ class CoreClient:
             return waiter.have >= count or (fail_fast and waiter.error)
         try:
             while True:
+                if shield is not None:
+                    shield.raise_pending()
                 with self.lock:
                     if satisfied():
                         break
@@ -394,6 +397,8 @@ class CoreClient:
                                 blocked = True  # give this task's CPU back while it waits
                                 self.post((P.BLOCKED, task.task_id))
                             # wake now and then, so a cancel (KeyboardInterrupt) can land
+                            remaining = WAKE_S if remaining is None else min(remaining, WAKE_S)
+                        elif shield is not None:  # wake now and then, to see a Ctrl-C
                             remaining = WAKE_S if remaining is None else min(remaining, WAKE_S)
                         self.sleepers += 1
                         try:

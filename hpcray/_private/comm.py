@@ -40,6 +40,7 @@ import numpy as np
 from . import protocol as P
 from .config import (BATCH_MAX, BATCH_S, FINAL_FLUSH_S, GUEST_WAIT_S, HOLD_S, OOB_MIN,
                      SINGLE_RANK_IDLE_S, SMALL_FRAME)
+from .interrupts import SHIELD
 from .lending import FREE, GUEST, Lending
 from .object_ref import DECREF, INCREF, job_of
 from .ref_table import RefTable
@@ -410,44 +411,37 @@ class CommLoop:
             if not self.lend(None, None, 0.0, max_turns=1, interruptible=False):
                 self.nudge()
 
-    def raise_deferred_interrupt(self) -> None:
-        """Raise a Ctrl-C that arrived in the middle of a lent turn (see runtime.py), if any."""
-        lending = self.lending
-        if lending.interrupted and threading.get_ident() == lending.main_ident:
-            lending.interrupted = False
-            raise KeyboardInterrupt
-
     def lend(self, finished: Optional[Callable[[], bool]], until: Optional[float], idle_s: float,
              max_turns: int = 0, interruptible: bool = True,
              hold: Optional[Callable[[], bool]] = None) -> bool:
         """Run the loop's turns on the calling thread while it waits: until ``finished()``, the
         monotonic deadline ``until``, ``max_turns`` turns (0: no limit), or ``idle_s`` without
         progress. Returns False, having run nothing, when another guest holds the loop or the
-        comm thread did not step back before ``until``. A Ctrl-C that arrived during the turns
-        is raised at the end (``interruptible``) or left to ``raise_deferred_interrupt``.
+        comm thread did not step back before ``until``. On the main thread the turns are
+        shielded from Ctrl-C (interrupts.py): one that arrives ends them early and is raised at
+        the end (``interruptible``, outside any other shielded call) or later by the caller.
         While ``hold()`` is true (the guest has more work of its own queued) outgoing batches
         wait, up to ``HOLD_S``, so a burst of results leaves as a few messages."""
         me = threading.get_ident()
-        lending = self.lending
         if finished is not None:
-            lending.end_burst()  # a wait ends a burst of submissions
+            self.lending.end_burst()  # a wait ends a burst of submissions
         if not self.running or me == self.thread_ident:
             return False  # (the comm thread itself, e.g. in a callback it runs: it has the turns)
-        main = me == lending.main_ident
-        if main:
-            # A Ctrl-C from here on is held until the end (runtime's SIGINT handler): raised
-            # anywhere in between, it would leave the loop's locks taken.
-            lending.main_inside = True
+        shield = SHIELD
+        if me != shield.main:
+            return self._lend(me, finished, until, idle_s, max_turns, hold, None)
+        # a turn cut in the middle could lose a message, and lend's own bookkeeping cut in the
+        # middle would leave the loop's locks taken (seen: the job hung at exit)
+        shield.depth += 1
         try:
-            lent = self._lend(me, finished, until, idle_s, max_turns, hold)
+            lent = self._lend(me, finished, until, idle_s, max_turns, hold, shield)
         finally:
-            if main:
-                lending.main_inside = False
-        if interruptible and lending.interrupted:
-            self.raise_deferred_interrupt()
+            shield.depth -= 1
+        if interruptible and not shield.depth:
+            shield.raise_pending()
         return lent
 
-    def _lend(self, me, finished, until, idle_s, max_turns, hold) -> bool:
+    def _lend(self, me, finished, until, idle_s, max_turns, hold, shield) -> bool:
         wait = -1 if until is None else max(0.0, until - time.monotonic())
         entered = self.lending.enter(me, wait, hold)
         if entered is None:
@@ -455,7 +449,7 @@ class CommLoop:
         gone = True
         if entered:
             try:
-                gone = self._guest_turns(finished, until, idle_s, max_turns)
+                gone = self._guest_turns(finished, until, idle_s, max_turns, shield)
             finally:
                 self.lending.leave(gone)
         transport = self.transport
@@ -466,9 +460,10 @@ class CommLoop:
             self.wake_event.set()
         return entered
 
-    def _guest_turns(self, finished, until, idle_s, max_turns) -> bool:
+    def _guest_turns(self, finished, until, idle_s, max_turns, shield) -> bool:
         """The guest's turns; True when it stops for lack of progress or time (it will not be
-        back soon), False when it got what it waited for."""
+        back soon) or for a Ctrl-C (``shield``: the main thread's), False when it got what it
+        waited for."""
         idle_since = 0.0
         turns = 0
         monotonic = time.monotonic
@@ -481,6 +476,8 @@ class CommLoop:
             turns += 1
             if (finished is not None and finished()) or turns == max_turns:
                 return False
+            if shield is not None and shield.pending:
+                return True
             if progress:
                 idle_since = 0.0
                 continue

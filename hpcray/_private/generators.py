@@ -15,6 +15,7 @@ import asyncio
 import threading
 from typing import Any, Iterator, List, Optional
 
+from .interrupts import shielded
 from .object_ref import ObjectRef
 from .streams import item_id
 
@@ -60,6 +61,7 @@ class ObjectRefGenerator:
             raise StopIteration
         return ref
 
+    @shielded
     def _take(self, timeout_s: Optional[float]) -> Optional[ObjectRef]:
         with self._lock:  # one consumer at a time: items are taken in order
             if self._finished:

@@ -18,11 +18,10 @@ costs at most one poll (the comm thread looks again within ``GUEST_WAIT_S``)::
 turn to end. ``GUEST``: a guest runs them; ``guest`` is its thread ident and ``hold`` its
 ``lend(hold=...)`` (its outgoing batches may wait for its next results).
 
-Two more pieces of state belong to lending: the burst counter (submissions since a submitter last
+One more piece of state belongs to lending: the burst counter (submissions since a submitter last
 waited: the first of a burst goes out at once, the rest in batches), changed under a lock of its
-own as any user thread may submit; and a Ctrl-C that lands while the main thread is a guest,
-held until it leaves so the loop's locks are never left taken (both fields are read and written
-on the main thread only: Python runs signal handlers there).
+own as any user thread may submit. (A Ctrl-C while the main thread is the guest waits until it
+leaves: interrupts.py.)
 """
 
 from __future__ import annotations
@@ -39,8 +38,7 @@ GUEST = 2
 class Lending:
     """The turn lock, the guest's state and the burst counter of one loop."""
 
-    __slots__ = ("turns", "_gate", "state", "guest", "hold", "left_at", "_burst", "_burst_lock",
-                 "main_ident", "main_inside", "interrupted")
+    __slots__ = ("turns", "_gate", "state", "guest", "hold", "left_at", "_burst", "_burst_lock")
 
     def __init__(self) -> None:
         self.turns = threading.Lock()  # held by whichever thread runs turn()
@@ -51,9 +49,6 @@ class Lending:
         self.left_at = 0.0  # when a guest last left the turns (time.monotonic()); 0.0: gave up
         self._burst = 0
         self._burst_lock = threading.Lock()
-        self.main_ident = threading.main_thread().ident
-        self.main_inside = False  # the main thread is inside lend(): a Ctrl-C waits for its end
-        self.interrupted = False  # a Ctrl-C arrived while main_inside
 
     # ---- the guest's side -------------------------------------------------------------------
     def enter(self, me: int, wait_s: float, hold: Optional[Callable[[], bool]]) -> Optional[bool]:

@@ -38,6 +38,7 @@ from .comm import Backoff, CommLoop, MPITransport, duplicate, fault_tolerant, jo
 from .config import (EXIT_ACK_S, MEMORY_SHARE, REMOTE_LEAVE_S, STATUS_MEMORY_WAIT_S, Config, launched_by_mpi,
                      slurm_cpus_per_task)
 from .executor import Executor, host_address
+from .interrupts import SHIELD
 from .object_plane import ObjectPlane
 from .protocol import RankInfo
 from .resources import accelerator_resource, detect_gpus, host_memory_bytes, host_name, usable_cpu_count
@@ -811,9 +812,8 @@ def _install_driver_signals() -> None:
     """SIGTERM ends the driver like an exception would, so the atexit hook ends every rank.
 
     Ctrl-C (SIGINT) raises KeyboardInterrupt as Python's own handler does, except while the main
-    thread is inside the loop's lend() (comm.CommLoop.lend): a turn cut in the middle could lose a
-    message, and lend's own bookkeeping cut in the middle would leave the loop's locks taken (seen:
-    the job hung at exit), so the interrupt is raised when lend() is over."""
+    thread is inside a runtime call: then it is raised where that call has nothing half done
+    (interrupts.py)."""
     if threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
@@ -822,11 +822,8 @@ def _install_driver_signals() -> None:
         signal.signal(signal.SIGTERM, on_term)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         def on_interrupt(signum, frame):
-            session = PROCESS.session
-            if session is not None and session.loop.lending.main_inside:  # (handlers run on the main thread)
-                session.loop.lending.interrupted = True
-                return
-            raise KeyboardInterrupt
+            if not SHIELD.defer():  # (handlers run on the main thread)
+                raise KeyboardInterrupt
         signal.signal(signal.SIGINT, on_interrupt)
 
 

@@ -12,6 +12,7 @@ import numbers
 from typing import Any, Dict, List, Optional
 
 from .._private.ids import BinaryID
+from .._private.interrupts import shielded
 from .._private.placement import GroupHandle
 from .._private.placement_groups import STRATEGIES
 
@@ -73,6 +74,7 @@ class PlacementGroup(GroupHandle):
         return (PlacementGroup, (self.id, self._bundles))
 
 
+@shielded
 def placement_group(bundles: List[Dict[str, float]], strategy: str = "PACK", name: str = "",
                     lifetime: Optional[str] = None, _max_cpu_fraction_per_node: Optional[float] = None,
                     _soft_target_node_id: Optional[str] = None,
@@ -115,6 +117,7 @@ def _check_bundles(bundles: Any) -> List[Dict[str, float]]:
     return checked
 
 
+@shielded
 def remove_placement_group(placement_group: PlacementGroup) -> None:
     """Give the bundles back; actors in the group are killed, tasks waiting for it fail."""
     from .._private import api
