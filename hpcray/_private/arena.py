@@ -251,7 +251,7 @@ def segment_bytes(requested: Optional[int], host_size: int, shm_dir: str = "/dev
 
 
 def create_arena(comm: Any, ranks_per_host: int, requested: Optional[int],
-                 remote_fetch: str) -> Optional[SharedArena]:
+                 remote_fetch: str, windows: bool = True) -> Optional[SharedArena]:
     """Collective over ``comm`` (every rank, once per job, once every rank has reached ``init()``:
     comm.job_communicator waited for that): make the host arenas, or None.
 
@@ -261,7 +261,10 @@ def create_arena(comm: Any, ranks_per_host: int, requested: Optional[int],
     Where the MPI cannot map it, or with "p2p", the arena is ``Win.Allocate_shared`` on the host
     communicator and other hosts fetch by point-to-point messages. (A ``Win.Create`` window over
     that memory was measured too: software RMA here, 7 MB/s, so it is not offered.)
-    Every decision is agreed by all ranks, as the windows are collective.
+    Every decision is agreed by all ranks, as the windows are collective. Without ``windows``
+    (a job that survives dead ranks) the host's segments are files (``FileSegments``): Open MPI
+    does not promise that a shared-memory window outlives a member's death (its osc/sm component
+    warns so), and one left to MPI_Finalize after a death hung there now and then.
     """
     from mpi4py import MPI
     rank = comm.Get_rank()
@@ -275,7 +278,7 @@ def create_arena(comm: Any, ranks_per_host: int, requested: Optional[int],
     if not shared and host_comm.Get_rank() == 0 and why and why != "HPCRAY_ARENA_BYTES=0":
         logger.warning("hpcray: no node-shared object arena on this host: %s; large objects move "
                        "by point-to-point messages instead (slower, copies)", why)
-    if comm.allreduce(shared and remote_fetch == "auto", op=MPI.LAND):
+    if comm.allreduce(shared and windows and remote_fetch == "auto", op=MPI.LAND):
         window = MPI.Win.Allocate(size, 1, comm=comm)
         mappable = all(_query_size(window, r) == n for r, n in zip(host_ranks, sizes))
         if comm.allreduce(mappable, op=MPI.LAND):
@@ -288,6 +291,9 @@ def create_arena(comm: Any, ranks_per_host: int, requested: Optional[int],
                         "Win.Allocate_shared per host and point-to-point messages across hosts")
     if not shared:
         return None
+    if not windows:
+        files = FileSegments(host_comm, host_ranks, size)
+        return SharedArena(rank, files, {r: r for r in host_ranks}, files.segment(rank))
     try:
         window = MPI.Win.Allocate_shared(size, 1, comm=host_comm)
     except MPI.Exception as exc:

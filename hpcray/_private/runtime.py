@@ -423,10 +423,12 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env, spawn
 
 def start_arena(comm: Any, config: Config):
     """Every rank, once per job, collectively: the node-shared object arena (arena.py). A job
-    that survives dead ranks fetches across hosts point-to-point: a one-sided read of a dead
-    rank's memory has no defined outcome, a message to it fails cleanly."""
-    remote_fetch = "p2p" if fault_tolerant() else config.remote_fetch
-    arena = create_arena(comm, config.ranks_per_host, config.arena_bytes, remote_fetch)
+    that survives dead ranks uses no MPI window: it fetches across hosts point-to-point (a
+    one-sided read of a dead rank's memory has no defined outcome, a message to it fails
+    cleanly), and its host segments are files (a window with a dead member hung MPI_Finalize)."""
+    tolerant = fault_tolerant()
+    remote_fetch = "p2p" if tolerant else config.remote_fetch
+    arena = create_arena(comm, config.ranks_per_host, config.arena_bytes, remote_fetch, windows=not tolerant)
     serialization.use_arena(arena, config.inline_max)
     return arena
 
@@ -616,7 +618,9 @@ def _at_exit() -> None:
         backoff.sleep()
     if not silent and transport.dead:
         survivors = [info for info in world.workers if info.rank not in transport.dead]
-        finalize_after_failure(world.comm, world.config.exit_timeout_s, revoke=True)
+        # (the driver's own exit status is Python's to set after this hook; a finalize that hangs
+        # ends it with 1, said on stderr)
+        finalize_after_failure(world.comm, world.config.exit_timeout_s, revoke=True, status=1)
         _wait_until_gone(survivors, time.monotonic() + world.config.exit_timeout_s)
         return
     if not silent:
@@ -654,17 +658,24 @@ def end_job_on_loop_failure(loop: CommLoop, comm: Any) -> None:
     loop.on_fatal = fatal
 
 
-def finalize_after_failure(comm: Any, timeout_s: float, revoke: bool) -> None:
+def finalize_after_failure(comm: Any, timeout_s: float, revoke: bool, status: int) -> None:
     """MPI_Finalize in a job where ranks died (ULFM), on every survivor once the driver heard from
     all of them. Freeing a communicator with a dead member can hang (measured): the driver
     (``revoke``) revokes the job's communicator and frees it; the others leave it alone (a revoke
     could drop their last messages to the driver). The arena's windows are left to MPI_Finalize
-    (freeing a window is collective with the dead). A finalize that still does not return in
-    ``timeout_s`` ends the process."""
+    (freeing a window is collective with the dead). MPI_Finalize itself hung now and then (seen
+    once in about 40 jobs on a loaded machine, every survivor inside it): one that does not return
+    in ``timeout_s`` ends the process with ``status``, saying so."""
     from mpi4py import MPI
     if MPI.Is_finalized():
         return
-    watchdog = threading.Timer(timeout_s, lambda: os._exit(1))
+
+    def give_up() -> None:
+        sys.stderr.write(f"hpcray: MPI_Finalize did not return within HPCRAY_EXIT_TIMEOUT_S={timeout_s:g} s "
+                         f"after a rank died; this process ends with status {status}\n")
+        sys.stderr.flush()
+        os._exit(status)
+    watchdog = threading.Timer(timeout_s, give_up)
     watchdog.daemon = True
     watchdog.start()
     if revoke:
@@ -673,8 +684,34 @@ def finalize_after_failure(comm: Any, timeout_s: float, revoke: bool) -> None:
             comm.Free()
         except MPI.Exception:
             pass
-    MPI.Finalize()
+    finalize_releasing_gil(skip_fence=True)
     watchdog.cancel()
+
+
+def finalize_releasing_gil(skip_fence: bool = False) -> None:
+    """MPI_Finalize through ctypes, which lets the other threads (a watchdog) run meanwhile:
+    mpi4py's ``MPI.Finalize`` holds the GIL for the whole call (measured with Open MPI: a thread
+    ticking every 0.2 s ticked once in a 3 s finalize; through ctypes, 15 times).
+
+    ``skip_fence`` (Open MPI): no launcher-wide fence at the start of MPI_Finalize. After a rank
+    died, that fence now and then waits for the dead process for ever (measured: 7 of 247 jobs on
+    a loaded machine; with processes that exited without finalizing, 2 of 6). Open MPI's own
+    switch for it is the library variable ``ompi_async_mpi_finalize``; the fence only makes sure
+    no message is in flight, which the exit handshake (EXIT, EXIT_ACK) already did."""
+    import ctypes
+    from mpi4py import MPI
+    try:
+        library = ctypes.CDLL(MPI.__file__)
+        finalize = library.MPI_Finalize
+    except (OSError, AttributeError):  # (an mpi4py without the MPI library's symbols in reach)
+        MPI.Finalize()
+        return
+    if skip_fence:
+        try:
+            ctypes.c_bool.in_dll(library, "ompi_async_mpi_finalize").value = True
+        except ValueError:  # (not Open MPI)
+            pass
+    finalize()
 
 
 def abort_job(comm: Any, code: int) -> None:
