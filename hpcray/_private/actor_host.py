@@ -1,14 +1,16 @@
 """The actors a rank hosts: each is an instance plus mailboxes, not a thread.
 
-    ACTOR_CALL ─► mailbox[group] ─(group below its limit)─► pool thread, or the actor's event loop
+    ACTOR_CALL ─► mailbox[group] ─(group below its limit)─► the group's threads, or the event loop
                                                               │ TASK_DONE (via the comm thread)
                                    running -= 1, pump  ◄──────┘
     ACTOR_TERMINATE: calls already here finish, later ones fail, then the instance is dropped.
     ACTOR_KILL: queued and running calls fail at once; the instance is dropped.
 
 A sync actor runs one call at a time (max_concurrency=1); a threaded actor up to
-max_concurrency in pool threads; an actor with any ``async def`` method runs its calls on one
-asyncio loop thread of its own (made on first use), up to max_concurrency (default 1000) at once.
+max_concurrency; both on threads of their own, one set per concurrency group, the default
+group's running ``__init__`` too (actor_threads.py: thread-local state lasts, as on Ray). An
+actor with any ``async def`` method runs its calls on one asyncio loop thread of its own (made on
+first use), up to max_concurrency (default 1000) at once.
 Concurrency groups have their own limits. Everything here runs in the loop's turns except
 ``run_call`` and ``run_async_call``.
 """
@@ -27,6 +29,7 @@ from . import context
 from . import protocol as P
 from .config import WAKE_S
 from .actor_directory import actor_key
+from .actor_threads import ThreadSet
 from .executor import cancelled_value
 from .object_plane import resolve_all
 from .serialization import SerializedValue, serialize
@@ -51,7 +54,7 @@ class ActorExit(SystemExit):
 class HostedActor:
     __slots__ = ("actor_id", "spec", "instance", "state", "mailboxes", "limits", "running",
                  "loop", "is_async", "resources", "gpus", "inflight", "terminating", "class_name",
-                 "handle", "gpu_claim")
+                 "handle", "gpu_claim", "threads")
 
     def __init__(self, spec: P.TaskSpec):
         options = spec.actor_options
@@ -73,6 +76,7 @@ class HostedActor:
         self.class_name: str = options.class_name
         self.handle: Optional[tuple] = None  # (actor id, meta blob, handle object id)
         self.gpu_claim: Optional[tuple] = None
+        self.threads: Dict[str, ThreadSet] = {}  # group -> its own threads (not for async actors)
 
 
 class ActorHost:
@@ -86,6 +90,33 @@ class ActorHost:
         self.futures: Dict[bytes, Any] = {}  # running async call -> its concurrent future
         self.coroutines_begun: set = set()  # async calls whose coroutine started (they report)
         self._loops_lock = threading.Lock()
+        self.thread_sets: List[ThreadSet] = []  # every actor's, until closed and idle
+
+    def own_threads(self, creation_id: bytes) -> Optional[ThreadSet]:
+        """The threads a sync or threaded actor's ``__init__`` runs on (those of its default
+        group); None for an async actor or a creation that is not ours."""
+        actor = self.creations.get(creation_id)
+        if actor is None or actor.is_async:
+            return None
+        return self._threads_of(actor, DEFAULT_GROUP)
+
+    def busy(self) -> bool:
+        """Whether an actor's own thread is running a call (the job is ending under it)."""
+        return any(threads.busy() for threads in list(self.thread_sets))
+
+    def _threads_of(self, actor: HostedActor, group: str) -> ThreadSet:
+        threads = actor.threads.get(group)
+        if threads is None:
+            name = f"hpcray-actor-{actor.class_name}" + ("" if group == DEFAULT_GROUP else f"-{group}")
+            threads = actor.threads[group] = ThreadSet(self.executor, name, actor.limits.get(group, 1))
+            self.thread_sets.append(threads)
+        return threads
+
+    def _close_threads(self, actor: HostedActor) -> None:
+        for threads in actor.threads.values():
+            threads.close()
+        actor.threads = {}
+        self.thread_sets = [threads for threads in self.thread_sets if threads.busy() or not threads.closed]
 
     # ---- comm thread ----------------------------------------------------------------------
     def register(self, spec: P.TaskSpec) -> None:
@@ -212,6 +243,7 @@ class ActorHost:
     def reset(self) -> None:
         for actor in self.actors.values():
             self._stop_loop(actor)
+            self._close_threads(actor)
         self.actors.clear()
         self.creations.clear()
         self.calls.clear()
@@ -226,12 +258,12 @@ class ActorHost:
                 actor.running[group] = actor.running.get(group, 0) + 1
                 actor.inflight[spec.task_id] = spec
                 self.calls[spec.task_id] = actor
-                self._start(actor, spec, values)
+                self._start(actor, group, spec, values)
         if actor.terminating and not actor.inflight and not any(actor.mailboxes.values()):
             self._exit(actor, f"The actor {actor.class_name} exited: no handle to it is left, or "
                               "__ray_terminate__ was called")
 
-    def _start(self, actor: HostedActor, spec: P.TaskSpec, values: List[SerializedValue]) -> None:
+    def _start(self, actor: HostedActor, group: str, spec: P.TaskSpec, values: List[SerializedValue]) -> None:
         if actor.is_async:
             loop = self._loop_of(actor)
             future = asyncio.run_coroutine_threadsafe(self.run_async_call(actor, spec, values), loop)
@@ -245,7 +277,7 @@ class ActorHost:
                 self.coroutines_begun.discard(task_id)
             future.add_done_callback(cancelled_before_start)
         else:
-            self.executor.spawn(lambda: self.run_call(actor, spec, values))
+            self._threads_of(actor, group).submit(lambda: self.run_call(actor, spec, values))
 
     def _exit(self, actor: HostedActor, message: str) -> None:
         reason = serialize(exceptions.ActorDiedError(actor_id=actor.actor_id.hex(), error_msg=message),
@@ -261,6 +293,7 @@ class ActorHost:
     def _drop(self, actor: HostedActor, release: bool) -> None:
         self.actors.pop(actor.actor_id, None)
         self._stop_loop(actor)
+        self._close_threads(actor)
         actor.instance = None
         if release:
             for tid in self.executor.ledger.finish(actor_key(actor.actor_id)):
@@ -319,7 +352,8 @@ class ActorHost:
         return ctx
 
     def run_call(self, actor: HostedActor, spec: P.TaskSpec, values: List[SerializedValue]) -> None:
-        """On a pool thread (Executor.spawn), whose _settle() clears the context afterwards."""
+        """On one of the actor's threads (Executor.run_item, whose _settle() clears the context
+        afterwards)."""
         context.set_current(self._context(actor, spec))
         results, error, retryable = self.executor.call_and_pickle(
             spec, lambda: self._bound_method(actor, spec), values)

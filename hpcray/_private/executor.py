@@ -304,7 +304,11 @@ class Executor:
         session = self.session
         with self._lock:
             self.launched.add(task_id)
-        self.spawn(lambda: self.run(spec, values, gpus, session))
+        own = self.host.own_threads(task_id) if spec.kind == P.ACTOR_CREATE else None
+        if own is not None:  # a sync or threaded actor's __init__ runs on its own thread
+            own.submit(lambda: self.run(spec, values, gpus, session))
+        else:
+            self.spawn(lambda: self.run(spec, values, gpus, session))
 
     def spawn(self, work: Callable[[], None]) -> None:
         """Run ``work`` on a pool thread; a new thread only when none is idle."""
@@ -324,9 +328,11 @@ class Executor:
             thread.start()
 
     def busy(self) -> bool:
-        """Whether a pool thread is still running a task or call (the job is ending under it)."""
+        """Whether a thread is still running a task or call (the job is ending under it)."""
         with self._lock:
-            return self._idle < len(self._threads)
+            if self._idle < len(self._threads):
+                return True
+        return self.host.busy()
 
     def _take_gpus(self, task_id: bytes, amount: float) -> List[str]:
         """Pick GPUs for a task. Fractional shares pack onto the fullest GPU that still has room
@@ -358,20 +364,29 @@ class Executor:
         self._pool_idents.add(threading.get_ident())
         finished = False  # (the first work item is the one this thread was made for)
         while True:
-            work = self._next_work(finished)
-            report = None
-            try:
-                report = work()
-            except KeyboardInterrupt:
-                pass  # a cancel that landed outside the task's call (see _settle)
-            except Exception:  # a bug outside any task's call: the thread lives on
-                logger.exception("hpcray: a pool thread of rank %d failed", self.rank)
-            interrupted = self._settle()
-            if report is None and interrupted is not None and interrupted[1] == self.session:
-                report = (P.TASK_DONE, interrupted[0], None, cancelled_value(interrupted[0]), False)
-            if report is not None:
-                self.report(report)
+            self.run_item(self._next_work(finished))
             finished = True
+
+    def lends_turns(self, ident: int) -> None:
+        """Thread ``ident`` (an actor's own) sends its reports in its own next lent turn, as a
+        pool thread does (``report``)."""
+        self._pool_idents.add(ident)
+
+    def run_item(self, work: Callable[[], Optional[tuple]]) -> None:
+        """Run one task or call on this thread (a pool thread, or an actor's own: actor_threads)
+        and send its report; nothing it raises ends the thread."""
+        report = None
+        try:
+            report = work()
+        except KeyboardInterrupt:
+            pass  # a cancel that landed outside the task's call (see _settle)
+        except Exception:  # a bug outside any task's call: the thread lives on
+            logger.exception("hpcray: a thread of rank %d that runs tasks failed", self.rank)
+        interrupted = self._settle()
+        if report is None and interrupted is not None and interrupted[1] == self.session:
+            report = (P.TASK_DONE, interrupted[0], None, cancelled_value(interrupted[0]), False)
+        if report is not None:
+            self.report(report)
 
     def _settle(self) -> Optional[tuple]:
         """After a work item: unregister this thread's task and drop an interrupt (cancel) sent to

@@ -2,6 +2,8 @@
 ``_remote``, actor class attributes, Ray's checks of placement-group calls, ActorPool.map's
 submission, the message for subclassing an actor class."""
 
+import sqlite3
+import threading
 import time
 import warnings
 
@@ -209,3 +211,68 @@ def case_a_call_blocked_in_one_concurrency_group_does_not_hold_up_another():
     assert not ready
     ray.get(signal.send.remote())
     ray.get(blocked, timeout=20)
+
+
+@ray.remote
+class ThreadBound:
+    """State tied to the thread that made it: a threading.local and a sqlite connection, which
+    sqlite lets only its own thread use."""
+
+    def __init__(self):
+        self.local = threading.local()
+        self.local.value = "made in __init__"
+        self.db = sqlite3.connect(":memory:")
+        self.db.execute("create table seen (x)")
+        self.init_thread = threading.get_ident()
+
+    def step(self, x):
+        self.db.execute("insert into seen values (?)", (x,))
+        return threading.get_ident() == self.init_thread, getattr(self.local, "value", None)
+
+    def count(self):
+        return self.db.execute("select count(*) from seen").fetchone()[0]
+
+
+@ray.remote
+def hold_a_thread(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def case_a_sync_actor_runs_every_call_on_its_init_thread():
+    actors = [ThreadBound.remote() for _ in range(2)]
+    ray.get([a.count.remote() for a in actors], timeout=30)
+    busy = [hold_a_thread.remote(0.5) for _ in range(2)]  # other work takes the rank's other threads
+    steps = ray.get([a.step.remote(i) for i in range(5) for a in actors], timeout=30)
+    assert steps == [(True, "made in __init__")] * 10, steps
+    assert ray.get([a.count.remote() for a in actors], timeout=30) == [5, 5]
+    ray.get(busy, timeout=30)
+
+
+@ray.remote(max_concurrency=3)
+class ThreadPoolActor:
+    def __init__(self):
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.calls_per_thread = {}
+
+    def work(self, seconds):
+        time.sleep(seconds)
+        self.local.calls = getattr(self.local, "calls", 0) + 1
+        with self.lock:
+            self.calls_per_thread[threading.get_ident()] = self.local.calls
+        return threading.get_ident()
+
+    def counts(self):
+        with self.lock:
+            return dict(self.calls_per_thread)
+
+
+def case_a_threaded_actor_runs_its_calls_on_at_most_max_concurrency_threads():
+    pool = ThreadPoolActor.remote()
+    busy = [hold_a_thread.remote(0.3) for _ in range(2)]
+    idents = ray.get([pool.work.remote(0.02) for _ in range(30)], timeout=60)
+    counts = ray.get(pool.counts.remote(), timeout=30)
+    assert 2 <= len(set(idents)) <= 3, len(set(idents))  # concurrent, within its own 3 threads
+    assert set(counts) == set(idents) and sum(counts.values()) == 30, counts  # thread-locals last
+    ray.get(busy, timeout=30)
