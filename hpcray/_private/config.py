@@ -68,6 +68,12 @@ STATE_FINISHED_TASKS = 10_000
 STATUS_MEMORY_WAIT_S = 5.0
 #: timeline() waits this long for every rank's events
 TIMELINE_WAIT_S = 60.0
+#: a tqdm_ray bar sends its state at most this often unless asked (Ray's default flush interval)
+PROGRESS_FLUSH_S = 1.0
+#: the driver redraws its bars on a terminal at most this often
+PROGRESS_REDRAW_S = 0.1
+#: off a terminal (a log file), a moving bar writes a line at most this often
+PROGRESS_LOG_EVERY_S = 5.0
 #: a driver and the workers it spawned look this often whether the other's process still exists
 PROCESS_WATCH_S = 0.5
 #: init() ends the program when no worker it is spawning has been alive for this long

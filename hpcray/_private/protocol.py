@@ -66,6 +66,7 @@ PG_REMOVE = 21  # (group id,)
 STREAM_ITEM = 22  # (task id, index, value): a streaming task's next item (streams.py)
 STREAM_ACK = 23  # (task id, consumed): the owner has taken this many items of a stream
 RANK_REPORT = 24  # (reply id, report): what RANK_REPORT_REQ asked of this rank (status.rank_report)
+PROGRESS = 25  # (state,): a progress bar's state, drawn by the driver (progress.py)
 # downstream
 EXECUTE = 101
 OBJECT = 102

@@ -29,6 +29,7 @@ from .actor_directory import DEAD, ActorDirectory
 from .object_ref import job_of
 from .placement import InGroup, OnHost, Spread
 from .placement_groups import PlacementGroups
+from .progress import driver_bars
 from .rank_loss import RankLoss
 from .state_views import StateViews
 from .streams import StreamDirectory
@@ -148,7 +149,7 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
             P.PIN: self.on_pin, P.HANDLED: self.on_handled, P.CANCEL: self.on_cancel, P.KILL: self.on_kill, P.ACTOR_EXITED: self.on_actor_exited, P.GET_ACTOR: self.on_get_actor,
             P.PG_CREATE: self.on_group_create, P.PG_READY: self.on_group_ready, P.PG_REMOVE: self.on_group_remove,
             P.STREAM_ITEM: self.on_stream_item, P.STREAM_ACK: self.on_stream_ack,
-            P.RANK_REPORT: self.on_rank_report,
+            P.RANK_REPORT: self.on_rank_report, P.PROGRESS: self.on_progress,
         }
         # requests waiting for ranks' reports: reply id -> (requester, ranks to hear from, reports)
         self.reports: Dict[bytes, tuple] = {}
@@ -365,6 +366,9 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
         self.reports[reply_id] = (src, others, reports)
         for rank in others:
             self.send(rank, (P.RANK_REPORT_REQ, reply_id, what))
+
+    def on_progress(self, src: int, state: Any) -> None:
+        driver_bars().show(state)
 
     def on_rank_report(self, src: int, reply_id: bytes, report: Any) -> None:
         waiting = self.reports.get(reply_id)

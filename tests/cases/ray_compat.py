@@ -276,3 +276,41 @@ def case_a_threaded_actor_runs_its_calls_on_at_most_max_concurrency_threads():
     assert 2 <= len(set(idents)) <= 3, len(set(idents))  # concurrent, within its own 3 threads
     assert set(counts) == set(idents) and sum(counts.values()) == 30, counts  # thread-locals last
     ray.get(busy, timeout=30)
+
+
+@ray.remote
+def counted(name, steps):
+    from hpcray.experimental.tqdm_ray import tqdm
+    for _ in tqdm(range(steps), desc=name, flush_interval_s=0):
+        pass
+    return name
+
+
+@ray.remote
+class Counting:
+    def __init__(self):
+        from hpcray.experimental.tqdm_ray import tqdm
+        self.bar = tqdm(desc="actor bar", total=10, position=0, flush_interval_s=0)
+
+    def step(self, n):
+        self.bar.update(n)
+        if self.bar.n >= 10:
+            self.bar.close()
+        return self.bar.n
+
+
+def case_tqdm_ray_bars_from_tasks_and_actors_reach_the_driver():
+    from hpcray.experimental import tqdm_ray
+    names = ray.get([counted.remote(f"bar {i}", 5 + i) for i in range(3)], timeout=30)
+    counter = Counting.remote()
+    assert ray.get([counter.step.remote(4), counter.step.remote(6)], timeout=30) == [4, 10]
+
+    def arrived():
+        seen = {s["desc"]: s for s in tqdm_ray.instance().snapshot().values()}
+        return all(name in seen and seen[name]["closed"] for name in names + ["actor bar"])
+    wait_for_condition(arrived, timeout=10)
+    seen = {s["desc"]: s for s in tqdm_ray.instance().snapshot().values()}
+    for i, name in enumerate(names):
+        assert (seen[name]["x"], seen[name]["total"]) == (5 + i, 5 + i), seen[name]
+    assert (seen["actor bar"]["x"], seen["actor bar"]["total"], seen["actor bar"]["pos"]) == (10, 10, 0)
+    raises(ValueError, lambda: tqdm_ray.tqdm(total=3, flush_interval_s=-1), match="flush_interval_s")

@@ -1,0 +1,1 @@
+"""Ray's ``ray.experimental`` modules that hpcray provides: ``tqdm_ray``."""
