@@ -22,6 +22,7 @@ off, and the host's first rank says so once in the log.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import itertools
 import logging
 import mmap
@@ -213,7 +214,8 @@ class SharedArena:
         the arena's memory, so UCX does not warn at exit about memory left registered.
 
         Task threads still running on some rank (the driver left while they ran) may be reading
-        or writing that memory; then nobody frees it and MPI_Finalize is left to it. The ranks
+        or writing that memory; then nobody frees it and MPI_Finalize is left to it, with UCX's
+        warnings about it turned off (they name memory we left registered on purpose). The ranks
         agree by a polled Iallreduce of ``busy``; without an answer in ``timeout_s``, no Free.
         """
         self.allocator.closed = True  # leases dropped from now on (interpreter exit) write nothing
@@ -224,11 +226,27 @@ class SharedArena:
         self.end_reads()
         mine = np.array([1 if busy else 0], dtype=np.int32)
         anyone = np.zeros(1, dtype=np.int32)
-        if not wait_request(comm.Iallreduce(mine, anyone, op=MPI.MAX), timeout_s):
-            return
-        if anyone[0] == 0:
+        if wait_request(comm.Iallreduce(mine, anyone, op=MPI.MAX), timeout_s) and anyone[0] == 0:
             self.world_window = None
             world_window.Free()
+        else:
+            quiet_ucx_warnings()
+
+
+def quiet_ucx_warnings() -> None:
+    """Raise the log level of the UCX library this process has loaded (if any) to errors: UCX
+    warns at MPI_Finalize about every region of a window left registered, which the job leaves
+    on purpose while a task may still use it."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/libucs.so" in line}
+    except OSError:
+        return
+    for path in paths:
+        try:
+            ctypes.CDLL(path).ucs_global_opts_set_value(b"LOG_LEVEL", b"error")
+        except (OSError, AttributeError):
+            pass
 
 
 def segment_bytes(requested: Optional[int], host_size: int, shm_dir: str = "/dev/shm") -> Tuple[int, str]:
