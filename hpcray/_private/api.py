@@ -182,8 +182,16 @@ def wait(object_refs: List[Union[ObjectRef, ObjectRefGenerator]], *, num_returns
     item is there or its stream has ended."""
     if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, list):
         raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}")
+    keys = set()  # each ref's id (a generator: itself), to see duplicates
+    add = keys.add
     for ref in object_refs:
-        if not isinstance(ref, (ObjectRef, ObjectRefGenerator)):
+        if type(ref) is ObjectRef:  # (most of them: no isinstance, no Python-level __hash__)
+            add(ref._id)
+        elif isinstance(ref, ObjectRef):
+            add(ref.binary())
+        elif isinstance(ref, ObjectRefGenerator):
+            add(ref)
+        else:
             raise TypeError(f"wait() expected a list of ObjectRef or ObjectRefGenerator, got a list "
                             f"containing {type(ref).__name__}")
     if not isinstance(num_returns, int) or isinstance(num_returns, bool):
@@ -193,7 +201,7 @@ def wait(object_refs: List[Union[ObjectRef, ObjectRefGenerator]], *, num_returns
         raise TypeError("fetch_local must be a bool")
     if not object_refs:
         return [], []
-    if len(set(object_refs)) != len(object_refs):
+    if len(keys) != len(object_refs):
         raise ValueError("Wait requires a list of unique object refs.")
     if num_returns <= 0:
         raise ValueError(f"Invalid number of objects to return {num_returns}.")

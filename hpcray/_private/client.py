@@ -259,21 +259,36 @@ class CoreClient:
              fetch_local: bool = True):
         """ObjectRefs, and generators (ready when their next item or their end is here)."""
         ids = []
+        append = ids.append
         for ref in refs:
             if type(ref) is ObjectRef:
-                ids.append(ref.binary())
+                append(ref._id)
+            elif isinstance(ref, ObjectRef):
+                append(ref.binary())
             else:
                 next_id = ref.next_id()
                 self.requested.add(next_id)  # pushed to us: never asked for
-                ids.append(next_id)
-        try:
-            self._wait_for(ids, num_returns, timeout, fail_fast=False, need_value=fetch_local)
-        except exceptions.GetTimeoutError:
-            pass  # wait() returns what is ready when the time is up
+                append(next_id)
+        ready, not_ready = self._split(refs, ids, num_returns, fetch_local)
+        if len(ready) < num_returns:  # (else nothing to wait for: no lock, no request)
+            try:
+                self._wait_for(ids, num_returns, timeout, fail_fast=False, need_value=fetch_local)
+            except exceptions.GetTimeoutError:
+                pass  # wait() returns what is ready when the time is up
+            ready, not_ready = self._split(refs, ids, num_returns, fetch_local)
+        return ready, not_ready
+
+    def _split(self, refs: Sequence[Any], ids: List[bytes], num_returns: int, fetch_local: bool):
+        """(ready, not ready), in input order, at most ``num_returns`` ready; with ``fetch_local``
+        a value held on another rank is not ready until it is here."""
+        store = self.store
         ready, not_ready = [], []
+        room = num_returns
         for ref, object_id in zip(refs, ids):
-            if len(ready) < num_returns and object_id in self.store:
+            value = store.get(object_id) if room else None
+            if value is not None and (value.location is None or not fetch_local):
                 ready.append(ref)
+                room -= 1
             else:
                 not_ready.append(ref)
         return ready, not_ready
