@@ -40,7 +40,8 @@ class ThreadSet:
 
     def submit(self, work: Callable[[], Any]) -> None:
         """Run ``work`` on an idle thread of the set, or on a new one while fewer than ``limit``
-        exist (the caller keeps at most ``limit`` items in flight)."""
+        exist (the caller keeps at most ``limit`` items in flight). A closed set takes nothing:
+        its actor is gone, and the actor host has failed its calls already."""
         with self._lock:
             if self.closed:
                 return
