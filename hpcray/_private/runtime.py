@@ -663,9 +663,10 @@ def finalize_after_failure(comm: Any, timeout_s: float, revoke: bool, status: in
     all of them. Freeing a communicator with a dead member can hang (measured): the driver
     (``revoke``) revokes the job's communicator and frees it; the others leave it alone (a revoke
     could drop their last messages to the driver). The arena's windows are left to MPI_Finalize
-    (freeing a window is collective with the dead). MPI_Finalize itself hung now and then (seen
-    once in about 40 jobs on a loaded machine, every survivor inside it): one that does not return
-    in ``timeout_s`` ends the process with ``status``, saying so."""
+    (freeing a window is collective with the dead). MPI_Finalize itself hung now and then (7 of 247
+    jobs on a loaded machine, every survivor inside it, before ``finalize_releasing_gil`` skipped
+    its fence): one that does not return in ``timeout_s`` ends the process with ``status``, saying
+    so."""
     from mpi4py import MPI
     if MPI.Is_finalized():
         return
