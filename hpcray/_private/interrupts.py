@@ -69,7 +69,6 @@ def shielded(function: F) -> F:
             return function(*args, **kwargs)
         finally:
             shield.depth -= 1
-            if shield.pending and not shield.depth:
-                shield.pending = False
-                raise KeyboardInterrupt
+            if not shield.depth:
+                shield.raise_pending()
     return call  # type: ignore[return-value]

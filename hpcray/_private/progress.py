@@ -5,9 +5,9 @@
 
 A bar sends its whole state (a small dict); the driver keeps the latest state of every bar and
 redraws. On a terminal the bars sit in place at the bottom (one line each, by position, then by
-when they appeared) and are redrawn at most every ``REDRAW_S``; otherwise (a log file, Slurm's
-output) each bar writes a line when it starts, at most every ``LOG_EVERY_S`` while it moves,
-and when it closes, so the log shows progress without being flooded.
+when they appeared) and are redrawn at most every ``PROGRESS_REDRAW_S``; otherwise (a log file,
+Slurm's output) each bar writes a line when it starts, at most every ``PROGRESS_LOG_EVERY_S``
+while it moves, and when it closes, so the log shows progress without being flooded.
 """
 
 from __future__ import annotations
