@@ -90,7 +90,7 @@ class ActorHost:
         self.futures: Dict[bytes, Any] = {}  # running async call -> its concurrent future
         self.coroutines_begun: set = set()  # async calls whose coroutine started (they report)
         self._loops_lock = threading.Lock()
-        self.thread_sets: List[ThreadSet] = []  # every actor's, until closed and idle
+        self.thread_sets: set = set()  # of live actors, and of gone ones still running a call
 
     def own_threads(self, creation_id: bytes) -> Optional[ThreadSet]:
         """The threads a sync or threaded actor's ``__init__`` runs on (those of its default
@@ -102,6 +102,8 @@ class ActorHost:
 
     def busy(self) -> bool:
         """Whether an actor's own thread is running a call (the job is ending under it)."""
+        idle_and_closed = [threads for threads in list(self.thread_sets) if threads.closed and not threads.busy()]
+        self.thread_sets.difference_update(idle_and_closed)
         return any(threads.busy() for threads in list(self.thread_sets))
 
     def _threads_of(self, actor: HostedActor, group: str) -> ThreadSet:
@@ -109,14 +111,18 @@ class ActorHost:
         if threads is None:
             name = f"hpcray-actor-{actor.class_name}" + ("" if group == DEFAULT_GROUP else f"-{group}")
             threads = actor.threads[group] = ThreadSet(self.executor, name, actor.limits.get(group, 1))
-            self.thread_sets.append(threads)
+            self.thread_sets.add(threads)
         return threads
 
     def _close_threads(self, actor: HostedActor) -> None:
+        # Only this actor's sets are looked at: ending each of 10,000 actors must not walk them
+        # all. A set still running a call (its actor killed under it) stays for busy() to see;
+        # busy() drops it once idle.
         for threads in actor.threads.values():
             threads.close()
+            if not threads.busy():
+                self.thread_sets.discard(threads)
         actor.threads = {}
-        self.thread_sets = [threads for threads in self.thread_sets if threads.busy() or not threads.closed]
 
     # ---- comm thread ----------------------------------------------------------------------
     def register(self, spec: P.TaskSpec) -> None:
