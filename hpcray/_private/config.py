@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 
 # ---- tuning constants (not settings: change them here, measured, with the benchmark) ----------
@@ -231,6 +231,23 @@ def launched_by_mpi() -> bool:
         if name in os.environ:
             return True
     return os.environ.get("SLURM_NTASKS", "1") not in ("", "1") and "SLURM_PROCID" in os.environ
+
+
+def launcher_tasks() -> Tuple[int, str]:
+    """How many copies of this program the launcher started, as it says in the environment, and
+    the variable that says so: ``(4, "SLURM_STEP_NUM_TASKS=4")``; ``(1, "")`` when none says more.
+
+    Slurm's batch script has ``SLURM_NTASKS`` of the whole allocation but runs once: only an
+    ``srun`` step (``SLURM_STEP_ID``) counts. MPICH's Hydra and Slurm's PMI set ``PMI_SIZE``,
+    Open MPI's launcher ``OMPI_COMM_WORLD_SIZE``, Hydra ``MPI_LOCALNRANKS`` too."""
+    names = ["PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"]
+    if os.environ.get("SLURM_STEP_ID", "").isdigit():
+        names.insert(0, "SLURM_STEP_NUM_TASKS")
+    for name in names:
+        raw = os.environ.get(name, "")
+        if raw.isdigit() and int(raw) > 1:
+            return int(raw), f"{name}={raw}"
+    return 1, ""
 
 
 def slurm_cpus_per_task() -> Optional[float]:

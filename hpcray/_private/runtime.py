@@ -36,7 +36,7 @@ from .client import CoreClient
 from . import spawn
 from .comm import Backoff, CommLoop, MPITransport, duplicate, fault_tolerant, job_communicator
 from .config import (EXIT_ACK_S, MEMORY_SHARE, REMOTE_LEAVE_S, STATUS_MEMORY_WAIT_S, Config, launched_by_mpi,
-                     slurm_cpus_per_task)
+                     launcher_tasks, slurm_cpus_per_task)
 from .executor import Executor, host_address
 from .interrupts import SHIELD
 from .object_plane import ObjectPlane
@@ -212,6 +212,8 @@ def _connect_mpi(config: Config, num_cpus: Optional[float], num_gpus: Optional[f
     threads. ``spawned``: (intercommunicator, merged communicator) of workers this driver
     started itself (spawn.py), else None."""
     launched = launched_by_mpi()
+    if config.mpi == "0":
+        _refuse_copies("HPCRAY_MPI=0 makes each copy run alone; unset it, or start one copy")
     if config.mpi == "0" or (not launched and config.spawn == "0" and config.mpi != "1"):
         _log_launch_once("tasks run in threads of this process (HPCRAY_MPI=0 or HPCRAY_SPAWN=0)")
         return None
@@ -221,6 +223,8 @@ def _connect_mpi(config: Config, num_cpus: Optional[float], num_gpus: Optional[f
         if config.mpi == "1" or config.spawn == "1":
             raise RuntimeError(f"HPCRAY_MPI=1 or HPCRAY_SPAWN=1, but mpi4py cannot load an MPI library: "
                                f"{exc}") from exc
+        _refuse_copies(f"mpi4py cannot load an MPI library ({exc}); install or load the MPI it was built "
+                       "against")
         if launched:
             logger.warning("hpcray: launched by an MPI launcher but mpi4py failed to load (%s); "
                            "running single-rank", exc)
@@ -230,6 +234,10 @@ def _connect_mpi(config: Config, num_cpus: Optional[float], num_gpus: Optional[f
     comm = job_communicator(config.init_timeout_s)
     if comm is not None:
         return comm, comm.Get_rank(), comm.Get_size(), None
+    _refuse_copies(f"The MPI library mpi4py loaded ({_mpi_library()}) did not connect to the launcher. "
+                   "Under Slurm name the plugin that matches it: `srun --mpi=pmi2` for MPICH, "
+                   "`srun --mpi=pmix` for Open MPI (`srun --mpi=list` shows this Slurm's); else start "
+                   "the program with the mpiexec of that same MPI")
     if config.spawn == "0":
         _log_launch_once("tasks run in threads of this process (HPCRAY_SPAWN=0)")
         return None
@@ -248,6 +256,24 @@ def _connect_mpi(config: Config, num_cpus: Optional[float], num_gpus: Optional[f
         watch.stop()
     _log_launch_once(f"{count} worker ranks spawned (MPI_Comm_spawn)")
     return comm, 0, comm.Get_size(), (inter, merged)
+
+
+def _refuse_copies(fix: str) -> None:
+    """A launcher started several copies of this program but this one would run alone: each copy
+    would do the whole job by itself (and a batch system report success). An error instead."""
+    count, evidence = launcher_tasks()
+    if count > 1:
+        raise RuntimeError(f"hpcray.init(): the launcher started {count} copies of this program ({evidence}), "
+                           f"but MPI gives this one a world of 1 process, so each copy would run the whole "
+                           f"program by itself. {fix}.")
+
+
+def _mpi_library() -> str:
+    try:
+        from mpi4py import MPI
+        return MPI.Get_library_version().strip().splitlines()[0].split(",")[0].strip()
+    except Exception as exc:  # the version is only part of a message
+        return f"version unknown: {exc}"
 
 
 def _log_launch_once(what: str) -> None:
