@@ -9,12 +9,13 @@ import os
 import runpy
 import sys
 
-USAGE = """usage: python -m hpcray [--version] [-h] (SCRIPT | -m MODULE) [ARGS ...]
+USAGE = """usage: python -m hpcray [--version] [--srun-mpi] [-h] (SCRIPT | -m MODULE) [ARGS ...]
 
 Run a Ray program unchanged on hpcray: `import ray` in it resolves to hpcray.
   SCRIPT       the program's file, run as __main__ with ARGS in sys.argv
   -m MODULE    run a module as __main__ instead
   --version    print hpcray's version
+  --srun-mpi   print the `srun --mpi=` plugin that matches the MPI mpi4py loads (slurm/job.sbatch)
 Under MPI: mpiexec -n N python -m hpcray app.py (every rank runs it, as with python app.py)."""
 
 
@@ -26,6 +27,10 @@ def main(argv=None) -> int:
     if argv[0] == "--version":
         from . import __version__
         print(f"hpcray {__version__}")
+        return 0
+    if argv[0] == "--srun-mpi":
+        from ._private.launchers import srun_mpi_plugin
+        print(srun_mpi_plugin())
         return 0
     from ._private import ray_alias
     from ._private.config import RAY_ALIAS_ENV

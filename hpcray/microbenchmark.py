@@ -33,7 +33,8 @@ MB = 1 << 20
 # ---------------------------------------------------------------------------------------------
 def mpi_pingpong_us(iterations: int = 2000) -> Optional[float]:
     """One-way latency of an 8-byte message between ranks 0 and 1 (every rank must call this)."""
-    from ._private.config import Config, launched_by_mpi
+    from ._private.config import Config
+    from ._private.launchers import launched_by_mpi
     if Config.from_env().mpi == "0" or not launched_by_mpi():
         return None
     from mpi4py import MPI

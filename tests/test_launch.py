@@ -60,7 +60,7 @@ def test_one_copy_from_a_launcher_runs(tmp_path):
     ({"MPI_LOCALNRANKS": "2"}, 2),
 ])
 def test_the_launchers_count_of_copies(monkeypatch, env, expected):
-    from hpcray._private.config import launcher_tasks
+    from hpcray._private.launchers import launcher_tasks
     for name in ("SLURM_NTASKS", "SLURM_PROCID", "SLURM_STEP_ID", "SLURM_STEP_NUM_TASKS", "PMI_SIZE",
                  "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
         monkeypatch.delenv(name, raising=False)

@@ -346,9 +346,7 @@ class ActorHost:
 
     # ---- pool threads / the actor's loop ----------------------------------------------------
     def _context(self, actor: HostedActor, spec: P.TaskSpec) -> context.TaskContext:
-        env = None
-        if actor.gpus:
-            env = {"CUDA_VISIBLE_DEVICES": ",".join(actor.gpus)}
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(actor.gpus)}  # none: empty, as Ray
         # (the actor's resources are shared: get_assigned_resources() hands out a copy)
         ctx = context.TaskContext(spec.task_id, spec.name, actor.resources, env,
                                   self.executor.rank, actor.gpus, actor.actor_id, actor.handle,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 
 # ---- tuning constants (not settings: change them here, measured, with the benchmark) ----------
@@ -145,6 +145,8 @@ class Config:
     cpus_per_rank: Optional[float] = None
     #: GPUs each worker rank advertises, overriding detection (testing without GPUs).
     gpus_per_rank: Optional[float] = None
+    #: each rank keeps the GPUs it sees, as with Slurm's --gpus-per-task (HPCRAY_GPUS_PER_TASK_BOUND=1)
+    gpus_bound: bool = False
     #: Custom resources each worker rank advertises, e.g. {"special": 2}.
     resources_per_rank: Dict[str, float] = field(default_factory=dict)
     #: Group consecutive ranks into pretend hosts of this many ranks (tests of "nodes").
@@ -205,6 +207,7 @@ class Config:
             spawn_workers=_env_int("HPCRAY_SPAWN_WORKERS", 1, minimum=1) if spawn_workers else None,
             cpus_per_rank=_env_optional_float("HPCRAY_NUM_CPUS"),
             gpus_per_rank=_env_optional_float("HPCRAY_NUM_GPUS"),
+            gpus_bound=_env_choice("HPCRAY_GPUS_PER_TASK_BOUND", ("0", "1"), "0") == "1",
             resources_per_rank={k: float(v) for k, v in resources.items()},
             ranks_per_host=_env_int("HPCRAY_RANKS_PER_HOST", 0),
             spin_us=_env_float("HPCRAY_SPIN_US", 2000.0),
@@ -222,40 +225,6 @@ class Config:
             timeline_path=os.environ.get("HPCRAY_TIMELINE") or None,
             log_level=os.environ.get("HPCRAY_LOG_LEVEL", "WARNING").upper(),
         )
-
-
-def launched_by_mpi() -> bool:
-    """True when a process manager (mpiexec, srun with PMI) started this process as one of many."""
-    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "PMI_RANK",
-                 "PMIX_RANK", "HYDI_CONTROL_FD", "MPIR_CVAR_CH3_INTERFACE_HOSTNAME"):
-        if name in os.environ:
-            return True
-    return os.environ.get("SLURM_NTASKS", "1") not in ("", "1") and "SLURM_PROCID" in os.environ
-
-
-def launcher_tasks() -> Tuple[int, str]:
-    """How many copies of this program the launcher started, as it says in the environment, and
-    the variable that says so: ``(4, "SLURM_STEP_NUM_TASKS=4")``; ``(1, "")`` when none says more.
-
-    Slurm's batch script has ``SLURM_NTASKS`` of the whole allocation but runs once: only an
-    ``srun`` step (``SLURM_STEP_ID``) counts. MPICH's Hydra and Slurm's PMI set ``PMI_SIZE``,
-    Open MPI's launcher ``OMPI_COMM_WORLD_SIZE``, Hydra ``MPI_LOCALNRANKS`` too."""
-    names = ["PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"]
-    if os.environ.get("SLURM_STEP_ID", "").isdigit():
-        names.insert(0, "SLURM_STEP_NUM_TASKS")
-    for name in names:
-        raw = os.environ.get(name, "")
-        if raw.isdigit() and int(raw) > 1:
-            return int(raw), f"{name}={raw}"
-    return 1, ""
-
-
-def slurm_cpus_per_task() -> Optional[float]:
-    raw = os.environ.get("SLURM_CPUS_PER_TASK")
-    try:
-        return float(raw) if raw else None
-    except ValueError:
-        return None
 
 
 def ignore_unhandled_errors() -> bool:

@@ -120,6 +120,10 @@ def error_value(name: str, exc: BaseException, rank: int, ip: str) -> Serialized
         return serialize(plain, is_error=True)
 
 
+#: the environment overlay of a task with no GPU and no env_vars (read only: shared by all)
+NO_GPU_ENV = {"CUDA_VISIBLE_DEVICES": ""}
+
+
 class Executor:
     """Runs tasks (and hosts actors) on this rank. ``on_*`` methods run in the loop's turns (the
     comm thread, or an idle pool thread the turns are lent to: ``_next_work``)."""
@@ -488,9 +492,11 @@ class Executor:
                 return (P.TASK_DONE, task_id, None, cancelled_value(task_id), False) \
                     if session == self.session else None
             self.threads[task_id] = (threading.get_ident(), session)
-        env = spec.env_vars
-        if gpus:
-            env = dict(env or {}, CUDA_VISIBLE_DEVICES=",".join(gpus))
+        # A task sees the GPUs it was given and no others (none: CUDA_VISIBLE_DEVICES empty, as Ray)
+        if gpus or spec.env_vars:
+            env = dict(spec.env_vars or {}, CUDA_VISIBLE_DEVICES=",".join(gpus))
+        else:
+            env = NO_GPU_ENV
         actor = self.host.creations.get(spec.task_id) if spec.kind == P.ACTOR_CREATE else None
         ctx = context.TaskContext(spec.task_id, spec.name, dict(spec.demand), env, self.rank, gpus,
                                   spec.actor_id, actor.handle if actor is not None else None, spec.strategy)

@@ -207,19 +207,21 @@ def _rebuild_spec(task_id, fn_id, fn_blob, name, deps, return_ids, num_returns, 
 class RankInfo:
     """What a rank tells the scheduler about itself when it joins."""
 
-    __slots__ = ("rank", "host", "pid", "resources", "gpu_ids", "gpu_names")
+    __slots__ = ("rank", "host", "pid", "resources", "gpu_ids", "gpu_names", "gpus_wanted")
 
     def __init__(self, rank: int, host: str, pid: int, resources: Dict[str, float],
-                 gpu_ids: List[str], gpu_names: List[str]):
+                 gpu_ids: List[str], gpu_names: List[str], gpus_wanted: Optional[float] = None):
         self.rank = rank
         self.host = host
         self.pid = pid
         self.resources = resources
-        self.gpu_ids = gpu_ids
+        self.gpu_ids = gpu_ids  # those it sees; once the driver shared them out, those it owns
         self.gpu_names = gpu_names
+        self.gpus_wanted = gpus_wanted  # HPCRAY_NUM_GPUS or its share of init(num_gpus=); None: not given
 
     def __reduce__(self):
-        return (RankInfo, (self.rank, self.host, self.pid, self.resources, self.gpu_ids, self.gpu_names))
+        return (RankInfo, (self.rank, self.host, self.pid, self.resources, self.gpu_ids, self.gpu_names,
+                           self.gpus_wanted))
 
 
 # ---- wire form --------------------------------------------------------------------------------

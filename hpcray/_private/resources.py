@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from collections import deque
-from typing import Deque, Dict, List, Optional, Tuple
+from typing import Deque, Dict, List, Tuple
 
 EPS = 1e-9
 
@@ -172,44 +172,3 @@ def host_name(rank: int, ranks_per_host: int) -> str:
     if ranks_per_host > 0:
         return f"{name}-{rank // ranks_per_host}"
     return name
-
-
-def detect_gpus() -> Tuple[List[str], List[str]]:
-    """GPU ids this process may use, and their model names.
-
-    The ids are what CUDA_VISIBLE_DEVICES should name: already-narrowed CUDA_VISIBLE_DEVICES is
-    respected; otherwise pynvml's UUIDs in PCI order. No pynvml or no driver: no GPUs.
-    """
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    names: List[str] = []
-    try:
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import pynvml  # type: ignore
-        pynvml.nvmlInit()
-        try:
-            count = pynvml.nvmlDeviceGetCount()
-            uuids = []
-            for i in range(count):
-                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-                uuid = pynvml.nvmlDeviceGetUUID(handle)
-                name = pynvml.nvmlDeviceGetName(handle)
-                uuids.append(uuid.decode() if isinstance(uuid, bytes) else uuid)
-                names.append(name.decode() if isinstance(name, bytes) else name)
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        uuids = []
-    if visible is not None:
-        ids = [v.strip() for v in visible.split(",") if v.strip() and v.strip() != "-1"]
-        return ids, names[: len(ids)]
-    return uuids, names
-
-
-def accelerator_resource(names: List[str]) -> Optional[str]:
-    """Ray's ``accelerator_type:<model>`` resource name for the first GPU, e.g. ``H100``."""
-    if not names:
-        return None
-    words = [w for w in names[0].replace("NVIDIA", "").split() if any(c.isdigit() for c in w)]
-    return f"accelerator_type:{words[0]}" if words else None

@@ -35,13 +35,14 @@ from . import protocol as P
 from .client import CoreClient
 from . import spawn
 from .comm import Backoff, CommLoop, MPITransport, duplicate, fault_tolerant, job_communicator
-from .config import (EXIT_ACK_S, MEMORY_SHARE, REMOTE_LEAVE_S, STATUS_MEMORY_WAIT_S, Config, launched_by_mpi,
-                     launcher_tasks, slurm_cpus_per_task)
+from .config import EXIT_ACK_S, MEMORY_SHARE, REMOTE_LEAVE_S, STATUS_MEMORY_WAIT_S, Config
+from .launchers import launched_by_mpi, launcher_tasks, slurm_binds_gpus, slurm_cpus_per_task
 from .executor import Executor, host_address
 from .interrupts import SHIELD
 from .object_plane import ObjectPlane
 from .protocol import RankInfo
-from .resources import accelerator_resource, detect_gpus, host_memory_bytes, host_name, usable_cpu_count
+from . import gpus
+from .resources import host_memory_bytes, host_name, usable_cpu_count
 from .scheduler import Scheduler, node_id_of
 from .setup_hook import pack as setup_hook_pack, run as setup_hook_run
 from .status import StatusReporter, rank_report, start_reporter
@@ -129,12 +130,9 @@ def local_rank_info(rank: int, config: Config, num_cpus: Optional[float] = None,
                      num_gpus: Optional[float] = None,
                      resources: Optional[Dict[str, float]] = None) -> RankInfo:
     host = host_name(rank, config.ranks_per_host)
-    gpu_ids, names = detect_gpus()
+    gpu_ids, names = gpus.detect()  # what it sees: the driver shares them out (share_gpus)
     if num_gpus is None:
         num_gpus = config.gpus_per_rank
-    if num_gpus is not None:  # an explicit amount: the detected GPUs, or pretend ones for testing
-        wanted = int(num_gpus)
-        gpu_ids = gpu_ids[:wanted] if len(gpu_ids) >= wanted else [str(i) for i in range(wanted)]
     if num_cpus is None:
         num_cpus = config.cpus_per_rank
     if num_cpus is None:
@@ -142,7 +140,7 @@ def local_rank_info(rank: int, config: Config, num_cpus: Optional[float] = None,
     totals: Dict[str, float] = {"CPU": float(num_cpus if num_cpus is not None else 1.0)}
     totals.update(config.resources_per_rank)
     totals.update(resources or {})
-    return RankInfo(rank, host, os.getpid(), totals, gpu_ids, names)
+    return RankInfo(rank, host, os.getpid(), totals, gpu_ids, names, num_gpus)
 
 
 def worker_share(rank: int, workers: int, num_cpus: Optional[float], num_gpus: Optional[float],
@@ -158,17 +156,17 @@ def worker_share(rank: int, workers: int, num_cpus: Optional[float], num_gpus: O
         combined["GPU"] = num_gpus
     mine = spawn.split_resources(combined, max(1, workers))[rank - 1] if combined else {}
     cpus = mine.pop("CPU", 0.0) if num_cpus is not None else None
-    gpus = mine.pop("GPU", 0.0) if num_gpus is not None else None
-    return {"num_cpus": cpus, "num_gpus": gpus, "resources": mine if resources is not None else None}
+    gpu_share = mine.pop("GPU", 0.0) if num_gpus is not None else None
+    return {"num_cpus": cpus, "num_gpus": gpu_share, "resources": mine if resources is not None else None}
 
 
 def _finish_resources(info: RankInfo, gpu_ids: List[str], memory: float, head_host: str) -> None:
     info.gpu_ids = gpu_ids
     if gpu_ids:
         info.resources["GPU"] = float(len(gpu_ids))
-        accel = accelerator_resource(info.gpu_names)
-        if accel:
-            info.resources[accel] = 1.0
+        model = gpus.accelerator_type(info.gpu_names)
+        if model:
+            info.resources[f"accelerator_type:{model}"] = 1.0
     if memory > 0:
         info.resources.setdefault("memory", memory)
     info.resources[f"node:{_node_address(info.host)}"] = 1.0
@@ -181,29 +179,13 @@ def _node_address(host: str) -> str:
     return address if host == host_name(0, 0) else host
 
 
-def _assign_gpus(infos: List[RankInfo]) -> Dict[int, List[str]]:
-    """GPUs per worker rank: ranks of a host that see the same GPUs share them out; ranks whose
-    view is already narrowed (Slurm per-task binding) keep what they see."""
-    by_host: Dict[str, List[RankInfo]] = {}
-    for info in infos:
-        by_host.setdefault(info.host, []).append(info)
-    assignment: Dict[int, List[str]] = {}
-    for members in by_host.values():
-        views = {tuple(m.gpu_ids) for m in members}
-        if len(views) == 1 and len(members) > 1 and members[0].gpu_ids and not _per_task_gpus():
-            gpus = list(members[0].gpu_ids)
-            per = max(1, len(gpus) // len(members)) if len(gpus) >= len(members) else 1
-            for i, member in enumerate(members):
-                assignment[member.rank] = gpus[i * per:(i + 1) * per] if i * per < len(gpus) else []
-        else:
-            for member in members:
-                assignment[member.rank] = list(member.gpu_ids)
-    return assignment
-
-
-def _per_task_gpus() -> bool:
-    return any(os.environ.get(v) for v in ("SLURM_GPUS_PER_TASK", "HPCRAY_GPUS_PER_TASK_BOUND")) or \
-        "gpu" in os.environ.get("SLURM_TRES_PER_TASK", "")
+def share_gpus(config: Config, infos: List[RankInfo]) -> Dict[int, List[str]]:
+    """The GPUs each worker rank owns (gpus.share_out), saying how an uneven split went."""
+    bound = config.gpus_bound or slurm_binds_gpus()
+    owned, notes = gpus.share_out([gpus.RankGPUs(i.rank, i.host, i.gpu_ids, i.gpus_wanted) for i in infos], bound)
+    for note in notes:
+        logger.warning("hpcray: %s", note)
+    return owned
 
 
 def _connect_mpi(config: Config, num_cpus: Optional[float], num_gpus: Optional[float],
@@ -396,7 +378,7 @@ def _start_single(config: Config, job: int, num_cpus, num_gpus, resources, names
     if num_cpus is None:
         num_cpus = config.cpus_per_rank if config.cpus_per_rank is not None else usable_cpu_count()
     info = local_rank_info(0, config, num_cpus, num_gpus, resources)
-    _finish_resources(info, info.gpu_ids, host_memory_bytes() * MEMORY_SHARE, info.host)
+    _finish_resources(info, share_gpus(config, [info])[0], host_memory_bytes() * MEMORY_SHARE, info.host)
     loop = CommLoop(0, None, config.spin_us, config.max_sleep_us, config.inline_progress)
     end_job_on_loop_failure(loop, None)
     loop.refs.job = job
@@ -520,16 +502,13 @@ def _gather_workers(transport: MPITransport, config: Config) -> List[RankInfo]:
                                    "every rank must reach init() (call it near the top of the program)")
             backoff.sleep()
     workers = [infos[r] for r in sorted(infos)]
-    if config.gpus_per_rank is not None:  # HPCRAY_NUM_GPUS: each rank has that many, no sharing out
-        gpus = {info.rank: list(info.gpu_ids) for info in workers}
-    else:
-        gpus = _assign_gpus(workers)
+    owned = share_gpus(config, workers)
     head_host = host_name(0, config.ranks_per_host)
     per_host: Dict[str, int] = {}
     for info in workers:
         per_host[info.host] = per_host.get(info.host, 0) + 1
     for info in workers:
-        _finish_resources(info, gpus[info.rank], host_memory_bytes() * MEMORY_SHARE / per_host[info.host],
+        _finish_resources(info, owned[info.rank], host_memory_bytes() * MEMORY_SHARE / per_host[info.host],
                           head_host)
     return workers
 

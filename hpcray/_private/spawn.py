@@ -85,7 +85,9 @@ def spawn_workers(count: int, num_gpus: Optional[float],
         "path": [os.path.abspath(p) if p else cwd for p in sys.path],
         "cwd": cwd,
         "driver": os.getpid(),
-        "num_gpus": num_gpus,
+        # init()'s amounts are the job's totals: each worker gets its share, as under mpiexec
+        "num_gpus": [share.get("GPU", 0.0) for share in split_resources({"GPU": num_gpus}, count)]
+        if num_gpus is not None else None,
         "resources": split_resources(resources, count),
     }
     info = MPI.Info.Create()

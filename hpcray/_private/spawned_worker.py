@@ -38,5 +38,6 @@ def main(payload: dict, parent: Any, merged: Any) -> None:
     config = Config.from_env()
     comm = duplicate(merged, config.init_timeout_s)
     rank = comm.Get_rank()
-    serve_worker(comm, config, num_gpus=payload["num_gpus"], resources=payload["resources"][rank - 1],
+    num_gpus = payload["num_gpus"][rank - 1] if payload["num_gpus"] is not None else None
+    serve_worker(comm, config, num_gpus=num_gpus, resources=payload["resources"][rank - 1],
                  spawned=(parent, merged))

@@ -3,6 +3,7 @@
 from typing import Dict, List, Union
 
 from ..runtime_context import get_runtime_context  # noqa: F401
+from . import accelerators  # noqa: F401
 from . import scheduling_strategies  # noqa: F401
 from . import state  # noqa: F401
 from .actor_pool import ActorPool
@@ -27,6 +28,6 @@ def list_named_actors(all_namespaces: bool = False) -> List[Union[str, Dict[str,
     return [name for ns, name in pairs if ns == session.namespace]
 
 
-__all__ = ["ActorPool", "get_node_ip_address", "list_named_actors", "scheduling_strategies", "state",
+__all__ = ["ActorPool", "accelerators", "get_node_ip_address", "list_named_actors", "scheduling_strategies", "state",
            "get_runtime_context", "PlacementGroup", "placement_group", "remove_placement_group",
            "get_placement_group", "placement_group_table", "get_current_placement_group"]
