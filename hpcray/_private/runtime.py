@@ -115,6 +115,7 @@ class ProcessState:
         self.rank_log: Optional[Any] = None  # this rank's HPCRAY_LOG_DIR file (open_rank_log)
         self.early_log: Optional[logging.Handler] = None  # what is logged before it is open
         self.timeline_at_exit = False  # HPCRAY_TIMELINE's hook is registered
+        self.ending = False  # the driver's process is ending (a SIGTERM came, or the exit hook runs)
 
     def forget(self) -> None:
         """In a forked child: nothing of the parent's runtime is ours."""
@@ -253,7 +254,7 @@ def _refuse_copies(fix: str) -> None:
 def _mpi_library() -> str:
     try:
         from mpi4py import MPI
-        return MPI.Get_library_version().strip().splitlines()[0].split(",")[0].strip()
+        return " ".join(MPI.Get_library_version().splitlines()[0].split(",")[0].split())
     except Exception as exc:  # the version is only part of a message
         return f"version unknown: {exc}"
 
@@ -596,6 +597,7 @@ def _at_exit() -> None:
     """The driver's process is ending: end every rank, then let MPI finalize. Ranks that do not
     answer within ``HPCRAY_EXIT_TIMEOUT_S`` (stopped, or stuck in C code holding the GIL) are named
     and the job is aborted: nothing here waits on a rank that may never answer."""
+    PROCESS.ending = True
     world = PROCESS.world
     if world is None or world.exited:
         return
@@ -861,6 +863,13 @@ def _install_driver_signals() -> None:
         return
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         def on_term(signum, frame):
+            # Only the first ends the program: Slurm sends more than one (at a time limit the
+            # step's SIGTERM, then srun's own), and one raised inside the exit hook would tear it
+            # in two (seen: a traceback from the arena's close). SIGKILL after KillWait still ends
+            # an exit that takes too long.
+            if PROCESS.ending:
+                return
+            PROCESS.ending = True
             raise SystemExit(128 + signum)
         signal.signal(signal.SIGTERM, on_term)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:

@@ -1,7 +1,8 @@
 """The driver ends in various ways; every rank must end within seconds with the driver's status.
 
     python exit_status.py MODE          or       mpiexec -n 4 python exit_status.py MODE
-MODE: normal | raise | sysexit | sigterm | sigint | busy
+MODE: normal | raise | sysexit | sigterm | sigint | busy | killed (runs until ended from outside:
+scancel, a time limit; prints RUNNING once every worker runs a task)
 """
 
 import os
@@ -52,6 +53,11 @@ elif mode == "sigterm":
 elif mode == "sigint":
     refs = [sleeper.remote(60) for _ in range(4)]
     os.kill(os.getpid(), signal.SIGINT)  # like Ctrl-C: KeyboardInterrupt in the driver
+    ray.get(refs)
+elif mode == "killed":
+    refs = [sleeper.remote(600) for _ in range(len(pids) * 2)]
+    time.sleep(1.0)
+    print("RUNNING", flush=True)
     ray.get(refs)
 elif mode == "busy":
     refs = [sleeper.remote(60) for _ in range(4)]
