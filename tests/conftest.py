@@ -29,6 +29,15 @@ os.environ.setdefault("HPCRAY_SPAWN", "0")
 SPAWN_ENV = {"HPCRAY_SPAWN": "1", "HPCRAY_SPAWN_WORKERS": str(MPI_RANKS - 1)}
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` lives (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def mpiexec() -> str:
     """The mpiexec next to this Python (the [test] extra's MPI wheel), else the one on PATH."""
     local = os.path.join(os.path.dirname(sys.executable), "mpiexec")

@@ -14,6 +14,8 @@ import subprocess
 import time
 from typing import Dict, Optional, Sequence, Tuple
 
+from conftest import alive
+
 PACKAGES = ["slurm-wlm", "munge", "libpmix-dev"]
 CPUS = 16
 GPUS = 4
@@ -82,7 +84,7 @@ class SlurmCluster:
                     pid = int(source.read().strip())
             except (OSError, ValueError):
                 pid = 0
-            if not pid or not _alive(pid):
+            if not pid or not alive(pid):
                 with open(os.path.join(self.root, f"{name}.log"), errors="replace") as source:
                     log = source.read()[-1500:]
                 raise RuntimeError(f"the test Slurm's {name} is not running (another Slurm on its ports?):\n{log}")
@@ -181,7 +183,7 @@ class SlurmCluster:
         for pid in pids:
             _signal(pid, 15)
         deadline = time.monotonic() + timeout_s
-        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
         for pid in pids:
             _signal(pid, 9)
@@ -192,11 +194,3 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except OSError:
         pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as source:
-            return source.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

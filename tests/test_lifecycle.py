@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import MPI_RANKS, run_mpi, run_single, run_spawn
+from conftest import MPI_RANKS, alive, run_mpi, run_single, run_spawn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCENARIOS = os.path.join(HERE, "scenarios")
@@ -22,14 +22,6 @@ def run(mode, script, *args, timeout=60, env=None):
     if mode == "spawn":
         return run_spawn([path, *args], timeout=timeout, env=env)
     return run_mpi([path, *args], timeout=timeout, env=env)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def worker_pids(output: str):

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from conftest import BASE_ENV, SPAWN_ENV, run_single, run_spawn
-from test_lifecycle import SCENARIOS, alive
+from conftest import BASE_ENV, SPAWN_ENV, alive, run_single, run_spawn
+from test_lifecycle import SCENARIOS
 
 SCRIPT = os.path.join(SCENARIOS, "spawned.py")
 
