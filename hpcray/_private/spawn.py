@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import shutil
 import sys
 import threading
@@ -158,11 +159,15 @@ class SpawnWatch:
                 sys.stderr.flush()
             except BaseException:  # (no stderr, say): the program must end all the same
                 pass
-            for pid in launched:  # SIGKILL: a launcher that could act would kill our group too
-                try:
-                    os.kill(pid, 9)
-                except OSError:
-                    pass
+            # Stop them all before killing any: a launcher or proxy that sees another of them die
+            # kills the processes of its job, this one among them (seen: 1 run in 12 ended by
+            # SIGKILL instead of status 1). A stopped process cannot act; then SIGKILL.
+            for signum in (signal.SIGSTOP, signal.SIGKILL):
+                for pid in launched:
+                    try:
+                        os.kill(pid, signum)
+                    except OSError:
+                        pass
             os._exit(1)
 
 
