@@ -247,8 +247,8 @@ def _refuse_copies(fix: str) -> None:
     count, evidence = launcher_tasks()
     if count > 1:
         raise RuntimeError(f"hpcray.init(): the launcher started {count} copies of this program ({evidence}), "
-                           f"but MPI gives this one a world of 1 process, so each copy would run the whole "
-                           f"program by itself. {fix}.")
+                           f"but this one would run alone, as would each copy: the whole program {count} times "
+                           f"over. {fix}.")
 
 
 def _mpi_library() -> str:
