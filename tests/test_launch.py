@@ -45,6 +45,15 @@ def test_an_mpi_that_does_not_speak_the_launchers_pmi_is_an_error(tmp_path):
     assert "Open MPI" in proc.stderr and "--mpi=pmix" in proc.stderr
 
 
+def test_no_mpi_library_under_a_launcher_of_two_is_an_error(tmp_path):
+    proc = launch([mpiexec(), "-n", "2", sys.executable], tmp_path,
+                  env={"MPI4PY_LIBMPI": "/nonexistent/libmpi.so"})  # mpi4py then loads no MPI
+    assert proc.returncode != 0
+    assert "THE PROGRAM RAN" not in proc.stdout
+    assert "the launcher started 2 copies of this program (PMI_SIZE=2)" in proc.stderr
+    assert "mpi4py cannot load an MPI library" in proc.stderr
+
+
 def test_one_copy_from_a_launcher_runs(tmp_path):
     proc = launch([mpiexec(), "-n", "1", sys.executable], tmp_path, env={"HPCRAY_SPAWN": "0"})
     assert proc.returncode == 0, proc.stderr
