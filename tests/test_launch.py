@@ -65,6 +65,7 @@ def test_one_copy_from_a_launcher_runs(tmp_path):
     ({"SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_JOB_ID": "7"}, 1),  # the batch script itself
     ({"SLURM_NTASKS": "4", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4"}, 4),  # an srun step
     ({"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "1", "PMI_SIZE": "1"}, 1),
+    ({"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "2", "PMI_SIZE": "1"}, 1),  # mpiexec -n 1 in an allocation
     ({"OMPI_COMM_WORLD_SIZE": "3"}, 3),
     ({"MPI_LOCALNRANKS": "2"}, 2),
 ])
@@ -78,3 +79,20 @@ def test_the_launchers_count_of_copies(monkeypatch, env, expected):
     count, evidence = launcher_tasks()
     assert count == expected
     assert (evidence.split("=")[1] == str(expected)) if expected > 1 else evidence == ""
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4"}, True),  # srun --mpi=none
+    ({"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4", "PMI_FD": "5", "PMI_SIZE": "4"}, False),  # pmi2
+    ({"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4", "PMIX_RANK": "0"}, False),  # pmix
+    ({"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "1"}, False),
+    ({"SLURM_NTASKS": "4", "SLURM_PROCID": "0"}, False),  # the batch script
+])
+def test_an_srun_step_without_a_process_manager_is_known_before_mpi_starts(monkeypatch, env, expected):
+    from hpcray._private.launchers import no_process_manager
+    for name in list(os.environ):
+        if name.startswith(("SLURM_", "PMI_", "PMIX_", "OMPI_", "MPI_LOCAL")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert no_process_manager() is expected

@@ -25,17 +25,30 @@ def launcher_tasks() -> Tuple[int, str]:
     """How many copies of this program the launcher started, as it says in the environment, and
     the variable that says so: ``(4, "SLURM_STEP_NUM_TASKS=4")``; ``(1, "")`` when none says more.
 
-    Slurm's batch script has ``SLURM_NTASKS`` of the whole allocation but runs once: only an
-    ``srun`` step (``SLURM_STEP_ID``) counts. MPICH's Hydra and Slurm's PMI set ``PMI_SIZE``,
-    Open MPI's launcher ``OMPI_COMM_WORLD_SIZE``, Hydra ``MPI_LOCALNRANKS`` too."""
-    names = ["PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"]
-    if os.environ.get("SLURM_STEP_ID", "").isdigit():
-        names.insert(0, "SLURM_STEP_NUM_TASKS")
-    for name in names:
+    An MPI launcher's own count wins (MPICH's Hydra and Slurm's PMI-2 set ``PMI_SIZE``, Open MPI's
+    launcher ``OMPI_COMM_WORLD_SIZE``): an ``mpiexec`` inside an allocation starts its proxies
+    with ``srun``, so its ranks also see that step's count of nodes. Without one, an ``srun``
+    step's ``SLURM_STEP_NUM_TASKS``; the batch script's ``SLURM_NTASKS`` (the whole allocation's)
+    does not count: the script runs once."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
         raw = os.environ.get(name, "")
-        if raw.isdigit() and int(raw) > 1:
-            return int(raw), f"{name}={raw}"
+        if raw.isdigit():
+            return (int(raw), f"{name}={raw}") if int(raw) > 1 else (1, "")
+    raw = os.environ.get("SLURM_STEP_NUM_TASKS", "")
+    if os.environ.get("SLURM_STEP_ID", "").isdigit() and raw.isdigit() and int(raw) > 1:
+        return int(raw), f"SLURM_STEP_NUM_TASKS={raw}"
     return 1, ""
+
+
+def no_process_manager() -> bool:
+    """Whether an ``srun`` step of several tasks gave them no process-management interface at all
+    (``srun --mpi=none``, or a Slurm whose ``MpiDefault`` is none): no ``PMI_*``, ``PMIX_*`` or
+    ``OMPI_*`` variable. Every MPI would then start as a world of one, so this is known before
+    MPI is initialized (which, killed half-way by srun, leaves shared memory behind)."""
+    count, evidence = launcher_tasks()
+    if count < 2 or not evidence.startswith("SLURM_STEP_NUM_TASKS"):
+        return False
+    return not any(name.startswith(("PMI_", "PMIX_", "OMPI_")) for name in os.environ)
 
 
 def slurm_cpus_per_task() -> Optional[float]:

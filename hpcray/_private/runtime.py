@@ -36,7 +36,8 @@ from .client import CoreClient
 from . import spawn
 from .comm import Backoff, CommLoop, MPITransport, duplicate, fault_tolerant, job_communicator
 from .config import EXIT_ACK_S, MEMORY_SHARE, REMOTE_LEAVE_S, STATUS_MEMORY_WAIT_S, Config
-from .launchers import launched_by_mpi, launcher_tasks, slurm_binds_gpus, slurm_cpus_per_task
+from .launchers import (launched_by_mpi, launcher_tasks, no_process_manager, slurm_binds_gpus,
+                        slurm_cpus_per_task)
 from .executor import Executor, host_address
 from .interrupts import SHIELD
 from .object_plane import ObjectPlane
@@ -200,6 +201,10 @@ def _connect_mpi(config: Config, num_cpus: Optional[float], num_gpus: Optional[f
     if config.mpi == "0" or (not launched and config.spawn == "0" and config.mpi != "1"):
         _log_launch_once("tasks run in threads of this process (HPCRAY_MPI=0 or HPCRAY_SPAWN=0)")
         return None
+    if no_process_manager():
+        _refuse_copies("srun gave them no process-management interface for MPI (srun --mpi=none, or a "
+                       "Slurm whose MpiDefault is none): name one, `srun --mpi=pmi2` for MPICH, "
+                       "`srun --mpi=pmix` for Open MPI (`srun --mpi=list` shows this Slurm's)")
     try:
         importlib.import_module("mpi4py.MPI")  # loads the MPI library
     except Exception as exc:  # no MPI library at all: single rank
