@@ -38,6 +38,7 @@ def test_driver_exit_ends_every_rank_with_its_status(mode, how, status):
         # single rank: Python ends an uncaught KeyboardInterrupt by re-raising SIGINT on itself;
         # an MPI driver exits 130 after the ranks have left (see runtime._install_interrupt_exit)
         status = -2 if mode == "single" else 130
+    shm_before = set(os.listdir("/dev/shm"))
     started = time.monotonic()
     proc = run(mode, "exit_status.py", how, timeout=60)
     elapsed = time.monotonic() - started
@@ -49,6 +50,8 @@ def test_driver_exit_ends_every_rank_with_its_status(mode, how, status):
     assert "UCX  WARN" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     if how == "raise":
         assert "driver failed on purpose" in proc.stderr
+    left = set(os.listdir("/dev/shm")) - shm_before
+    assert not left, f"left in /dev/shm: {sorted(left)}"
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -105,6 +105,7 @@ def test_no_process_forked_by_an_actor_outlives_a_killed_driver():
 
 def test_workers_that_end_before_joining_end_the_program_with_a_message():
     """MPI_Comm_spawn itself would wait forever, spinning a core."""
+    before = shm_files()
     started = time.monotonic()
     proc = run_spawn([SCRIPT, "broken"], timeout=90)
     elapsed = time.monotonic() - started
@@ -113,6 +114,7 @@ def test_workers_that_end_before_joining_end_the_program_with_a_message():
     assert "WORKER CANNOT START" in proc.stderr, output
     assert "spawned worker rank(s) ended before joining the driver" in proc.stderr, output
     assert elapsed < 30, f"took {elapsed:.1f} s\n{output}"
+    assert shm_files() <= before, f"left in /dev/shm: {shm_files() - before}"
 
 
 def test_threads_are_the_fallback_where_spawning_cannot_work():

@@ -406,10 +406,10 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env, spawn
         transport = MPITransport(comm)
         arena = start_arena(comm, config)
         workers = _gather_workers(transport, config)
-        if spawned is not None:
+        if shm_names_can_go_at_start(spawned is not None):
             # Every rank has mapped the job's shared memory (each sent HELLO once its arena was
-            # made): the names can go now. MPICH's launcher SIGKILLs the workers when a driver
-            # is killed, so nobody could remove them later.
+            # made): the names can go now, so a job that ends by SIGKILL (MPICH's launcher does
+            # that to spawned workers when a driver is killed; Slurm after KillWait) leaves none.
             unlink_mapped_shm()
         PROCESS.world = World(comm, transport, workers, config, arena, spawned)
         if spawned is not None:
@@ -742,6 +742,17 @@ def disconnect(spawned: Optional[tuple]) -> None:
         inter, merged = spawned
         merged.Free()
         inter.Disconnect()
+
+
+def shm_names_can_go_at_start(spawned: bool) -> bool:
+    """Whether a rank may remove the /dev/shm names it maps once every rank has joined: with
+    MPICH, whose processes attach to a node's segments in MPI_Init (and the arena's window at its
+    allocation, before HELLO), and with workers the driver spawned. Open MPI's shared-memory
+    transport maps a peer's segment on first contact, so under its mpiexec they stay."""
+    if spawned:
+        return True
+    from mpi4py import MPI
+    return MPI.get_vendor()[0] == "MPICH"
 
 
 def unlink_mapped_shm() -> None:

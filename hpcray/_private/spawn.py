@@ -168,6 +168,8 @@ class SpawnWatch:
                         os.kill(pid, signum)
                     except OSError:
                         pass
+            from .runtime import unlink_mapped_shm  # (this process's own MPI segment: no finalize)
+            unlink_mapped_shm()
             os._exit(1)
 
 

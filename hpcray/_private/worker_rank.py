@@ -35,9 +35,9 @@ class WorkerAgent:
         self.rank = rank
         self.loop = loop
         self.config = config
-        # a spawned worker removes the job's /dev/shm names once every rank has mapped them (the
-        # first WELCOME): the launcher may SIGKILL it when the driver dies, before any cleanup
-        self.unlink_shm = spawned
+        # the job's /dev/shm names go once every rank has mapped them (the first WELCOME): a
+        # launcher may SIGKILL this rank when the driver dies, before any cleanup
+        self.unlink_shm = runtime.shm_names_can_go_at_start(spawned)
         self.executor: Optional[Executor] = None
         self.plane = ObjectPlane(rank, loop.send, config.inline_max, loop.transport, config.pool_bytes)
         self.plane.arena = arena
