@@ -103,8 +103,11 @@ def _info(session: runtime.Session) -> RuntimeInfo:
                        gcs_address=None, address=None, webui_url=None, job_id=session.job_id_hex)
 
 
+@shielded
 def shutdown(_exiting_interpreter: bool = False) -> None:
-    """End the session. A later ``init()`` in the same process starts a new one."""
+    """End the session. A later ``init()`` in the same process starts a new one. A Ctrl-C while
+    it runs is raised once the session has ended whole (it waits at most HPCRAY_EXIT_TIMEOUT_S for
+    the worker ranks): one in between left them serving the old session."""
     session = runtime.current()
     if session is not None and session.role != "driver":
         return  # inside a task on a worker rank: the driver decides

@@ -8,6 +8,9 @@ over, never between two of its steps; and one during a long ``get`` still ends i
    request (and the fetch of a large value another rank holds) is posted. Every value still
    arrives afterwards.
 3. A ``get()`` on a task that sleeps: Ctrl-C raises KeyboardInterrupt within a second or two.
+4. ``shutdown()``: the SIGINT arrives as the session is closed, before the loop stops (and, with
+   worker ranks, before they are told the session ended). The session ends whole, then
+   KeyboardInterrupt; a new ``init()`` runs tasks.
 
 Each SIGINT comes from a wrapped set that sends it from inside the step: a deterministic stand-in
 for a Ctrl-C at the worst moment.
@@ -103,4 +106,20 @@ took = time.monotonic() - started
 assert took < 3.0, f"Ctrl-C ended get() after {took:.1f} s"
 ray.cancel(sleeper)
 assert ray.get(square.remote(5), timeout=30) == 25
+
+# 4. shutdown(): the session is closed, the loop (and the worker ranks' sessions) not yet ended
+close_session = runtime.close_session
+
+
+def close_then_interrupt(session):
+    close_session(session)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+runtime.close_session = close_then_interrupt
+assert interrupted(ray.shutdown), "the SIGINT was lost"
+runtime.close_session = close_session
+assert not ray.is_initialized()
+ray.init(num_cpus=2)
+assert ray.get([square.remote(i) for i in range(4)], timeout=30) == [0, 1, 4, 9]
 print(f"CTRL_C_IN_CALL_OK {took:.2f}", flush=True)
