@@ -18,7 +18,7 @@ import pytest
 
 import openmpi
 import slurm_cluster
-from conftest import BASE_ENV
+from conftest import BASE_ENV, alive
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -84,11 +84,9 @@ def processes_of(job_id: str):
         try:
             with open(f"/proc/{entry}/environ", "rb") as source:
                 environ = source.read().split(b"\0")
-            with open(f"/proc/{entry}/stat") as source:
-                zombie = source.read().rsplit(")", 1)[1].split()[0] == "Z"
         except OSError:
             continue
-        if f"SLURM_JOB_ID={job_id}".encode() in environ and not zombie:
+        if f"SLURM_JOB_ID={job_id}".encode() in environ and alive(int(entry)):
             pids.append(int(entry))
     return pids
 
