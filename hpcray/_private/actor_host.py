@@ -30,7 +30,7 @@ from . import protocol as P
 from .config import WAKE_S
 from .actor_directory import actor_key
 from .actor_threads import ThreadSet
-from .executor import cancelled_value
+from .executor import cancelled_value, task_environ
 from .object_plane import resolve_all
 from .serialization import SerializedValue, serialize
 
@@ -346,7 +346,7 @@ class ActorHost:
 
     # ---- pool threads / the actor's loop ----------------------------------------------------
     def _context(self, actor: HostedActor, spec: P.TaskSpec) -> context.TaskContext:
-        env = {"CUDA_VISIBLE_DEVICES": ",".join(actor.gpus)}  # none: empty, as Ray
+        env = task_environ(actor.gpus)
         # (the actor's resources are shared: get_assigned_resources() hands out a copy)
         ctx = context.TaskContext(spec.task_id, spec.name, actor.resources, env,
                                   self.executor.rank, actor.gpus, actor.actor_id, actor.handle,

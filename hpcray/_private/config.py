@@ -143,7 +143,7 @@ class Config:
     spawn_workers: Optional[int] = None
     #: CPUs each worker rank advertises (default: SLURM_CPUS_PER_TASK, else 1).
     cpus_per_rank: Optional[float] = None
-    #: GPUs each worker rank advertises, overriding detection (testing without GPUs).
+    #: GPUs each worker rank takes (distinct ones where the host has enough; gpus.share_out).
     gpus_per_rank: Optional[float] = None
     #: each rank keeps the GPUs it sees, as with Slurm's --gpus-per-task (HPCRAY_GPUS_PER_TASK_BOUND=1)
     gpus_bound: bool = False

@@ -124,6 +124,14 @@ def error_value(name: str, exc: BaseException, rank: int, ip: str) -> Serialized
 NO_GPU_ENV = {"CUDA_VISIBLE_DEVICES": ""}
 
 
+def task_environ(gpus: List[str], env_vars: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment overlay a task or actor call sees: its ``env_vars`` and the GPUs it was
+    given, no others (none: CUDA_VISIBLE_DEVICES empty, as Ray)."""
+    if gpus or env_vars:
+        return dict(env_vars or {}, CUDA_VISIBLE_DEVICES=",".join(gpus))
+    return NO_GPU_ENV
+
+
 class Executor:
     """Runs tasks (and hosts actors) on this rank. ``on_*`` methods run in the loop's turns (the
     comm thread, or an idle pool thread the turns are lent to: ``_next_work``)."""
@@ -492,11 +500,7 @@ class Executor:
                 return (P.TASK_DONE, task_id, None, cancelled_value(task_id), False) \
                     if session == self.session else None
             self.threads[task_id] = (threading.get_ident(), session)
-        # A task sees the GPUs it was given and no others (none: CUDA_VISIBLE_DEVICES empty, as Ray)
-        if gpus or spec.env_vars:
-            env = dict(spec.env_vars or {}, CUDA_VISIBLE_DEVICES=",".join(gpus))
-        else:
-            env = NO_GPU_ENV
+        env = task_environ(gpus, spec.env_vars)
         actor = self.host.creations.get(spec.task_id) if spec.kind == P.ACTOR_CREATE else None
         ctx = context.TaskContext(spec.task_id, spec.name, dict(spec.demand), env, self.rank, gpus,
                                   spec.actor_id, actor.handle if actor is not None else None, spec.strategy)

@@ -94,16 +94,14 @@ def share_out(ranks: Sequence[RankGPUs], bound: bool) -> Tuple[Dict[int, List[st
                 owned[member.rank] = _narrowed(member.seen, member.wanted, member.rank, notes)
             continue
         seen = members[0].seen
-        if all(m.wanted is None for m in members):
-            counts = _even(len(seen), len(members))
-        else:
-            counts = [m.wanted or 0 for m in members]
+        asked = any(m.wanted is not None for m in members)
+        counts = [m.wanted or 0 for m in members] if asked else _even(len(seen), len(members))
         if sum(counts) <= len(seen):
             start = 0
             for member, count in zip(members, counts):
                 owned[member.rank] = seen[start:start + count]
                 start += count
-            if len(set(counts)) > 1 and all(m.wanted is None for m in members):
+            if len(set(counts)) > 1 and not asked:
                 notes.append(f"{len(seen)} GPUs of host {host} over {len(members)} worker ranks: "
                              + _describe(members, counts) + " (every GPU is used by one rank)")
             continue
