@@ -444,6 +444,43 @@ def scale_case(rt: Any, count: int) -> Dict[str, float]:
             "driver_bytes_per_pending_task": (peak - before) / count}
 
 
+#: the rows whose cost of recording the timeline is measured (timeline_cost)
+TIMELINE_CASES = ("single client tasks sync", "single client tasks async", "1:1 actor calls sync")
+
+
+def timeline_cost(rt: Any, workers: int, rounds: int) -> Dict[str, Dict[str, float]]:
+    """What recording the timeline costs: the rows of ``TIMELINE_CASES`` with recording off
+    (``HPCRAY_TIMELINE_EVENTS=0``, a setting the driver's ``init()`` gives every rank) and on, in
+    sessions that alternate within this run. Per row: the median rate off and on, and on/off."""
+    from ._private.config import TIMELINE_MAX_EVENTS
+    functions = {name: function for name, function, _ in CASES if name in TIMELINE_CASES}
+    rates: Dict[Tuple[str, bool], List[float]] = {(name, on): [] for name in functions for on in (False, True)}
+    before = os.environ.get("HPCRAY_TIMELINE_EVENTS")
+    try:
+        for _ in range(rounds):
+            for on in (False, True):
+                os.environ["HPCRAY_TIMELINE_EVENTS"] = str(TIMELINE_MAX_EVENTS) if on else "0"
+                rt.init()
+                fixtures = Fixtures(rt, workers)
+                for name, function in functions.items():
+                    function(fixtures)  # warm-up
+                    amount, seconds = function(fixtures)
+                    rates[(name, on)].append(amount / seconds)
+                rt.shutdown()
+    finally:
+        if before is None:
+            os.environ.pop("HPCRAY_TIMELINE_EVENTS", None)
+        else:
+            os.environ["HPCRAY_TIMELINE_EVENTS"] = before
+    report = {}
+    for name in functions:
+        off, on = statistics.median(rates[(name, False)]), statistics.median(rates[(name, True)])
+        report[name] = {"off": off, "on": on, "on_over_off": on / off}
+        print(f"  hpcray  timeline recording cost: {name:28} off {off:,.1f}/s, on {on:,.1f}/s "
+              f"(on/off {on / off:.3f})", file=sys.stderr, flush=True)
+    return report
+
+
 def _fmt(result: Dict[str, Any]) -> str:
     if "error" in result:
         return result["error"]
@@ -483,6 +520,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     report["hpcray"]["cases"] = run_suite(hpcray, workers, args.rounds, args.only)
     report["hpcray"]["scale"] = [scale_case(hpcray, n) for n in args.scale if n > 0]
     hpcray.shutdown()
+    if not args.only or any(o in "timeline recording cost" for o in args.only):
+        report["hpcray"]["timeline_cost"] = timeline_cost(hpcray, workers, args.rounds)
     if args.compare == "ray":
         import ray  # installed separately; never a dependency of hpcray
         started = time.perf_counter()
@@ -512,6 +551,9 @@ def print_table(report: Dict[str, Any]) -> None:
             if "median" in other and "median" in result and other["median"] > 0:
                 ratio = f"{result['median'] / other['median']:.1f}x"
         print(f"{name:38} | {_fmt(result):40} | {ray_text:>14} | {ratio}")
+    for name, row in report["hpcray"].get("timeline_cost", {}).items():
+        print(f"hpcray: timeline recording cost, {name}: {row['on']:,.1f}/s recording, {row['off']:,.1f}/s "
+              f"not recording (on/off {row['on_over_off']:.3f})")
     for side in ("hpcray", "ray"):
         if side in report:
             print(f"{side}: init() to first result {report[side]['init_to_first_result_s']:.3f} s")

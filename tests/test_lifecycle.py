@@ -154,3 +154,16 @@ def test_unhandled_errors_are_reported_once(mode, suppress):
     else:
         assert len(reports) == 1 and "boom-dropped" in proc.stderr, proc.stderr
     assert "boom-handled" not in proc.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_timeline_events_setting_reaches_every_rank_per_session(mode):
+    proc = run(mode, "timeline_events.py")
+    assert proc.returncode == 0 and "TIMELINE_EVENTS_OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_timeline_path_with_recording_off_is_an_error_at_init(tmp_path):
+    proc = run("single", "exit_status.py", "raise",
+               env={"HPCRAY_TIMELINE": str(tmp_path / "t.json"), "HPCRAY_TIMELINE_EVENTS": "0"})
+    assert proc.returncode == 1 and "HPCRAY_TIMELINE_EVENTS=0" in proc.stderr, proc.stdout + proc.stderr
+    assert "driver failed on purpose" not in proc.stderr, proc.stderr  # init() itself refused

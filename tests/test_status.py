@@ -65,3 +65,15 @@ def test_sigusr1_to_the_whole_mpi_job_only_makes_the_driver_report():
     assert job.returncode == 0 and "DONE" in out, out + err
     assert err.count("hpcray status at") == 1, err
     assert sorted(int(r[0]) for r in ROW.findall(err)) == worker_ranks("mpi"), err
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_table_shows_how_far_a_waiting_get_has_come(mode):
+    proc = run(mode, "status.py", "progress", timeout=90)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "DONE" in proc.stdout, output
+    found = re.findall(r"driver thread MainThread waits in get/wait: (\d+) of 24 objects ready, for ([\d.]+) s",
+                       proc.stderr)
+    assert len(found) == 1, output
+    ready, waited = int(found[0][0]), float(found[0][1])
+    assert ready < 24 and waited >= 0.5, output

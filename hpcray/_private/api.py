@@ -262,7 +262,10 @@ def timeline(filename: Optional[str] = None) -> Optional[List[Dict[str, Any]]]:
     thread per thread. Written to ``filename`` as JSON, or returned as a list without one."""
     if filename is not None and not isinstance(filename, (str, os.PathLike)):
         raise TypeError(f"timeline(filename=...) must be a path or None, got {type(filename).__name__}")
-    trace = chrome_trace(live_session("timeline()").client.query("timeline", timeout=TIMELINE_WAIT_S))
+    session = live_session("timeline()")
+    if not session.config.timeline_events:
+        raise RuntimeError("hpcray.timeline(): recording is off in this session (HPCRAY_TIMELINE_EVENTS=0)")
+    trace = chrome_trace(session.client.query("timeline", timeout=TIMELINE_WAIT_S))
     if filename is None:
         return trace
     write_trace(filename, trace)

@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import exceptions
 from . import context
@@ -117,6 +117,9 @@ class CoreClient:
         self.plane = None  # the rank's ObjectPlane, for values that live on other ranks
         self.want_values: set = set()  # ids whose value (not only a stub) a caller waits for
         self.sleepers = 0  # threads asleep on ``cond`` (changed only under it)
+        # get/wait calls that had to wait, for the status table's progress lines (under ``lock``):
+        # waiter -> (thread name, objects asked, objects needed, waiting since, time.time())
+        self.long_waits: Dict[_Waiter, Tuple[str, int, int, float]] = {}
         # rank 0: the scheduler is in this process and delivers the returns of the tasks this
         # rank submits as they arrive, unasked (Scheduler.on_submit subscribes us)
         self.returns_pushed = rank == 0
@@ -397,7 +400,9 @@ class CoreClient:
                 with self.lock:
                     if satisfied():
                         break
-                    waited = True
+                    if not waited:
+                        waited = True
+                        self.long_waits[waiter] = (threading.current_thread().name, len(unique), count, started)
                     if self.broken is not None:
                         raise exceptions.RaySystemError(f"hpcray's comm thread failed: {self.broken!r}")
                     remaining = None
@@ -426,6 +431,7 @@ class CoreClient:
                 lend = None  # once: a long wait sleeps on the condition
         finally:
             with self.lock:
+                self.long_waits.pop(waiter, None)
                 for object_id in missing:
                     registered = self.waiters.get(object_id)
                     if registered and waiter in registered:
@@ -436,6 +442,15 @@ class CoreClient:
                 self.post((P.UNBLOCKED, task.task_id))
             if waited:
                 RECORDER.complete("wait for objects", "get", started, {"objects": len(ids), "needed": count})
+
+    def wait_progress(self) -> List[Tuple[str, int, int, int, float]]:
+        """This process's get/wait calls that are waiting: (thread name, objects asked, objects
+        needed, objects here, seconds waited) each, the longest wait first."""
+        now = time.time()
+        with self.lock:
+            waits = [(name, asked, needed, min(waiter.have, needed), now - since)
+                     for waiter, (name, asked, needed, since) in self.long_waits.items()]
+        return sorted(waits, key=lambda wait: -wait[4])
 
     # ---- comm thread --------------------------------------------------------------------
     def on_stream_push(self, task_id: bytes, index: int, value: SerializedValue) -> None:

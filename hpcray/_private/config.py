@@ -59,8 +59,8 @@ TERM_GRACE_S = 3.0
 SETTLE_S = 0.5
 #: the ranks' agreement on freeing the world window at the end of the job waits this long
 ARENA_CLOSE_S = 2.0
-#: the timeline keeps this many of each rank's newest events (timeline.py); older ones are
-#: dropped, counted, and the trace says so
+#: the timeline keeps this many of each rank's newest events unless HPCRAY_TIMELINE_EVENTS
+#: says otherwise (timeline.py); older ones are dropped, counted, and the trace says so
 TIMELINE_MAX_EVENTS = 100_000
 #: hpcray.util.state lists the newest this many tasks that ended (state_views.py)
 STATE_FINISHED_TASKS = 10_000
@@ -177,6 +177,9 @@ class Config:
     status_s: Optional[float] = None
     #: Where the driver writes the job's timeline (a Chrome trace) at its end, or None.
     timeline_path: Optional[str] = None
+    #: Events each rank keeps for the timeline, its newest; 0 turns recording off (the driver's
+    #: setting holds for the whole session: worker ranks are told with WELCOME).
+    timeline_events: int = TIMELINE_MAX_EVENTS
     #: A folder for one log file per rank (its hpcray log and its tasks' output), or None.
     log_dir: Optional[str] = None
     #: Python logging level name for hpcray's logger.
@@ -201,6 +204,11 @@ class Config:
         remote_fetch = _env_choice("HPCRAY_REMOTE_FETCH", ("auto", "p2p"), "auto")
         arena = os.environ.get("HPCRAY_ARENA_BYTES", "")
         spawn_workers = os.environ.get("HPCRAY_SPAWN_WORKERS", "")
+        timeline_path = os.environ.get("HPCRAY_TIMELINE") or None
+        timeline_events = _env_int("HPCRAY_TIMELINE_EVENTS", TIMELINE_MAX_EVENTS)
+        if timeline_path and not timeline_events:
+            raise ValueError(f"HPCRAY_TIMELINE={timeline_path!r} asks for the job's timeline, but "
+                             "HPCRAY_TIMELINE_EVENTS=0 turns recording off: unset one of them")
         return cls(
             mpi=mpi,
             spawn=_env_choice("HPCRAY_SPAWN", ("auto", "0", "1"), "auto"),
@@ -222,7 +230,8 @@ class Config:
             exit_timeout_s=_env_float("HPCRAY_EXIT_TIMEOUT_S", 5.0),
             status_s=_env_optional_float("HPCRAY_STATUS_S") or None,
             log_dir=os.environ.get("HPCRAY_LOG_DIR") or None,
-            timeline_path=os.environ.get("HPCRAY_TIMELINE") or None,
+            timeline_path=timeline_path,
+            timeline_events=timeline_events,
             log_level=os.environ.get("HPCRAY_LOG_LEVEL", "WARNING").upper(),
         )
 

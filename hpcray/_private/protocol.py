@@ -12,7 +12,8 @@ MPI message per destination per loop turn.
     GET_REQ([object_id])
     PUT(object_id, value)
     HOLD(object_id, +1|-1)
-    HELLO(rank_info)                           WELCOME(job, gpu_ids)
+    HELLO(rank_info)                           WELCOME(job, gpu_ids, resources, namespace,
+                                                       setup_hook, timeline_events)
     RESET_ACK / EXIT_ACK                       RESET / EXIT
     QUERY(name, reply_object_id)               (answered with OBJECT)
     STOLEN(task_id)                            STEAL(task_id): hand back a queued, unstarted task

@@ -293,6 +293,7 @@ def init_session(num_cpus: Optional[float], num_gpus: Optional[float], resources
         PROCESS.worker_start = (mpi[0], config, share)
         return None  # the caller serves (serve_worker_rank), outside the init lock
     open_rank_log(0, config)
+    RECORDER.keep(config.timeline_events)
     PROCESS.jobs += 1
     job = PROCESS.jobs
     if namespace is None:  # like Ray: each driver gets an anonymous namespace of its own
@@ -430,7 +431,8 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env, spawn
     session.host, session.node_id = head_host, node_id_of(head_host)
     _wire(loop, session)
     for info in live:
-        loop.send(info.rank, (P.WELCOME, job, info.gpu_ids, info.resources, session.namespace, setup_hook))
+        loop.send(info.rank, (P.WELCOME, job, info.gpu_ids, info.resources, session.namespace, setup_hook,
+                              config.timeline_events))
     loop.start()
     return session
 
@@ -467,6 +469,7 @@ def _wire(loop: CommLoop, session: Session) -> None:
                 view["memory"] = session.client.query("memory", timeout=STATUS_MEMORY_WAIT_S)
             except Exception:
                 view["memory"] = {}
+            view["waits"] = session.client.wait_progress()
             return view
         session.status = start_reporter(status_view, session.config.status_s)
     executor = session.executor

@@ -55,6 +55,9 @@ def format_status(view: Dict[str, Any], running_s: float) -> str:
                  f"{view['objects']}.")
     for name, demand, count in view["infeasible"]:
         lines.append(f"pending for good: {count} x {name} needs {demand}, which no rank of this job has")
+    for thread, asked, needed, here, waited_s in view.get("waits", ()):
+        lines.append(f"driver thread {thread} waits in get/wait: {here} of {needed} objects ready"
+                     + (f" ({asked} asked)" if asked != needed else "") + f", for {waited_s:.1f} s")
     return "\n".join(lines) + "\n"
 
 

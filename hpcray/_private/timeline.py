@@ -36,6 +36,21 @@ class Recorder:
         self.events: deque = deque(maxlen=limit)
         self.dropped = 0
 
+    def keep(self, limit: int) -> None:
+        """Keep the newest ``limit`` events from now on; 0: record nothing (``complete`` is then
+        a call that returns at once: the benchmark's baseline for what recording costs)."""
+        if limit == self.events.maxlen:
+            return
+        self.events = deque(self.events, maxlen=limit)
+        if limit:
+            self.__dict__.pop("complete", None)
+        else:
+            self.complete = _record_nothing  # type: ignore[method-assign]
+
+    @property
+    def recording(self) -> bool:
+        return self.events.maxlen != 0
+
     def complete(self, name: str, category: str, start: float, detail: Any = None) -> None:
         """An event that began at ``start`` (``time.time()``) ends now, on this thread."""
         events = self.events
@@ -63,6 +78,10 @@ class Recorder:
     def clear(self) -> None:
         self.events.clear()
         self.dropped = 0
+
+
+def _record_nothing(name: str, category: str, start: float, detail: Any = None) -> None:
+    pass
 
 
 RECORDER = Recorder()

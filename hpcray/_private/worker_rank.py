@@ -25,6 +25,7 @@ from .resources import host_name
 from .scheduler import node_id_of
 from .setup_hook import run as run_setup_hook
 from .status import rank_report
+from .timeline import RECORDER
 
 
 class WorkerAgent:
@@ -82,7 +83,8 @@ class WorkerAgent:
             self.executor.handle(msg)
 
     def _welcome(self, job: int, gpu_ids: List[str], resources: Dict[str, float], namespace: str,
-                 setup_hook: Any = None) -> None:
+                 setup_hook: Any, timeline_events: int) -> None:
+        RECORDER.keep(timeline_events)  # the driver's setting holds for the session
         if self.unlink_shm:
             self.unlink_shm = False
             runtime.unlink_mapped_shm()

@@ -2,11 +2,13 @@
 
     status.py self      the driver sends itself SIGUSR1 while tasks run and one cannot be placed
     status.py run S     tasks run for S seconds (the test signals the job, or sets HPCRAY_STATUS_S)
+    status.py progress  the driver asks for the table while its main thread waits in get()
 """
 
 import os
 import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -43,6 +45,15 @@ if sys.argv[1] == "self":
     ray.get(refs, timeout=60)
     time.sleep(1)  # the table is written by a thread of its own
     ray.cancel(pending)
+elif sys.argv[1] == "progress":
+    @ray.remote
+    def quarter():
+        time.sleep(0.25)
+
+    ray.get(quarter.remote(), timeout=60)  # the workers are up and have the function
+    threading.Timer(0.8, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+    ray.get([quarter.remote() for _ in range(24)], timeout=60)  # 2 s or more on 3 CPUs
+    time.sleep(1)  # the table is written by a thread of its own
 else:
     deadline = time.monotonic() + float(sys.argv[2])
     while time.monotonic() < deadline:
