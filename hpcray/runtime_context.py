@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional
 
 from ._private import context, runtime
 from ._private.ids import BinaryID
+from ._private.resources import worker_id_of
 
 
 class RuntimeContext:
@@ -27,7 +28,7 @@ class RuntimeContext:
 
     def get_worker_id(self) -> str:
         session = self._session()
-        return (session.rank.to_bytes(4, "big") + os.getpid().to_bytes(4, "big")).hex().ljust(56, "0")
+        return worker_id_of(session.rank, os.getpid())
 
     def get_rank(self) -> int:
         """The MPI rank of this process (0: the driver). hpcray only."""

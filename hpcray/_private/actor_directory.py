@@ -44,7 +44,7 @@ def actor_key(actor_id: bytes) -> bytes:
 class ActorRecord:
     __slots__ = ("actor_id", "handle_id", "rank", "state", "death", "name", "namespace", "detached",
                  "lifetime", "callers", "class_name", "meta_blob", "inflight", "group", "max_restarts",
-                 "restarts_left", "creation", "pins")
+                 "restarts_left", "restarts", "creation", "pins")
 
     def __init__(self, spec: P.TaskSpec):
         options = spec.actor_options
@@ -64,6 +64,7 @@ class ActorRecord:
         self.group = spec.strategy.group_id if type(spec.strategy) is InGroup else None
         self.max_restarts = spec.max_retries  # (a creation's max_retries is max_restarts)
         self.restarts_left = spec.max_retries  # -1: no limit
+        self.restarts = 0  # instances started after the first
         # a restartable actor's creation and the arguments it keeps pinned for new instances
         self.creation: Optional[P.TaskSpec] = None
         self.pins: List[bytes] = []

@@ -107,6 +107,7 @@ class RankLoss:
                                    f"this call: {cause}; it is being restarted")
         if actor.restarts_left > 0:
             actor.restarts_left -= 1
+        actor.restarts += 1
         actor.rank = None
         actor.state = PENDING
         inflight = sorted(actor.inflight)  # (ids of one caller grow with its submissions)

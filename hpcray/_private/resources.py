@@ -8,6 +8,7 @@ A task blocked in ``get()`` gives its CPUs back until it resumes (so task trees 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from collections import deque
@@ -172,3 +173,13 @@ def host_name(rank: int, ranks_per_host: int) -> str:
     if ranks_per_host > 0:
         return f"{name}-{rank // ranks_per_host}"
     return name
+
+
+def node_id_of(host: str) -> str:
+    """A host's id as Ray's node id (56 hex digits)."""
+    return hashlib.sha1(host.encode()).hexdigest()[:56].ljust(56, "0")
+
+
+def worker_id_of(rank: int, pid: int) -> str:
+    """A rank's process as Ray's worker id (56 hex digits): its rank and pid."""
+    return (rank.to_bytes(4, "big") + pid.to_bytes(4, "big")).hex().ljust(56, "0")

@@ -462,6 +462,7 @@ def _wire(loop: CommLoop, session: Session) -> None:
     if scheduler is not None:
         host = host_name(0, session.config.ranks_per_host)
         scheduler.local_report = lambda what: rank_report(what, host, plane)
+        scheduler.driver_node_id = session.node_id
 
         def status_view() -> Dict[str, Any]:
             view = loop.call(scheduler.status_view, timeout=10)

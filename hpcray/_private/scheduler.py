@@ -16,7 +16,6 @@ make the scheduler rescan the tasks behind it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import Counter, deque
@@ -34,16 +33,12 @@ from .rank_loss import RankLoss
 from .state_views import StateViews
 from .streams import StreamDirectory
 from .protocol import RankInfo, TaskSpec
-from .resources import RankLedger
+from .resources import RankLedger, node_id_of
 from .config import ignore_unhandled_errors
 from .serialization import SerializedValue, deserialize, serialize
 
 logger = logging.getLogger("hpcray")
 
-
-
-def node_id_of(host: str) -> str:
-    return hashlib.sha1(host.encode()).hexdigest()[:56].ljust(56, "0")
 
 
 class ObjectEntry:
@@ -537,7 +532,7 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
                 values: Optional[List[SerializedValue]] = None) -> None:
         record.finished = True
         spec = record.spec
-        self.remember_finished(record, error is not None)
+        self.remember_finished(record, error)
         self.tasks.pop(spec.task_id, None)
         self.children.pop(spec.task_id, None)
         if spec.parent is not None:

@@ -21,8 +21,7 @@ from .comm import Backoff, CommLoop, MPITransport
 from .config import SETTLE_S, TERM_GRACE_S, Config
 from .executor import Executor
 from .object_plane import ObjectPlane
-from .resources import host_name
-from .scheduler import node_id_of
+from .resources import host_name, node_id_of
 from .setup_hook import run as run_setup_hook
 from .status import rank_report
 from .timeline import RECORDER

@@ -1,11 +1,14 @@
-"""Ray's state API (``ray.util.state``): what the job's tasks, actors, objects, placement groups
-and nodes are doing, asked of the scheduler (no server, no ports). Callable from the driver and
-from tasks.
+"""Ray's state API (``ray.util.state``): what the job's tasks, actors, objects, placement groups,
+nodes and processes (workers) are doing, asked of the scheduler (no server, no ports). Callable
+from the driver and from tasks.
 
 Each ``list_*`` takes Ray's ``filters=[(key, op, value)]`` (op ``"="`` or ``"!="``, the value
 compared as a string, as Ray does), ``limit`` (default 100) and ``detail``; rows are dicts whose
 keys are also attributes (``task.state``), with Ray's field names, plus ``rank`` (the MPI rank
-that runs it). Tasks that ended stay listed, the newest 10,000 of them.
+that runs it). As in Ray, the fields Ray shows only in detail (a task's ``required_resources``,
+``creation_time_ms``, ``end_time_ms``, ``error_message``, ``placement_group_id``; an actor's
+``death_cause``, ``num_restarts``, ...) are None unless ``detail=True``; filters see every field.
+``get_*`` rows have every field. Tasks that ended stay listed, the newest 10,000 of them.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .._private import api
+from .._private.state_views import DETAIL_FIELDS, finish_row
 
 DEFAULT_LIMIT = 100
 _OPERATORS = ("=", "!=")
@@ -28,7 +32,8 @@ class StateRow(dict):
             raise AttributeError(key) from None
 
 
-def _rows(kind: str, filters: Optional[Sequence[Tuple[str, str, Any]]], limit: int, timeout: float) -> List[StateRow]:
+def _rows(kind: str, filters: Optional[Sequence[Tuple[str, str, Any]]], limit: int, timeout: float,
+          detail: bool = True) -> List[StateRow]:
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise ValueError(f"limit must be a non-negative int, got {limit!r}")
     checked = []
@@ -39,19 +44,26 @@ def _rows(kind: str, filters: Optional[Sequence[Tuple[str, str, Any]]], limit: i
         if op not in _OPERATORS:
             raise ValueError(f"filter {item!r}: the operator must be one of {_OPERATORS}, got {op!r}")
         checked.append((key, op, str(value).lower()))
-    rows = [StateRow(row) for row in api.ensure_session().client.query(("state", kind), timeout=timeout)]
+    if not isinstance(detail, bool):
+        raise TypeError(f"detail must be True or False, got {detail!r}")
+    rows = [StateRow(finish_row(kind, row)) for row in api.ensure_session().client.query(("state", kind), timeout=timeout)]
     for key, op, value in checked:
         if rows and key not in rows[0]:
             raise ValueError(f"filter key {key!r} is not a field of {kind}: {sorted(rows[0])}")
         keep = op == "="
         rows = [row for row in rows if (str(row.get(key)).lower() == value) == keep]
-    return rows[:limit]
+    rows = rows[:limit]
+    if not detail:  # as Ray: the detail-only fields are there, and None
+        for row in rows:
+            for key in DETAIL_FIELDS.get(kind, ()):
+                row[key] = None
+    return rows
 
 
 def _lister(kind: str, doc: str):
     def list_rows(filters=None, limit: int = DEFAULT_LIMIT, timeout: float = 30, detail: bool = False,
                   raise_on_missing_output: bool = True) -> List[StateRow]:
-        return _rows(kind, filters, limit, timeout)
+        return _rows(kind, filters, limit, timeout, detail)
     list_rows.__name__ = list_rows.__qualname__ = f"list_{kind}"
     list_rows.__doc__ = doc + " ``filters``: [(key, '=' or '!=', value)]; ``limit``: at most this many rows."
     return list_rows
@@ -62,18 +74,37 @@ list_actors = _lister("actors", "Actors: pending creation, alive or dead.")
 list_objects = _lister("objects", "Objects the job holds, with their size where their value exists.")
 list_placement_groups = _lister("placement_groups", "Placement groups, their bundles, strategy and state.")
 list_nodes = _lister("nodes", "Hosts of the job, with their resources and ranks.")
+list_workers = _lister("workers", "The job's processes: the driver (rank 0) and each worker rank, alive or dead.")
+
+
+def _one(kind: str, key: str, id: str, timeout: float) -> Optional[StateRow]:
+    found = _rows(kind, [(key, "=", id)], 1, timeout)
+    return found[0] if found else None
 
 
 def get_task(id: str, timeout: float = 30) -> Optional[StateRow]:
-    """The task (or call) with this hex id, or None."""
-    found = _rows("tasks", [("task_id", "=", id)], 1, timeout)
-    return found[0] if found else None
+    """The task (or call) with this hex id, with every field (as ``detail=True``), or None."""
+    return _one("tasks", "task_id", id, timeout)
 
 
 def get_actor(id: str, timeout: float = 30) -> Optional[StateRow]:
-    """The actor with this hex id, or None."""
-    found = _rows("actors", [("actor_id", "=", id)], 1, timeout)
-    return found[0] if found else None
+    """The actor with this hex id, with every field, or None."""
+    return _one("actors", "actor_id", id, timeout)
+
+
+def get_placement_group(id: str, timeout: float = 30) -> Optional[StateRow]:
+    """The placement group with this hex id, with every field, or None."""
+    return _one("placement_groups", "placement_group_id", id, timeout)
+
+
+def get_node(id: str, timeout: float = 30) -> Optional[StateRow]:
+    """The node (host) with this id, or None."""
+    return _one("nodes", "node_id", id, timeout)
+
+
+def get_worker(id: str, timeout: float = 30) -> Optional[StateRow]:
+    """The process (rank) with this worker id, or None."""
+    return _one("workers", "worker_id", id, timeout)
 
 
 def summarize_tasks(timeout: float = 30) -> Dict[str, Any]:
@@ -109,5 +140,6 @@ def summarize_objects(timeout: float = 30) -> Dict[str, Any]:
                         "summary": {"READY": len(sizes), "PENDING": len(rows) - len(sizes)}}}
 
 
-__all__ = ["list_tasks", "list_actors", "list_objects", "list_placement_groups", "list_nodes", "get_task",
-           "get_actor", "summarize_tasks", "summarize_actors", "summarize_objects", "StateRow"]
+__all__ = ["list_tasks", "list_actors", "list_objects", "list_placement_groups", "list_nodes", "list_workers",
+           "get_task", "get_actor", "get_placement_group", "get_node", "get_worker", "summarize_tasks",
+           "summarize_actors", "summarize_objects", "StateRow"]

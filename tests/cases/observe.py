@@ -8,7 +8,7 @@ import numpy as np
 
 import hpcray as ray
 
-from .helpers import raises, scratch_file, skip
+from .helpers import raises, scratch_file, skip, wait_for_condition
 
 # no arena: a large value on another rank of this host moves as a transfer (with the arena it is
 # mapped in place, and nothing moves)
@@ -137,7 +137,9 @@ def case_state_lists_tasks_in_each_state_on_their_rank():
                          lambda rows: sum(r.state == "RUNNING" for r in rows) == cpus)
     states = sorted(r.state for r in rows)
     assert states.count("RUNNING") == cpus and len(states) == cpus + 1, rows
-    assert all(r.type == "NORMAL_TASK" and r.required_resources == {"CPU": 1.0} for r in rows), rows
+    assert all(r.type == "NORMAL_TASK" and r.required_resources is None for r in rows), rows  # detail only
+    detailed = list_tasks(filters=[("name", "=", "held_until")], detail=True)
+    assert all(r.required_resources == {"CPU": 1.0} and r.language == "PYTHON" for r in detailed), detailed
     assert get_task(waiting.task_id().hex()).state == "PENDING_ARGS_AVAIL"
     open(gate, "w").close()
     ranks = ray.get(held, timeout=60)
@@ -147,7 +149,13 @@ def case_state_lists_tasks_in_each_state_on_their_rank():
     for ref, rank in zip(held, ranks):
         row = done[ref.task_id().hex()]
         assert (row.state, row.rank) == ("FINISHED", rank), row
-    assert [r.state for r in list_tasks(filters=[("name", "=", "state_fails")])] == ["FAILED"]
+    failed = list_tasks(filters=[("name", "=", "state_fails")])
+    assert [(r.state, r.error_type, r.error_message) for r in failed] == [("FAILED", "TASK_EXECUTION_EXCEPTION", None)]
+    failed = list_tasks(filters=[("error_type", "=", "TASK_EXECUTION_EXCEPTION"), ("name", "=", "state_fails")],
+                        detail=True)
+    assert len(failed) == 1 and "ValueError: on purpose" in failed[0].error_message, failed
+    assert failed[0].creation_time_ms <= failed[0].end_time_ms <= time.time() * 1e3, failed
+    assert failed[0].worker_pid is not None and failed[0].worker_id.startswith(f"{failed[0].rank:08x}"), failed
     counts = summarize_tasks()["cluster"]["summary"]["held_until"]["state_counts"]
     assert counts == {"FINISHED": cpus + 1}, counts
     os.remove(gate)
@@ -160,10 +168,36 @@ def case_state_lists_actors_and_their_end():
     row = get_actor(actor._actor_id.hex())
     assert (row.class_name, row.state, row.name, row.rank) == ("StateActor", "ALIVE", "state-listed", rank), row
     assert summarize_actors()["cluster"]["summary"]["StateActor"]["state_counts"].get("ALIVE") == 1
+    assert row.death_cause is None and row.num_restarts == 0, row
     ray.kill(actor)
     rows = wait_for_rows(lambda: list_actors(filters=[("name", "=", "state-listed")]),
                          lambda rows: rows and rows[0].state == "DEAD")
-    assert [r.state for r in rows] == ["DEAD"], rows
+    assert [(r.state, r.death_cause) for r in rows] == [("DEAD", None)], rows  # (detail only)
+    dead = list_actors(filters=[("name", "=", "state-listed")], detail=True)[0]
+    assert "killed" in dead.death_cause["actor_died_error_context"]["error_message"], dead
+
+
+def case_state_counts_an_actors_restarts():
+    from hpcray.util.state import get_actor
+    actor = StateActor.options(max_restarts=1).remote()
+    ray.get(actor.rank.remote(), timeout=60)
+    ray.kill(actor, no_restart=False)  # a restartable actor is started again
+    wait_for_condition(lambda: get_actor(actor._actor_id.hex()).num_restarts == 1, timeout=30)
+    ray.get(actor.rank.remote(), timeout=60)
+    assert get_actor(actor._actor_id.hex()).state == "ALIVE"
+    ray.kill(actor)
+
+
+def case_state_lists_the_jobs_processes():
+    from hpcray.util.state import get_worker, list_workers
+    workers = list_workers()
+    ranks = sorted(w.rank for w in workers)
+    assert ranks[0] == 0 and [w.worker_type for w in workers if w.rank == 0] == ["DRIVER"], workers
+    expected = {0} | {n for node in ray.nodes() for n in node["Ranks"]}
+    assert set(ranks) == expected and len(ranks) == len(expected), (workers, ray.nodes())
+    assert all(w.is_alive and w.pid > 0 for w in workers), workers
+    here = get_worker(ray.get_runtime_context().get_worker_id())
+    assert here is not None and here.rank == 0 and here.pid == os.getpid(), here
 
 
 def case_state_lists_objects_and_nodes():
