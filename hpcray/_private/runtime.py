@@ -829,6 +829,19 @@ def install_fork_guard() -> None:
     os.register_at_fork(before=before, after_in_parent=in_parent, after_in_child=in_child)
 
 
+#: where this process writes its crash reports: stderr, or the file a spawning driver reads
+#: (spawn.CrashReports; ``report_crashes_to``)
+_crash_stream: Optional[Any] = None
+
+
+def report_crashes_to(stream: Optional[Any]) -> None:
+    """A spawned worker: crash reports go to ``stream`` (the driver's file), not the terminal."""
+    global _crash_stream
+    if stream is not None:
+        _crash_stream = stream
+        faulthandler.enable(file=stream, all_threads=True)
+
+
 def install_crash_reports() -> None:
     """Every rank: a crash in C code (a segfault) dumps the Python stack of every thread
     (faulthandler), and ``os._exit`` called by a task says which task called it, with its stack,
@@ -857,14 +870,15 @@ def install_crash_reports() -> None:
             if not killed and task.rank != 0:
                 ending += (" and the MPI job with it (to survive a dead rank, run under Open MPI "
                            "with `mpiexec --with-ft ulfm`)")
-            if sys.__stderr__ is not None:
+            stream = _crash_stream or sys.__stderr__
+            if stream is not None:
                 frames = [f for f in traceback.extract_stack(sys._getframe(1))
                           if not f.filename.startswith((_PRIVATE_DIR, threading.__file__))]
                 stack = "".join(traceback.format_list(frames))
-                sys.__stderr__.write(f"hpcray: the task {task.name} (task {task.task_id.hex()}) on rank "
-                                     f"{task.rank} (pid {pid}) called os._exit({code}); {ending}; the "
-                                     f"task's stack:\n{stack}")
-                sys.__stderr__.flush()
+                stream.write(f"hpcray: the task {task.name} (task {task.task_id.hex()}) on rank "
+                             f"{task.rank} (pid {pid}) called os._exit({code}); {ending}; the "
+                             f"task's stack:\n{stack}")
+                stream.flush()
             if killed:
                 os.kill(pid, signal.SIGKILL)
             code = status

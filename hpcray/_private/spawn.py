@@ -20,6 +20,7 @@ import os
 import signal
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -76,16 +77,63 @@ def split_resources(resources: Optional[Dict[str, float]], workers: int) -> List
     return shares
 
 
+class CrashReports:
+    """Where spawned workers write their crash reports (faulthandler's, a task's ``os._exit``):
+    a file of the driver's, which it prints when it sees a worker die. On the terminal the
+    report is not enough: when a spawned worker dies by a signal, MPICH's launcher kills the
+    other workers and its proxies, and what the dead worker wrote last can be lost in the pipe
+    to its proxy (seen: 2 runs in 20 under load). The file is unlinked from the start (nothing
+    to leave behind, even after a SIGKILL); workers open it through ``/proc/<driver>/fd/<n>``."""
+
+    def __init__(self) -> None:
+        self.file: Optional[Any] = None
+        self.shown = 0  # bytes of it printed so far
+        if os.path.isdir(f"/proc/{os.getpid()}/fd"):
+            try:
+                self.file = tempfile.TemporaryFile(prefix="hpcray-crash-")
+            except OSError as exc:
+                logger.info("hpcray: spawned workers' crash reports go to the terminal only: %s", exc)
+
+    @property
+    def path(self) -> Optional[str]:
+        return f"/proc/{os.getpid()}/fd/{self.file.fileno()}" if self.file is not None else None
+
+    def unseen(self) -> str:
+        """What workers wrote since the last call."""
+        if self.file is None:
+            return ""
+        data = os.pread(self.file.fileno(), 1 << 20, self.shown)
+        self.shown += len(data)
+        return data.decode(errors="replace")
+
+
+CRASH_REPORTS: Optional[CrashReports] = None  # the driver's, made with its first spawn
+
+
+def open_crash_file(path: Optional[str]) -> Optional[Any]:
+    """A spawned worker: the driver's crash-report file, for appending (None: the terminal)."""
+    if not path:
+        return None
+    try:
+        return open(os.open(path, os.O_WRONLY | os.O_APPEND), "w", buffering=1)
+    except OSError:
+        return None
+
+
 def spawn_workers(count: int, num_gpus: Optional[float],
                   resources: Optional[Dict[str, float]]) -> Tuple[Any, Any]:
     """Start ``count`` worker ranks; returns (intercommunicator, merged intracommunicator), in
     which this process is rank 0."""
     from mpi4py import MPI
+    global CRASH_REPORTS
+    if CRASH_REPORTS is None:
+        CRASH_REPORTS = CrashReports()
     cwd = os.getcwd()
     payload = {
         "path": [os.path.abspath(p) if p else cwd for p in sys.path],
         "cwd": cwd,
         "driver": os.getpid(),
+        "crash_file": CRASH_REPORTS.path,
         # init()'s amounts are the job's totals: each worker gets its share, as under mpiexec
         "num_gpus": [share.get("GPU", 0.0) for share in split_resources({"GPU": num_gpus}, count)]
         if num_gpus is not None else None,
@@ -240,8 +288,11 @@ def watch_workers(world: Any, describe: Any) -> None:
             if dead and not world.exited:
                 try:
                     them = "them" if len(dead) > 1 else "it"
-                    sys.stderr.write(f"hpcray: spawned worker {describe(dead)} died (see the output "
-                                     f"above); the job cannot go on without {them}: ending the program\n")
+                    time.sleep(PROCESS_WATCH_S / 5)  # (a report being written as the process went)
+                    report = CRASH_REPORTS.unseen() if CRASH_REPORTS is not None else ""
+                    sys.stderr.write(report + f"hpcray: spawned worker {describe(dead)} died (see the "
+                                     f"output above); the job cannot go on without {them}: ending the "
+                                     "program\n")
                     sys.stderr.flush()
                 except BaseException:  # (no stderr, say): the program must end all the same
                     pass

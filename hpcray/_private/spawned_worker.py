@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from .config import PROCESS_WATCH_S
-from .spawn import process_alive
+from .spawn import open_crash_file, process_alive
 
 
 def _watch_driver(pid: int) -> None:
@@ -32,6 +32,8 @@ def main(payload: dict, parent: Any, merged: Any) -> None:
     """Serve as a worker rank of ``merged`` (the driver's spawn merged with its workers)."""
     threading.Thread(target=_watch_driver, args=(payload["driver"],), name="hpcray-driver-watch",
                      daemon=True).start()
+    from .runtime import report_crashes_to
+    report_crashes_to(open_crash_file(payload.get("crash_file")))
     from .comm import duplicate
     from .config import Config
     from .worker_rank import serve_worker
