@@ -311,7 +311,7 @@ class ActorHost:
         with self._loops_lock:  # (the actor's __init__ asks for it from a pool thread)
             if actor.loop is None:
                 loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=loop.run_forever, name=f"hpcray-actor-{actor.class_name}",
+                thread = threading.Thread(target=_serve_loop, args=(loop,), name=f"hpcray-actor-{actor.class_name}",
                                           daemon=True)
                 thread.start()
                 actor.loop = loop
@@ -333,6 +333,7 @@ class ActorHost:
 
     @staticmethod
     def _stop_loop(actor: HostedActor) -> None:
+        """The actor ended: its loop stops (``_serve_loop`` then closes it, on its own thread)."""
         if actor.loop is not None:
             actor.loop.call_soon_threadsafe(actor.loop.stop)
             actor.loop = None
@@ -386,3 +387,22 @@ class ActorHost:
         if spec.method == "__ray_ready__":
             return lambda: True
         return getattr(instance, spec.method)
+
+
+def _serve_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """An async actor's loop thread: run the loop until the actor ends, then cancel what is left
+    on it (calls of a killed actor, failed for their callers already) and close it here. A loop
+    left to the garbage collector unclosed closes itself in ``__del__`` on whatever thread that
+    is, after its self-pipe socket may have been collected first ("Invalid file descriptor")."""
+    try:
+        loop.run_forever()
+    finally:
+        try:
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            if left:  # one more turn, so each cancelled coroutine sees its CancelledError
+                loop.run_until_complete(asyncio.wait(left, timeout=1.0))
+            loop.close()
+        except BaseException:  # (a coroutine that will not end): the thread ends all the same
+            pass
