@@ -380,17 +380,13 @@ def host_view(tensor: Any) -> Tuple[np.ndarray, Callable[[], None]]:
     if module == "torch":
         if tensor.device.type == "cpu" and tensor.is_contiguous():
             return tensor.numpy(), lambda: None
+        # a GPU tensor, or a strided one: a contiguous host copy, written back on its device
         staged = tensor.detach().cpu().contiguous().numpy()
-        return staged, lambda: tensor.copy_(_torch_from(staged, tensor))
+        return staged, lambda: tensor.copy_(tensor.new_tensor(staged))
     if module == "cupy":
-        staged = tensor.get()
+        staged = tensor.get()  # device to host (CuPy's ndarray.get), host to device with set
         return staged, lambda: tensor.set(staged)
     raise TypeError(f"a collective operates on numpy arrays (or torch/CuPy tensors), not {type(tensor).__name__}")
-
-
-def _torch_from(array: np.ndarray, like: Any) -> Any:
-    import torch
-    return torch.from_numpy(array).to(like.device)
 
 
 def signature(what: str, array: np.ndarray, root: int = -1) -> tuple:

@@ -16,6 +16,66 @@ from .helpers import CaseSkipped, raises
 ENV = {"HPCRAY_NUM_CPUS": "4"}  # per worker rank under MPI; the process's CPUs on a single rank
 
 
+class _Device:
+    type = "cuda"
+
+
+class FakeCudaTensor:
+    """A torch tensor on a pretend GPU: its data is reached only through torch's calls that move
+    it (``.cpu()``, ``copy_``, ``new_tensor``), as a CUDA tensor's is; ``moves`` counts them."""
+    device = _Device()
+
+    def __init__(self, data):
+        self.data = np.array(data)  # "device memory"
+        self.moves = 0
+
+    def detach(self):
+        return self
+
+    def cpu(self):
+        self.moves += 1
+        return _HostTensor(self.data.copy())
+
+    def is_contiguous(self):
+        return True
+
+    def new_tensor(self, array):
+        self.moves += 1
+        return FakeCudaTensor(array)
+
+    def copy_(self, other):
+        self.data[...] = other.data
+        return self
+
+
+class _HostTensor:
+    def __init__(self, data):
+        self.data = data
+
+    def contiguous(self):
+        return self
+
+    def numpy(self):
+        return self.data
+
+
+class FakeCupyArray:
+    """A CuPy array on a pretend GPU: ``get()`` copies it to the host, ``set()`` back."""
+
+    def __init__(self, data):
+        self.device_data = np.array(data)
+
+    def get(self):
+        return self.device_data.copy()
+
+    def set(self, host):
+        self.device_data[...] = host
+
+
+FakeCudaTensor.__module__ = "torch"  # how hpcray tells torch and CuPy tensors apart
+FakeCupyArray.__module__ = "cupy.ndarray"
+
+
 @ray.remote(num_cpus=1)
 class Member:
     def __init__(self, rank, size):
@@ -100,6 +160,16 @@ class Member:
         strided = torch.ones(6, dtype=torch.float64)[::2]  # not contiguous: staged and copied back
         col.allreduce(strided, name, op=col.ReduceOp.MAX)
         return dense.tolist(), strided.tolist()
+
+    def device_arrays(self, name):
+        """GPU tensors are staged through host memory and written back on their device."""
+        tensor = FakeCudaTensor(np.full(3, self.rank + 1.0))
+        col.allreduce(tensor, name)
+        array = FakeCupyArray(np.full(2, self.rank + 5, dtype=np.int64))
+        col.allreduce(array, name, op=col.ReduceOp.MAX)
+        gathered = [FakeCupyArray(np.zeros(2)) for _ in range(self.size)]
+        col.allgather(gathered, FakeCudaTensor(np.full(2, 10.0 * self.rank)), name)
+        return tensor.data.tolist(), tensor.moves, array.device_data.tolist(), [g.device_data.tolist() for g in gathered]
 
     def strided(self, name):
         a = np.ones(4)[::2]
@@ -252,6 +322,19 @@ def case_the_driver_can_be_a_member():
     col.destroy_collective_group("with-driver")
     ray.get(helper.leave.remote("with-driver"))
     assert not col.is_group_initialized("with-driver")
+
+
+def case_gpu_tensors_are_staged_through_host_memory():
+    group, actors = members(2)
+    try:
+        ray.get([a.join.remote("gpu") for a in actors], timeout=60)
+        results = ray.get([a.device_arrays.remote("gpu") for a in actors], timeout=60)
+        for summed, moves, maximum, gathered in results:
+            assert summed == [3.0] * 3 and moves == 2, results  # one copy to the host, one back
+            assert maximum == [6, 6] and gathered == [[0.0, 0.0], [10.0, 10.0]], results
+        ray.get([a.leave.remote("gpu") for a in actors])
+    finally:
+        remove_placement_group(group)
 
 
 def case_torch_tensors_work_in_place():
