@@ -48,6 +48,19 @@ class FakeCudaTensor:
         return self
 
 
+class _Cpu:
+    type = "cpu"
+
+
+class FakeCpuTensor(FakeCudaTensor):
+    """A contiguous torch tensor on the CPU: reduced in place through the numpy view that shares
+    its memory, with no copy."""
+    device = _Cpu()
+
+    def numpy(self):
+        return self.data
+
+
 class _HostTensor:
     def __init__(self, data):
         self.data = data
@@ -72,7 +85,7 @@ class FakeCupyArray:
         self.device_data[...] = host
 
 
-FakeCudaTensor.__module__ = "torch"  # how hpcray tells torch and CuPy tensors apart
+FakeCudaTensor.__module__ = FakeCpuTensor.__module__ = "torch"  # how hpcray tells torch and CuPy tensors apart
 FakeCupyArray.__module__ = "cupy.ndarray"
 
 
@@ -169,7 +182,10 @@ class Member:
         col.allreduce(array, name, op=col.ReduceOp.MAX)
         gathered = [FakeCupyArray(np.zeros(2)) for _ in range(self.size)]
         col.allgather(gathered, FakeCudaTensor(np.full(2, 10.0 * self.rank)), name)
-        return tensor.data.tolist(), tensor.moves, array.device_data.tolist(), [g.device_data.tolist() for g in gathered]
+        host = FakeCpuTensor(np.full(2, 1.0 + self.rank))
+        col.allreduce(host, name, op=col.ReduceOp.PRODUCT)
+        return (tensor.data.tolist(), tensor.moves, array.device_data.tolist(),
+                [g.device_data.tolist() for g in gathered], host.data.tolist(), host.moves)
 
     def strided(self, name):
         a = np.ones(4)[::2]
@@ -329,9 +345,10 @@ def case_gpu_tensors_are_staged_through_host_memory():
     try:
         ray.get([a.join.remote("gpu") for a in actors], timeout=60)
         results = ray.get([a.device_arrays.remote("gpu") for a in actors], timeout=60)
-        for summed, moves, maximum, gathered in results:
+        for summed, moves, maximum, gathered, product, host_moves in results:
             assert summed == [3.0] * 3 and moves == 2, results  # one copy to the host, one back
             assert maximum == [6, 6] and gathered == [[0.0, 0.0], [10.0, 10.0]], results
+            assert product == [2.0, 2.0] and host_moves == 0, results  # a CPU tensor: in place
         ray.get([a.leave.remote("gpu") for a in actors])
     finally:
         remove_placement_group(group)
