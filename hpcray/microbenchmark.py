@@ -310,6 +310,15 @@ def case_100mb_argument_by_ref(f: Fixtures) -> Tuple[float, float]:
     return 100 * MB / 1e9, time.perf_counter() - started
 
 
+def case_100mb_argument_by_value(f: Fixtures) -> Tuple[float, float]:
+    """A 100 MB array of the driver's passed by value to a task on a worker."""
+    rt = f.rt
+    array = np.ones(100 * MB // 8)
+    started = time.perf_counter()
+    rt.get(f.consume.remote(array))
+    return 100 * MB / 1e9, time.perf_counter() - started
+
+
 def _driver_put_get(f: Fixtures, nbytes: int) -> Tuple[float, float]:
     rt = f.rt
     array = np.ones(nbytes // 8)
@@ -389,6 +398,7 @@ CASES: List[Tuple[str, Callable, str]] = [
     ("single client put gigabytes", case_put_gigabytes, "GB/s"),
     ("get 100 MB array from another rank", case_get_100mb_from_other_rank, "GB/s"),
     ("100 MB argument passed by ref", case_100mb_argument_by_ref, "GB/s"),
+    ("100 MB argument passed by value", case_100mb_argument_by_value, "GB/s"),
     ("driver put+get 1 MB", case_driver_put_get_1mb, "GB/s"),
     ("driver put+get 100 MB", case_driver_put_get_100mb, "GB/s"),
     ("worker put, other worker get 1 MB", case_worker_put_get_1mb, "GB/s"),

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from . import context
 from . import options as opt
 from . import protocol as P
-from .executor import NO_ARGUMENTS, ArgRef
+from .executor import IN_LAST_DEPENDENCY, NO_ARGUMENTS, ArgRef
 from .generators import ObjectRefGenerator
 from .interrupts import shielded
 from .object_ref import ObjectRef, object_id_of, return_ids_of
@@ -30,16 +30,32 @@ DEFAULT_TASK_RETRIES = 3  # Ray's default max_retries of a task
 
 
 # ---- arguments ------------------------------------------------------------------------------
-def pack_arguments(args: Tuple[Any, ...], kwargs: Dict[str, Any], owner: str,
-                   method: Optional[str] = None) -> Tuple[SerializedValue, List[bytes]]:
+def pack_arguments(session: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any], owner: str,
+                   method: Optional[str] = None) -> Tuple[SerializedValue, List[bytes], Optional[ObjectRef]]:
     """A call's arguments as they travel, top-level ObjectRefs replaced by placeholders, and the
     ids of those refs. A call without arguments shares one pickled value (nothing to pickle).
-    ``owner`` and ``method`` (the function, or the class and method) name the callee in errors."""
+    ``owner`` and ``method`` (the function, or the class and method) name the callee in errors.
+
+    Arguments that pickle to more than ``inline_max`` (100 KiB, Ray's rule for putting arguments
+    in its object store) become an object of the caller's, like ``put``: written once, into the
+    host's arena where it fits, read in place by a rank of this host, fetched by others, never
+    copied through the control path; the call then carries ``IN_LAST_DEPENDENCY`` and the object
+    is its last dependency, held by the scheduler until the call is done. The third value is
+    that object's ref: keep it until the call is submitted (None for small arguments)."""
     if not args and not kwargs:
-        return NO_ARGUMENTS, []
+        return NO_ARGUMENTS, [], None
     call_args, call_kwargs, deps = split_ref_arguments(args, kwargs)
     callee = owner if method is None else f"{owner}.{method}"
-    return try_serialize((call_args, call_kwargs), f"an argument of {callee}():"), deps
+    inline_max = session.arguments_inline_max
+    serialized = try_serialize((call_args, call_kwargs), f"an argument of {callee}():",
+                               shared=inline_max is not None)
+    if serialized.placement is None and (inline_max is None or (
+            not serialized.buffers and len(serialized.data) <= inline_max)
+            or serialized.nbytes <= inline_max):
+        return serialized, deps, None
+    held = session.client.put_serialized(serialized)
+    deps.append(held.binary())
+    return IN_LAST_DEPENDENCY, deps, held
 
 
 def split_ref_arguments(args: Tuple[Any, ...], kwargs: Dict[str, Any]):
@@ -172,7 +188,7 @@ def submit_task(session: Any, export: Export, plan: TaskPlan, args: Tuple[Any, .
     """Submit a task; its ObjectRef, a list of them (num_returns > 1) or None (num_returns=0)."""
     if plan.unfit is not None:
         raise plan.unfit
-    serialized, deps = pack_arguments(args, kwargs, plan.name)
+    serialized, deps, held = pack_arguments(session, args, kwargs, plan.name)
     fn_id, blob = export.get()
     client = session.client
     task_id = client.new_task_id()
@@ -191,7 +207,9 @@ def submit_task(session: Any, export: Export, plan: TaskPlan, args: Tuple[Any, .
     spec.stream_limit = plan.stream_limit
     if count == P.STREAMING:
         client.open_stream(task_id)
-    return generator_refs(session, task_id, count, plan.stream_limit, client.submit(spec, blob))
+    refs = client.submit(spec, blob)
+    del held  # (the scheduler holds the arguments' object from the SUBMIT on)
+    return generator_refs(session, task_id, count, plan.stream_limit, refs)
 
 
 # ---- actors -----------------------------------------------------------------------------------
@@ -234,7 +252,7 @@ def create_actor(session: Any, export: Export, class_name: str, meta_blob: bytes
                  plan: ActorPlan, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[bytes, ObjectRef]:
     """Create an actor: (actor id, ref of its handle object). With ``get_if_exists`` and a live
     actor of that name, that actor's (the scheduler counted its handle for us)."""
-    serialized, deps = pack_arguments(args, kwargs, class_name, "__init__")
+    serialized, deps, held = pack_arguments(session, args, kwargs, class_name, "__init__")
     fn_id, blob = export.get()
     client = session.client
     task_id = client.new_task_id()
@@ -248,6 +266,7 @@ def create_actor(session: Any, export: Export, class_name: str, meta_blob: bytes
                                         plan.lifetime, plan.max_concurrency, plan.groups, is_async,
                                         plan.get_if_exists, reply)
     ref = client.submit(spec, blob)[0]
+    del held  # (the scheduler holds the arguments' object from the SUBMIT on)
     if reply is None:
         return task_id, ref
     answer = client.await_reply(reply)
@@ -285,7 +304,7 @@ class MethodPlan:
 def call_actor(session: Any, actor_id: bytes, method: str, plan: MethodPlan, owner: str,
                args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[Any, List[bytes]]:
     """Submit an actor method call: (its ObjectRef, a list of them or None; the return ids)."""
-    serialized, deps = pack_arguments(args, kwargs, owner, method)
+    serialized, deps, held = pack_arguments(session, args, kwargs, owner, method)
     client = session.client
     task_id = client.new_task_id()
     count = plan.num_returns
@@ -300,4 +319,6 @@ def call_actor(session: Any, actor_id: bytes, method: str, plan: MethodPlan, own
     spec.stream_limit = plan.stream_limit
     if count == P.STREAMING:
         client.open_stream(task_id)
-    return generator_refs(session, task_id, count, plan.stream_limit, client.submit(spec, None)), return_ids
+    refs = client.submit(spec, None)
+    del held  # (the scheduler holds the arguments' object from the SUBMIT on)
+    return generator_refs(session, task_id, count, plan.stream_limit, refs), return_ids

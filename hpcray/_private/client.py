@@ -235,7 +235,10 @@ class CoreClient:
         if isinstance(value, ObjectRef):
             raise TypeError("Calling 'put' on an ObjectRef is not allowed. If you really want to do "
                             "this, you can wrap the ObjectRef in a list and call 'put' on it.")
-        serialized = try_serialize(value, "the value passed to put():", shared=True)
+        return self.put_serialized(try_serialize(value, "the value passed to put():", shared=True))
+
+    def put_serialized(self, serialized: SerializedValue) -> ObjectRef:
+        """``put`` of a value serialized already (``shared``: a large one may lie in the arena)."""
         object_id = object_id_of(self.new_task_id(), 0)
         with self.lock:
             self.store[object_id] = serialized

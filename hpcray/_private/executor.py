@@ -58,15 +58,22 @@ class ArgRef:
 
 NO_ARGUMENTS = serialize(([], {}))  # what every call without arguments carries (never changed)
 _NO_ARGUMENTS_DATA = NO_ARGUMENTS.data
+#: what a call whose arguments travel as an object carries: they are its last dependency
+IN_LAST_DEPENDENCY = serialize("hpcray: the arguments are the last dependency")
+_IN_LAST_DEPENDENCY_DATA = IN_LAST_DEPENDENCY.data
 
 
 def rebuild_arguments(args: SerializedValue, values: List[SerializedValue], ids: List[bytes]):
     if args.data == _NO_ARGUMENTS_DATA:
         return [], {}  # (it arrives as a copy: compared by its bytes)
-    call_args, call_kwargs = deserialize(args)
     for value in values:
         if value.is_error:  # an argument could not be fetched (ObjectLostError)
             raise deserialize(value)
+    if args.data == _IN_LAST_DEPENDENCY_DATA:  # large arguments, read where they lie (calls.py)
+        call_args, call_kwargs = deserialize(values[-1], ids[-1])
+        values, ids = values[:-1], ids[:-1]
+    else:
+        call_args, call_kwargs = deserialize(args)
     if values:
         resolved = [deserialize(v, object_id) for v, object_id in zip(values, ids)]
         call_args = [resolved[a.index] if type(a) is ArgRef else a for a in call_args]

@@ -74,6 +74,9 @@ class Session:
         self.status: Optional[StatusReporter] = None  # the driver's (status.py)
         self.node_id = ""
         self.host = ""
+        # a call's arguments larger than this travel as an object of the caller's (calls.py);
+        # None: one process, where nothing travels
+        self.arguments_inline_max = config.inline_max if loop.transport is not None else None
 
     @property
     def job_id_hex(self) -> str:

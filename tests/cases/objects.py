@@ -2,6 +2,7 @@
 
 import gc
 import os
+import time
 
 import numpy as np
 
@@ -9,7 +10,7 @@ import hpcray as ray
 from hpcray import exceptions
 from hpcray._private.api import query
 
-from .helpers import raises, wait_for_condition
+from .helpers import raises, scratch_file, wait_for_condition
 
 MB = 1 << 20
 
@@ -124,3 +125,59 @@ def case_lost_object_is_an_error_not_a_hang():
         return  # single rank: the value is in rank 0's own table, nothing can lose it
     ray.get([forget_everything.options(scheduling_strategy="SPREAD").remote() for _ in range(8)])
     raises(exceptions.ObjectLostError, ray.get, ref, timeout=20)
+
+
+@ray.remote
+class ArgumentHolder:
+    def __init__(self, array):
+        self.total = float(array.sum())
+
+    def add(self, array, scale=1.0):
+        return self.total + scale * float(array.sum())
+
+
+@ray.remote
+def mixes(a, b, box, small=0, big=None):
+    return float(a.sum()) + b + float(ray.get(box[0]).sum()) + small + float(big.sum())
+
+
+@ray.remote
+def gated(path, array):
+    while not os.path.exists(path):
+        time.sleep(0.02)
+    return float(array[0])
+
+
+@ray.remote
+def relays(nbytes):
+    return ray.get(checksum.remote(np.full(nbytes // 8, 4.0)))[0]
+
+
+def case_large_arguments_by_value_travel_as_objects_and_are_freed():
+    """Arguments over 100 KiB travel as an object of the caller's (Ray puts them in its object
+    store): the call gets them whole, and the object goes once the call is done."""
+    gc.collect()
+    wait_for_condition(lambda: query("stats")["tasks"] == 0)
+    objects_before = query("stats")["objects"]
+    array = np.full(4 * MB // 8, 2.0)
+    inner = ray.put(np.full(MB // 8, 3.0))
+    n, m = 4 * MB // 8, MB // 8
+    assert ray.get(mixes.remote(array, 1, [inner], small=5, big=array), timeout=60) == 2 * n + 1 + 3 * m + 5 + 2 * n
+    holder = ArgumentHolder.remote(array)
+    assert ray.get(holder.add.remote(array, scale=0.5), timeout=60) == 2 * n + n
+    assert ray.get(relays.remote(2 * MB), timeout=60) == 4.0 * (2 * MB // 8)  # from a task, on a worker
+    # while a call that has them runs, its arguments are one object more (where they travel)
+    gate = scratch_file("gate")
+    gc.collect()
+    wait_for_condition(lambda: query("stats")["tasks"] == 0)
+    objects_now = query("stats")["objects"]
+    running = gated.remote(gate, array)
+    extra = 2 if _mpi() else 1  # the return, and the arguments' object; one process moves nothing
+    wait_for_condition(lambda: query("stats")["objects"] == objects_now + extra, timeout=10)
+    open(gate, "w").close()
+    assert ray.get(running, timeout=60) == 2.0
+    os.remove(gate)
+    ray.kill(holder)
+    del inner, running, holder
+    gc.collect()
+    wait_for_condition(lambda: query("stats")["objects"] <= objects_before, timeout=10)
