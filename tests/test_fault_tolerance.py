@@ -75,9 +75,23 @@ def test_the_job_survives_a_dead_rank(ulfm, case, held):
         assert "IN_FLIGHT ActorDiedError" in proc.stdout and "it is being restarted" in proc.stdout, output
         assert "restarting it (restarts left: 0)" in proc.stderr, output
     if case == "object_lost":
-        assert re.search(r"LOST Object [0-9a-f]+ is lost: rank \d+, which held it, died", proc.stdout), output
+        assert re.search(r"LOST Object [0-9a-f]+ is lost: it lived on rank \d+ \(pid \d+ on [^)]+\), which died",
+                         proc.stdout), output
     if case == "collective_member_dies":  # the others' allreduce fails at once, naming it
         assert proc.stdout.count("member(s) [2] of the group died") == 2, output
+    assert shm_files() <= before, f"left in /dev/shm: {shm_files() - before}"
+
+
+def test_a_value_lost_with_its_rank_is_made_again_by_its_task(ulfm):
+    """Ray's lineage reconstruction: a task's return that lived only on the dead rank is made
+    again by running the task once more (it has retries left); one that cannot be is lost."""
+    before = shm_files()
+    proc, _ = run_ulfm("object_rebuilt", env={"HPCRAY_ARENA_BYTES": "0"})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "OK object_rebuilt" in proc.stdout, output
+    assert "REBUILT 2" in proc.stdout and "NOT_REBUILT" in proc.stdout, output
+    assert re.search(r"values made by task make_big lived on rank \d+ \(pid \d+ on [^)]+\), which died; "
+                     r"running the task again to make them \(attempt 2\)", proc.stderr), output
     assert shm_files() <= before, f"left in /dev/shm: {shm_files() - before}"
 
 

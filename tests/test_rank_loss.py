@@ -101,3 +101,62 @@ def test_a_call_in_flight_is_sent_again_when_max_task_retries_allows():
     assert any(d == second and m[0] == P.ACTOR_CALL and m[1].task_id == in_flight for d, m in sent)
     scheduler.handle(second, (P.TASK_DONE, in_flight, [serialize(7)], None, False))
     assert value_of(scheduler, in_flight + b"\x01") == 7
+
+
+def test_a_lost_value_is_made_again_by_its_task_where_lineage_is_kept():
+    """Lineage reconstruction: the task runs again; a REFETCH that came before the scheduler knew
+    of the death is answered once the value is there, and a task that needs it waits for it."""
+    scheduler, sent = make_scheduler(ranks=2, prefetch=0)
+    scheduler.keeps_lineage = True
+    ids = submit(scheduler, 1)
+    task_id, value_id = ids[0], ids[0] + b"\x01"
+    scheduler.tasks[task_id].retries_left = 3
+    holder = next(d for d, m in sent if m[0] == P.EXECUTE)
+    scheduler.handle(holder, (P.TASK_DONE, task_id, [serialize(b"x" * 10).stub(holder)], None, False))
+    other = 3 - holder
+    scheduler.handle(other, (P.REFETCH, value_id, holder))  # it saw the death first
+    consumer = (77).to_bytes(16, "big")
+    spec = P.TaskSpec(consumer, b"f" * 16, None, "consume", serialize(((), {})), [value_id],
+                      [consumer + b"\x01"], 1, {"CPU": 1.0}, 0, None, None, None, 0)
+    sent.clear()
+    scheduler.on_ranks_dead([holder])
+    scheduler.handle(0, (P.SUBMIT, spec))
+    scheduler.dispatch()
+    assert executed(sent) == [task_id] and scheduler.objects[value_id].value is None  # again, alone
+    assert scheduler.tasks[task_id].spec.attempt == 1
+    scheduler.handle(other, (P.TASK_DONE, task_id, [serialize(b"y" * 10)], None, False))
+    scheduler.dispatch()
+    assert deserialize(scheduler.objects[value_id].value) == b"y" * 10
+    assert (other, (P.OBJECT, value_id, scheduler.objects[value_id].value)) in sent  # the REFETCH
+    assert executed(sent)[-1] == consumer  # its argument is there now
+
+
+def test_without_retries_or_lineage_a_lost_value_stays_lost():
+    for keeps_lineage, retries in ((True, 0), (False, 3)):
+        scheduler, sent = make_scheduler(ranks=2)
+        scheduler.keeps_lineage = keeps_lineage
+        ids = submit(scheduler, 1)
+        scheduler.tasks[ids[0]].retries_left = retries
+        holder = next(d for d, m in sent if m[0] == P.EXECUTE)
+        scheduler.handle(holder, (P.TASK_DONE, ids[0], [serialize(b"x" * 10).stub(holder)], None, False))
+        scheduler.on_ranks_dead([holder])
+        assert isinstance(value_of(scheduler, ids[0] + b"\x01"), exceptions.ObjectLostError)
+        assert ids[0] not in scheduler.tasks
+
+
+def test_lineage_holds_the_arguments_until_its_values_are_freed():
+    scheduler, sent = make_scheduler(ranks=2)
+    scheduler.keeps_lineage = True
+    arg = b"a" * 20
+    scheduler.handle(0, (P.PUT, arg, serialize(1)))
+    task_id = (5).to_bytes(16, "big")
+    spec = P.TaskSpec(task_id, b"f" * 16, b"blob", "use", serialize(((), {})), [arg], [task_id + b"\x01"], 1,
+                      {"CPU": 1.0}, 3, None, None, None, 0)
+    scheduler.handle(0, (P.SUBMIT, spec))
+    scheduler.dispatch()
+    holder = next(d for d, m in sent if m[0] == P.EXECUTE)
+    scheduler.handle(holder, (P.TASK_DONE, task_id, [serialize(b"x" * 10).stub(holder)], None, False))
+    scheduler.handle(0, (P.HOLD, arg, -1))  # the caller drops its ref to the argument
+    assert arg in scheduler.objects  # the lineage holds it
+    scheduler.handle(0, (P.HOLD, task_id + b"\x01", -1))  # and the result goes
+    assert arg not in scheduler.objects and task_id + b"\x01" not in scheduler.objects

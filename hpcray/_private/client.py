@@ -489,6 +489,9 @@ class CoreClient:
         self.requested.discard(end)
 
     def deliver(self, object_id: bytes, value: SerializedValue) -> None:
+        plane = self.plane
+        if plane is not None and plane.reasked:  # a value whose holder died: made again, or lost
+            plane.answer_refetch(object_id, value)  # (rank_loss.on_refetch); this client's too:
         if object_id not in self.requested:
             return  # every local ref was dropped while the value was on its way
         if value.location is not None and self.plane is not None:

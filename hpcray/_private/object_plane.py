@@ -87,7 +87,9 @@ class ObjectPlane:
         self.fetching: Dict[bytes, List[Callable[[SerializedValue], None]]] = {}
         self.fetch_began: Dict[bytes, Tuple[float, int]] = {}  # (when, from which rank)
         self.arena = None  # the rank's SharedArena (arena.py), or None
-        self.dead: set = set()  # ranks that died (ULFM): what only they held is lost
+        self.dead: set = set()  # ranks that died (ULFM): what only they held is asked again
+        # values whose holder died, asked of the scheduler again (REFETCH): id -> callbacks
+        self.reasked: Dict[bytes, List[Callable[[SerializedValue], None]]] = {}
 
     def memory_report(self) -> dict:
         """Bytes of the values this rank keeps for others: in private memory, and in its arena
@@ -134,8 +136,8 @@ class ObjectPlane:
                 callback(SerializedValue(mapped[0], mapped[1], value.contained, False, None, placement))
             return True
         if location in self.dead:
-            callback(self._lost(object_id, f"rank {location}, which held it, died"))
-            return True
+            self._ask_again(object_id, location, [callback])
+            return False
         waiting = self.fetching.get(object_id)
         if waiting is not None:
             waiting.append(callback)
@@ -204,11 +206,33 @@ class ObjectPlane:
             callback(value)
 
     def on_ranks_dead(self, ranks: List[int]) -> None:
-        """Fetches from ranks that died fail (the transport dropped their transfers)."""
+        """Fetches from ranks that died are asked of the scheduler again (the transport dropped
+        their transfers)."""
         self.dead.update(ranks)
         for object_id, (_, source) in list(self.fetch_began.items()):
             if source in self.dead:
-                self.on_object_data(object_id, self._lost(object_id, f"rank {source}, which held it, died"))
+                del self.fetch_began[object_id]
+                self._ask_again(object_id, source, self.fetching.pop(object_id, []))
+
+    def _ask_again(self, object_id: bytes, dead: int, callbacks: List[Callable[[SerializedValue], None]]) -> None:
+        """The value's holder died: the scheduler knows whether its task makes it again (then
+        it answers with the new value) or it is lost (ObjectLostError)."""
+        waiting = self.reasked.get(object_id)
+        if waiting is not None:
+            waiting.extend(callbacks)
+            return
+        self.reasked[object_id] = list(callbacks)  # (before the send: rank 0 answers within it)
+        self.send(0, (P.REFETCH, object_id, dead))
+
+    def answer_refetch(self, object_id: bytes, value: SerializedValue) -> bool:
+        """The scheduler's answer (an OBJECT) to what ``_ask_again`` asked: resolve it for the
+        callbacks that waited; False when nothing here asked for it again."""
+        callbacks = self.reasked.pop(object_id, None)
+        if callbacks is None:
+            return False
+        for callback in callbacks:
+            self.resolve(object_id, value, callback)
+        return True
 
     def on_free(self, object_id: bytes) -> None:
         self.owned.pop(object_id, None)
@@ -217,6 +241,7 @@ class ObjectPlane:
         self.owned.clear()
         self.fetching.clear()
         self.fetch_began.clear()
+        self.reasked.clear()
 
     @staticmethod
     def _lost(object_id: bytes, why: str) -> SerializedValue:

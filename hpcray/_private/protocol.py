@@ -10,6 +10,7 @@ MPI message per destination per loop turn.
     TASK_DONE(task_id, values|None, error|None, retryable)
     BLOCKED(task_id) / UNBLOCKED(task_id)      OBJECT(object_id, value)
     GET_REQ([object_id])
+    REFETCH(object_id, dead_rank)              (answered with OBJECT: rebuilt, or ObjectLostError)
     PUT(object_id, value)
     HOLD(object_id, +1|-1)
     HELLO(rank_info)                           WELCOME(job, gpu_ids, resources, namespace,
@@ -68,6 +69,7 @@ STREAM_ITEM = 22  # (task id, index, value): a streaming task's next item (strea
 STREAM_ACK = 23  # (task id, consumed): the owner has taken this many items of a stream
 RANK_REPORT = 24  # (reply id, report): what RANK_REPORT_REQ asked of this rank (status.rank_report)
 PROGRESS = 25  # (state,): a progress bar's state, drawn by the driver (progress.py)
+REFETCH = 26  # (object_id, dead_rank): this rank wants the value that lived on the dead rank
 # downstream
 EXECUTE = 101
 OBJECT = 102

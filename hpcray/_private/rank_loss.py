@@ -10,8 +10,13 @@
                                                 max_task_retries allows another try; later calls
                                                 wait for the new instance. No restart left:
                                                 ActorDiedError for every call
-        values only it held (private memory) ─► ObjectLostError (a value in its arena segment is
-                                                still mapped by the ranks of its host)
+        values only it held (private memory) ─► made again by running their task once more where
+                                                its lineage is kept (Ray's lineage reconstruction:
+                                                a task with retries left, its arguments held);
+                                                else ObjectLostError (a value in its arena
+                                                segment is still mapped by the ranks of its host).
+                                                A rank that meets the dead holder asks again
+                                                (REFETCH) and gets the new value or the error
         placement-group bundles there        ─► placed again where they fit (their tasks wait)
         reports asked of it                  ─► answered without it
 
@@ -24,14 +29,29 @@ from __future__ import annotations
 import copy
 import logging
 from collections import deque
-from typing import Dict, List
+from typing import Any, Dict, List, Tuple
 
 from .. import exceptions
 from . import protocol as P
 from .actor_directory import ALIVE, DEAD, PENDING, ActorRecord, actor_key, caller_of, death_value
 from .protocol import RankInfo
+from .serialization import SerializedValue
 
 logger = logging.getLogger("hpcray")
+
+
+class Lineage:
+    """A finished task kept so that its returns can be made again if the rank holding them dies
+    (only where the job survives that: ``Scheduler.keeps_lineage``). It holds the task's
+    arguments (their entries' counts) until the last of its returns is freed."""
+
+    __slots__ = ("spec", "retries_left", "alive", "held")
+
+    def __init__(self, spec: P.TaskSpec, retries_left: int, alive: int, held: List[bytes]):
+        self.spec = spec
+        self.retries_left = retries_left  # runs left to make the values again (-1: no limit)
+        self.alive = alive  # its returns still in the object table
+        self.held = held  # the arguments it holds
 
 
 class RankLoss:
@@ -40,6 +60,9 @@ class RankLoss:
 
     def _init_rank_loss(self) -> None:
         self.dead_ranks: Dict[int, RankInfo] = {}
+        self.keeps_lineage = False  # the job survives dead ranks: keep what can rebuild values
+        # REFETCHes that name a rank not yet known dead: dead rank -> [(requester, object id)]
+        self.refetches: Dict[int, List[Tuple[int, bytes]]] = {}
 
     def on_ranks_dead(self, ranks: List[int]) -> None:
         """Worker ranks died: go on with the others (see the module's diagram)."""
@@ -58,21 +81,113 @@ class RankLoss:
             work = self.work_on_rank(rank)
             logger.error("hpcray: %s died%s; the job goes on with %d rank(s)", where,
                          f" (it held {work})" if work else "", len(self.ranks))
-            self._objects_lost_with(rank, where)
+            rebuilds = self._objects_lost_with(rank, where)
             self._bundles_lost_with(rank)
             self._tasks_lost_with(rank, where)
             self._actors_lost_with(rank, where)
+            self._rebuild(rebuilds, where)
             self._reports_without(rank)
+            for src, object_id in self.refetches.pop(rank, ()):
+                self.on_refetch(src, object_id, rank)
         self.dirty = True
 
+    # ---- lineage ------------------------------------------------------------------------
+    def keep_lineage(self, record: Any, values: List[SerializedValue]) -> None:
+        """A task finished: keep it if one of its returns lives only in a worker rank's private
+        memory and it could run again (its retries left, as Ray counts them)."""
+        spec = record.spec
+        if spec.num_returns < 0 or record.retries_left == 0:
+            return
+        for value in values:
+            if value.location is not None and value.placement is None:
+                break
+        else:
+            return
+        held = []
+        for object_id in list(spec.deps) + list(spec.args.contained):
+            entry = self.objects.get(object_id)
+            if entry is not None:
+                entry.refs += 1
+                held.append(object_id)
+        returns = [self.objects[r] for r in spec.return_ids if r in self.objects]
+        lineage = Lineage(spec, record.retries_left, len(returns), held)
+        for entry in returns:
+            entry.lineage = lineage
+
+    def lineage_released(self, lineage: Lineage) -> None:
+        """One of the task's returns was freed; with the last, its arguments go."""
+        lineage.alive -= 1
+        if lineage.alive == 0:
+            for object_id in lineage.held:
+                self._unpin(object_id)
+            lineage.held = []
+
+    def on_refetch(self, src: int, object_id: bytes, dead: int) -> None:
+        """A rank met the dead holder of a value: answer with the value (made again) or the error
+        once this scheduler has gone on without that rank."""
+        if dead in self.ranks:  # not known dead here yet: answered by on_ranks_dead
+            self.refetches.setdefault(dead, []).append((src, object_id))
+            return
+        entry = self.objects.get(object_id)
+        if entry is not None and entry.value is not None and entry.value.location == dead:
+            # in the dead rank's arena segment, which the asking rank (another host) cannot map
+            self.send(src, (P.OBJECT, object_id, self._error_value(exceptions.ObjectLostError(
+                object_id.hex(), message=f"Object {object_id.hex()} is lost: rank {dead}, which held it, "
+                                         "died, and its host's memory cannot be read from here"))))
+            return
+        self.on_get_request(src, [object_id])
+
     # ---- the steps ------------------------------------------------------------------------
-    def _objects_lost_with(self, rank: int, where: str) -> None:
+    def _objects_lost_with(self, rank: int, where: str) -> Dict[bytes, Lineage]:
+        """Values that lived only on the dead rank: pending again where their task can run once
+        more (returned, by task), else an ObjectLostError."""
+        rebuilds: Dict[bytes, Lineage] = {}
         for object_id, entry in list(self.objects.items()):
             value = entry.value
             if value is not None and value.location == rank and value.placement is None:
+                lineage = entry.lineage
+                if lineage is not None and lineage.retries_left != 0 and lineage.spec.task_id not in self.tasks:
+                    entry.value = None
+                    rebuilds[lineage.spec.task_id] = lineage
+                    continue
+                why = "" if entry.lineage is None else " (its task has no retries left to make it again)"
                 entry.value = self._error_value(exceptions.ObjectLostError(
                     object_id.hex(), message=f"Object {object_id.hex()} is lost: it lived on {where}, "
-                                             "which died"))
+                                             f"which died{why}"))
+        return rebuilds
+
+    def _rebuild(self, rebuilds: Dict[bytes, Lineage], where: str) -> None:
+        """Run each task once more for the values it made that were lost (after every lost value
+        is marked, so a task whose argument is being made again waits for it)."""
+        remade = {object_id for lineage in rebuilds.values() for object_id in lineage.spec.return_ids
+                  if object_id in self.objects and self.objects[object_id].value is None}
+        if remade:  # tasks and calls not sent yet whose arguments are among them wait again
+            for record in self.tasks.values():
+                if record.finished or record.rank is not None:
+                    continue
+                for dep in remade.intersection(record.spec.deps):
+                    entry = self.objects[dep]
+                    if entry.waiters is None:
+                        entry.waiters = []
+                    entry.waiters.append(record)
+                    record.missing += 1
+        for lineage in rebuilds.values():
+            spec = lineage.spec
+            spec.attempt += 1
+            if lineage.retries_left > 0:
+                lineage.retries_left -= 1
+            record = self.new_record(spec)
+            record.retries_left = lineage.retries_left
+            record.rebuild = True
+            logger.warning("hpcray: values made by task %s lived on %s, which died; running the task "
+                           "again to make them (attempt %d)", spec.name, where, spec.attempt + 1)
+            self.tasks[spec.task_id] = record
+            if not self._pin_arguments(record):
+                continue
+            if spec.deps and not self._await_arguments(record):
+                continue
+            if record.missing == 0:
+                self._make_ready(record)
 
     def _tasks_lost_with(self, rank: int, where: str) -> None:
         for record in [r for r in self.tasks.values() if r.rank == rank and not r.finished]:

@@ -431,6 +431,7 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env, spawn
     session = Session("driver", 0, job, loop, client, config, namespace, job_env)
     live = [info for info in world.workers if info.rank not in world.transport.dead]
     session.scheduler = Scheduler(loop.send, live, config.prefetch, job)
+    session.scheduler.keeps_lineage = fault_tolerant()  # lost values can be made again
     session.host, session.node_id = head_host, node_id_of(head_host)
     _wire(loop, session)
     for info in live:

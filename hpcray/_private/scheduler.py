@@ -42,7 +42,7 @@ logger = logging.getLogger("hpcray")
 
 
 class ObjectEntry:
-    __slots__ = ("value", "refs", "subscribers", "waiters", "seen")
+    __slots__ = ("value", "refs", "subscribers", "waiters", "seen", "lineage")
 
     def __init__(self, refs: int = 0):
         self.value: Optional[SerializedValue] = None
@@ -50,10 +50,12 @@ class ObjectEntry:
         self.subscribers: Optional[set] = None
         self.waiters: Optional[List["TaskRecord"]] = None
         self.seen = False  # an error that get() raised, a dependent task met, or a container holds
+        self.lineage = None  # the task that can make this value again (rank_loss.Lineage)
 
 
 class TaskRecord:
-    __slots__ = ("spec", "missing", "rank", "retries_left", "pins", "finished", "stealing", "cancelled")
+    __slots__ = ("spec", "missing", "rank", "retries_left", "pins", "finished", "stealing", "cancelled",
+                 "rebuild")
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec
@@ -64,6 +66,7 @@ class TaskRecord:
         self.finished = False
         self.stealing = False
         self.cancelled = False
+        self.rebuild = False  # a run that makes lost values again (rank_loss.py)
 
     def take_retry(self, retryable: bool) -> bool:
         """Whether the task (or actor call) runs again after this failure, which then uses one of
@@ -144,7 +147,7 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
             P.PIN: self.on_pin, P.HANDLED: self.on_handled, P.CANCEL: self.on_cancel, P.KILL: self.on_kill, P.ACTOR_EXITED: self.on_actor_exited, P.GET_ACTOR: self.on_get_actor,
             P.PG_CREATE: self.on_group_create, P.PG_READY: self.on_group_ready, P.PG_REMOVE: self.on_group_remove,
             P.STREAM_ITEM: self.on_stream_item, P.STREAM_ACK: self.on_stream_ack,
-            P.RANK_REPORT: self.on_rank_report, P.PROGRESS: self.on_progress,
+            P.RANK_REPORT: self.on_rank_report, P.PROGRESS: self.on_progress, P.REFETCH: self.on_refetch,
         }
         # requests waiting for ranks' reports: reply id -> (requester, ranks to hear from, reports)
         self.reports: Dict[bytes, tuple] = {}
@@ -189,7 +192,17 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
                 f"Task {spec.name}: NodeAffinitySchedulingStrategy names node {strategy.node_id}, "
                 "which is not part of this job")))
             return
-        for dep in set(spec.deps):
+        if spec.deps and not self._await_arguments(record):
+            return
+        if spec.kind == P.ACTOR_METHOD:
+            self.submit_actor_call(src, record)
+        elif record.missing == 0:
+            self._make_ready(record)
+
+    def _await_arguments(self, record: TaskRecord) -> bool:
+        """Count the task's top-level arguments still to come (it waits on their entries);
+        False, with the task failed, when one of them is an error."""
+        for dep in set(record.spec.deps):
             entry = self.objects[dep]
             if entry.value is None:
                 if entry.waiters is None:
@@ -199,11 +212,8 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
             elif entry.value.is_error:
                 entry.seen = True
                 self._finish(record, entry.value)
-                return
-        if spec.kind == P.ACTOR_METHOD:
-            self.submit_actor_call(src, record)
-        elif record.missing == 0:
-            self._make_ready(record)
+                return False
+        return True
 
     def _pin_arguments(self, record: TaskRecord) -> bool:
         """Hold the task's arguments (top-level and nested refs) until it ends; False, with the
@@ -445,7 +455,9 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
             queue = self.ready[shape]
             while queue:
                 record = queue[0]
-                if record.finished:
+                # an argument is being made again (rank_loss._rebuild): the record comes back to a
+                # queue when it is there, so an entry here may be stale (missing, or sent already)
+                if record.finished or record.missing or record.rank is not None:
                     queue.popleft()
                     continue
                 state = self._pick(record.spec)
@@ -539,8 +551,16 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
             siblings = self.children.get(spec.parent)
             if siblings is not None:
                 siblings.discard(spec.task_id)
-        for i, return_id in enumerate(spec.return_ids):
-            self._set_value(return_id, error if error is not None else values[i])
+        if record.rebuild:  # only the values that were lost: the others are still there
+            for i, return_id in enumerate(spec.return_ids):
+                entry = self.objects.get(return_id)
+                if entry is not None and entry.value is None:
+                    self._set_value(return_id, error if error is not None else values[i])
+        else:
+            for i, return_id in enumerate(spec.return_ids):
+                self._set_value(return_id, error if error is not None else values[i])
+            if error is None and self.keeps_lineage and values and spec.kind == P.TASK:
+                self.keep_lineage(record, values)
         if spec.num_returns == P.STREAMING:
             self.close_stream(spec.task_id, error)
         for object_id in record.pins:
@@ -590,6 +610,8 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
         if self.objects.get(object_id) is not entry:
             return  # already freed further down the same cascade
         del self.objects[object_id]
+        if entry.lineage is not None:
+            self.lineage_released(entry.lineage)
         if entry.value.is_error and not entry.seen and self.report_unhandled:
             self._report_unhandled(entry.value)
         if entry.value.location is not None:  # its rank keeps the value for consumers: drop it

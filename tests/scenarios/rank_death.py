@@ -93,6 +93,25 @@ class Counter:
         return np.arange(1_000_000, dtype=np.int64)
 
 
+@ray.remote(num_returns=2)
+def make_big(marker: str, scale: int):
+    """A large value (kept in its rank's private memory) and the pid that made it; each run is
+    counted in a file."""
+    with open(os.path.join(MARKS, marker), "a") as handle:
+        handle.write(f"{os.getpid()}\n")
+    return np.arange(1_000_000, dtype=np.int64) * scale, os.getpid()
+
+
+@ray.remote
+def total(array: np.ndarray) -> int:
+    return int(array.sum())
+
+
+def runs_of(marker: str) -> int:
+    with open(os.path.join(MARKS, marker)) as handle:
+        return len(handle.read().split())
+
+
 cpus = ray.cluster_resources()["CPU"]
 ray.get([rank_of.remote() for _ in range(8)])
 
@@ -174,6 +193,37 @@ elif CASE == "object_lost":
         raise AssertionError("no error")
     except ObjectLostError as exc:
         print("LOST", exc)
+
+elif CASE == "object_rebuilt":
+    # HPCRAY_ARENA_BYTES=0: the values die with their rank; their tasks run again (lineage)
+    from hpcray.util.placement_group import placement_group
+    from hpcray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    expected = int(np.arange(1_000_000, dtype=np.int64).sum())
+    group = placement_group([{"CPU": 1}])  # the three values are made on one rank
+    ray.get(group.ready(), timeout=30)
+    make_big = make_big.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0))
+    first, first_pid = make_big.remote("first", 1)
+    holder = ray.get(first_pid, timeout=30)
+    ray.wait([first], timeout=30, fetch_local=False)
+    # a second value made from the first, and one no task can make again
+    second, _ = make_big.remote("second", 2)
+    ray.wait([second], timeout=30, fetch_local=False)
+    lost, lost_pid = make_big.options(max_retries=0).remote("lost", 3)
+    ray.wait([lost], timeout=30, fetch_local=False)
+    os.kill(holder, signal.SIGKILL)  # the rank that holds the first value dies
+    wait_for_cpus(cpus - 1)
+    assert ray.get(total.remote(first), timeout=60) == expected  # a task that needs it waits for it
+    assert int(ray.get(first, timeout=60).sum()) == expected
+    assert runs_of("first") == 2, runs_of("first")
+    assert int(ray.get(second, timeout=60).sum()) == 2 * expected  # wherever it was, it is there
+    assert ray.get(lost_pid, timeout=30) == holder  # (made on the dead rank too)
+    try:
+        ray.get(lost, timeout=30)
+        raise AssertionError("no error")
+    except ObjectLostError as exc:  # max_retries=0: nothing makes it again
+        assert "which died" in str(exc), exc
+        print("NOT_REBUILT", exc)
+    print("REBUILT", runs_of("first"))
 
 elif CASE == "bundle_moved":
     from hpcray.util.placement_group import placement_group
