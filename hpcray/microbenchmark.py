@@ -18,6 +18,7 @@ import gc
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -434,12 +435,20 @@ def run_suite(rt: Any, workers: int, rounds: int, only: Optional[List[str]]) -> 
     return results
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process so far (every thread: on rank 0, the driver and the scheduler)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def scale_case(rt: Any, count: int) -> Dict[str, float]:
-    """Submit ``count`` no-op tasks: submission and completion rates, driver memory per task."""
+    """Submit ``count`` no-op tasks: submission and completion rates, driver memory per task, and
+    the driver process's CPU time per task (with hpcray: rank 0's, the scheduler's included)."""
     noop = rt.remote(lambda: None)
     rt.get(noop.remote())
     gc.collect()
     before = rss_bytes()
+    cpu_before = cpu_seconds()
     started = time.perf_counter()
     refs = [noop.remote() for _ in range(count)]
     submitted = time.perf_counter()
@@ -447,11 +456,13 @@ def scale_case(rt: Any, count: int) -> Dict[str, float]:
     for start in range(0, count, 10_000):
         rt.get(refs[start:start + 10_000])
     finished = time.perf_counter()
+    cpu = cpu_seconds() - cpu_before
     del refs
     gc.collect()
     return {"tasks": count, "submit_per_s": count / (submitted - started),
             "complete_per_s": count / (finished - started),
-            "driver_bytes_per_pending_task": (peak - before) / count}
+            "driver_bytes_per_pending_task": (peak - before) / count,
+            "driver_cpu_us_per_task": cpu / count * 1e6}
 
 
 #: the rows whose cost of recording the timeline is measured (timeline_cost)
@@ -570,7 +581,8 @@ def print_table(report: Dict[str, Any]) -> None:
             for row in report[side].get("scale", []):
                 print(f"{side}: {row['tasks']:,} no-op tasks: submit {row['submit_per_s']:,.0f}/s, "
                       f"complete {row['complete_per_s']:,.0f}/s, driver memory "
-                      f"{row['driver_bytes_per_pending_task']:,.0f} B per pending task")
+                      f"{row['driver_bytes_per_pending_task']:,.0f} B per pending task, driver CPU "
+                      f"{row['driver_cpu_us_per_task']:,.1f} us per task")
     print(f"limits: {report['limits']}")
 
 

@@ -5,7 +5,7 @@ from hpcray import exceptions
 from hpcray._private import protocol as P
 from hpcray._private.serialization import deserialize, serialize
 
-from test_scheduler import executed, make_scheduler, submit
+from test_scheduler import executed, make_scheduler, placement_path, submit  # noqa: F401 (a fixture)
 
 
 def value_of(scheduler, object_id):

@@ -19,6 +19,14 @@ class Clock:
         return self.now
 
 
+@pytest.fixture(autouse=True, params=["scan", "index"])
+def placement_path(request, monkeypatch):
+    """Every test runs with both ways of finding a rank: the scan of a small job and the
+    RoomIndex of a large one (forced here for a job of any size)."""
+    monkeypatch.setattr(S, "INDEX_RANKS", 10**9 if request.param == "scan" else 0)
+    return request.param
+
+
 @pytest.fixture
 def clock(monkeypatch):
     fake = Clock()
@@ -147,3 +155,31 @@ def test_no_rank_with_room_means_no_steal(clock):
     for _ in range(3):
         scheduler.dispatch()
     assert not [m for d, m in sent if m[0] == P.STEAL] and scheduler.steals_out == 0
+
+
+def test_a_large_job_places_every_task_once_and_keeps_every_rank_busy():
+    """Tasks end in a random order on 16 ranks: each task is sent once (a steal brings it back
+    first), starts on a rank with room before any is queued, and none is left behind."""
+    import random
+    rng = random.Random(7)
+    scheduler, sent = make_scheduler(ranks=16, prefetch=2)
+    ids = submit(scheduler, 200)
+    assert [d for d, m in sent if m[0] == P.EXECUTE][:16] == list(range(1, 17))  # one each first
+    finished = set()
+    while len(finished) < len(ids):
+        running = [(rank, t) for rank, state in scheduler.ranks.items() for t in state.ledger.running]
+        rank, task_id = rng.choice(running)
+        scheduler.handle(rank, (P.TASK_DONE, task_id, [serialize(None)], None, False))
+        scheduler.dispatch()
+        for dest, msg in list(sent):
+            if msg[0] == P.STEAL:  # a rank hands back what it has not started
+                sent.remove((dest, msg))
+                if msg[1] not in scheduler.ranks[dest].ledger.running:
+                    scheduler.handle(dest, (P.STOLEN, msg[1]))
+        scheduler.dispatch()
+        finished.add(task_id)
+        for state in scheduler.ranks.values():
+            assert state.ledger.running or not state.ledger.queued  # a queue only behind a task
+        if len(finished) < len(ids) - 16:  # while work is left, no rank sits idle
+            assert all(state.ledger.running for state in scheduler.ranks.values())
+    assert not scheduler.tasks and finished == set(ids)

@@ -35,6 +35,10 @@ RAW_MIN = 64 * 1024
 LOOKAHEAD_S = 2e-3
 #: ... but at most this many beyond those it runs (at least HPCRAY_PREFETCH)
 DEPTH_MAX = 64
+#: a job of more worker ranks than this places tasks through the scheduler's RoomIndex (which
+#: looks only at ranks whose resources changed); a smaller one scans its ranks, which costs
+#: less than keeping the index (measured: benchmarks/scheduler_scale.py)
+INDEX_RANKS = 8
 #: below this many bytes per rank an object arena is not worth having
 MIN_SEGMENT = 64 << 20
 #: the arena takes at most this share of the free space in /dev/shm (split among the host's ranks)

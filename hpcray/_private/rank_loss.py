@@ -72,6 +72,8 @@ class RankLoss:
                 continue
             self.dead_ranks[rank] = state.info
             self.order.remove(state)
+            if self.room is not None:
+                self.room.remove(state)
             peers = self.by_node.get(state.node_id, [])
             if state in peers:
                 peers.remove(state)

@@ -12,7 +12,7 @@ import hashlib
 import os
 import socket
 from collections import deque
-from typing import Deque, Dict, List, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 EPS = 1e-9
 
@@ -27,7 +27,7 @@ def fits(available: Dict[str, float], demand: Dict[str, float]) -> bool:
 class RankLedger:
     """Resources of one rank: running tasks hold their demand; the rest wait in FIFO order."""
 
-    __slots__ = ("total", "available", "running", "blocked", "queued", "reserved")
+    __slots__ = ("total", "available", "running", "blocked", "queued", "reserved", "on_room")
 
     def __init__(self, total: Dict[str, float]):
         self.total = dict(total)
@@ -36,6 +36,9 @@ class RankLedger:
         self.blocked: set = set()
         self.queued: Deque[Tuple[bytes, Dict[str, float]]] = deque()
         self.reserved: Dict[tuple, Tuple[Dict[str, float], Dict[str, float]]] = {}
+        # called when resources come back or the queue shrinks (the scheduler's picture of a
+        # rank: Scheduler.roomy); None on the rank's own ledger
+        self.on_room: Optional[Callable[[], None]] = None
 
     def reserve(self, key: tuple, bundle: Dict[str, float], added: Dict[str, float]) -> List[bytes]:
         """A placement-group bundle takes ``bundle`` from the free resources and offers ``added``
@@ -88,6 +91,8 @@ class RankLedger:
         demand = self.running.pop(task_id, None)
         if demand is None:
             self._drop_queued(task_id)
+            if self.on_room is not None:
+                self.on_room()
             return []
         if task_id in self.blocked:
             self.blocked.discard(task_id)
@@ -139,11 +144,14 @@ class RankLedger:
             self.available[key] = self.available.get(key, 0.0) + amount
 
     def _start_queued(self) -> List[bytes]:
+        """After resources came back (every caller): start what fits of the queue, in order."""
         started = []
         while self.queued and fits(self.available, self.queued[0][1]):
             task_id, demand = self.queued.popleft()
             self._start(task_id, demand)
             started.append(task_id)
+        if self.on_room is not None:
+            self.on_room()
         return started
 
     def _drop_queued(self, task_id: bytes) -> None:

@@ -16,13 +16,14 @@ make the scheduler rescan the tasks behind it.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections import Counter, deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from .. import exceptions
-from .config import DEPTH_MAX, LOOKAHEAD_S
+from .config import DEPTH_MAX, INDEX_RANKS, LOOKAHEAD_S
 from . import protocol as P
 from .actor_directory import DEAD, ActorDirectory
 from .object_ref import job_of
@@ -33,7 +34,7 @@ from .rank_loss import RankLoss
 from .state_views import StateViews
 from .streams import StreamDirectory
 from .protocol import RankInfo, TaskSpec
-from .resources import RankLedger, node_id_of
+from .resources import EPS, RankLedger, node_id_of
 from .config import ignore_unhandled_errors
 from .serialization import SerializedValue, deserialize, serialize
 
@@ -113,6 +114,104 @@ class RankState:
         return max(floor, min(DEPTH_MAX, int(LOOKAHEAD_S / pace)))
 
 
+class RoomIndex:
+    """Where a task that needs CPU and may run on any rank can go, without looking at every rank
+    of a large job (a scan of all ranks per task made rank 0's CPU per task grow with the job:
+    1.2 ms at 1,000 ranks). Two hints, kept up by each rank's ledger (``RankLedger.on_room``,
+    called when resources come back or its queue shrinks) and cleaned lazily as placement meets
+    stale entries:
+
+    - ``startable``: ranks that may start such a task now, the most recently freed first (a rank
+      that just finished a task is warm); a rank leaves when it has tasks queued or no CPU free;
+    - ``queues[q]``: ranks whose queue holds q tasks, below their depth (``RankState.depth``); a
+      task that can start nowhere is queued on the first rank of the shortest queue."""
+
+    def __init__(self, states: List[RankState], prefetch: int):
+        self.prefetch = prefetch
+        self.startable: "collections.OrderedDict[RankState, None]" = collections.OrderedDict()
+        # (depth() is at most DEPTH_MAX, or the prefetch floor where that is larger)
+        self.queues: List[Dict[RankState, None]] = [{} for _ in range(max(DEPTH_MAX, prefetch) + 1)]
+        self.filed: Dict[RankState, int] = {}  # rank -> its queue length when filed
+        self.holding: Dict[RankState, None] = {}  # ranks with tasks queued (for _rebalance)
+        for state in states:
+            self.add(state)
+
+    def add(self, state: RankState) -> None:
+        self.startable[state] = None
+        self.refile(state)
+        state.ledger.on_room = lambda: self.freed(state)
+
+    def remove(self, state: RankState) -> None:
+        state.ledger.on_room = None
+        self.startable.pop(state, None)
+        self.holding.pop(state, None)
+        old = self.filed.pop(state, None)
+        if old is not None:
+            self.queues[old].pop(state, None)
+
+    def freed(self, state: RankState) -> None:
+        self.startable[state] = None
+        self.startable.move_to_end(state, last=False)
+        self.refile(state)
+
+    def refile(self, state: RankState) -> None:
+        """File the rank under its queue's length (or nowhere when its queue is full). Called
+        whenever its queue changes: a task queued there (_execute_on), or the queue shrank."""
+        queued = len(state.ledger.queued)
+        if queued:
+            self.holding[state] = None
+        else:
+            self.holding.pop(state, None)
+        target = queued if queued < state.depth(self.prefetch) else None
+        old = self.filed.get(state)
+        if old == target:
+            return
+        if old is not None:
+            del self.queues[old][state]
+            del self.filed[state]
+        if target is not None:
+            self.queues[target][state] = None
+            self.filed[state] = target
+
+    def starter(self, demand: Dict[str, float], other_than: Optional[RankState] = None) -> Optional[RankState]:
+        """The first rank where the task starts now, or None."""
+        gone = []
+        chosen = None
+        for state in self.startable:
+            ledger = state.ledger
+            if state is not other_than and ledger.fits_now(demand):
+                chosen = state
+                break
+            if ledger.queued or ledger.available.get("CPU", 0.0) < EPS:
+                gone.append(state)  # no CPU task starts there until its ledger frees some
+        for state in gone:
+            del self.startable[state]
+        return chosen
+
+    def pick(self, demand: Dict[str, float]) -> Optional[RankState]:
+        """Where the task starts now, else the rank to queue it on (None: no rank has room)."""
+        chosen = self.starter(demand)
+        if chosen is not None:
+            return chosen
+        stale = []
+        left = len(self.filed)  # ranks filed: the buckets past the last of them are empty
+        for queued, states in enumerate(self.queues):
+            if not left:
+                break
+            left -= len(states)
+            for state in states:
+                if len(state.ledger.queued) != queued or queued >= state.depth(self.prefetch):
+                    stale.append(state)
+                elif state.ledger.can_ever_fit(demand):
+                    chosen = state
+                    break
+            if chosen is not None:
+                break
+        for state in stale:
+            self.refile(state)
+        return chosen
+
+
 class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, RankLoss):
     """Places tasks on ranks and keeps the object table. Every method runs in the loop's turns (one thread at a time)."""
 
@@ -122,6 +221,8 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
         self.prefetch = prefetch
         self.ranks: Dict[int, RankState] = {info.rank: RankState(info) for info in workers}
         self.order: List[RankState] = list(self.ranks.values())
+        # where a CPU task can go, in a job of many ranks (None: _pick scans the ranks)
+        self.room = RoomIndex(self.order, prefetch) if len(self.order) > INDEX_RANKS else None
         self.by_node: Dict[str, List[RankState]] = {}
         for state in self.order:
             self.by_node.setdefault(state.node_id, []).append(state)
@@ -264,7 +365,7 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
             state.failed += error is not None
         if state is not None and (record is None or record.spec.kind == P.TASK):
             state.ledger.finish(task_id)
-            state.completed()
+            state.completed()  # (a new pace, and so depth, counts from its next refile)
             self.dirty = True
         if record is None or record.finished:
             return
@@ -473,13 +574,15 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
         """Ask for queued tasks back when another rank could start them now (no hoarding). At
         most one task is on its way back per rank with an empty queue, and a shape of task that
         fits none of them is not tried again in the same pass."""
-        takers = [state for state in self.order if not state.ledger.queued]
-        if len(takers) <= self.steals_out or len(takers) == len(self.order):
+        if self.room is not None:
+            donors = list(self.room.holding)
+        else:
+            donors = [state for state in self.order if state.ledger.queued]
+        takers = len(self.order) - len(donors)  # ranks with nothing queued
+        if takers <= self.steals_out or not donors:
             return
         unfit: set = set()
-        for donor in self.order:
-            if not donor.ledger.queued:
-                continue
+        for donor in donors:
             for task_id, demand in donor.ledger.queued:
                 record = self.tasks.get(task_id)
                 if record is None or record.stealing or record.spec.kind != P.TASK:
@@ -488,19 +591,30 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
                 shape = (tuple(sorted(demand.items())), spec.strategy)
                 if shape in unfit:
                     continue
-                for state in self._candidates(spec, soft_ok=True):
-                    if state is not donor and state.ledger.fits_now(demand):
-                        record.stealing = True
-                        self.steals_out += 1
-                        self.send(donor.info.rank, (P.STEAL, task_id))
-                        if self.steals_out >= len(takers):
-                            return
-                        break
+                candidates = self._candidates(spec, soft_ok=True)
+                if self.room is not None and self._indexed(spec, candidates):
+                    taker = self.room.starter(demand, other_than=donor)
                 else:
+                    taker = next((s for s in candidates if s is not donor and s.ledger.fits_now(demand)), None)
+                if taker is None:
                     unfit.add(shape)
+                    continue
+                record.stealing = True
+                self.steals_out += 1
+                self.send(donor.info.rank, (P.STEAL, task_id))
+                if self.steals_out >= takers:
+                    return
+
+    def _indexed(self, spec: TaskSpec, candidates: List[RankState]) -> bool:
+        """Whether the task's placement can use the RoomIndex (where there is one): it needs
+        CPU, may go to any rank (DEFAULT, a soft affinity that fits nowhere, ...), and no round
+        robin (SPREAD)."""
+        return candidates is self.order and type(spec.strategy) is not Spread and spec.demand.get("CPU", 0.0) > EPS
 
     def _pick(self, spec: TaskSpec) -> Optional[RankState]:
         candidates = self._candidates(spec, soft_ok=True)
+        if self.room is not None and self._indexed(spec, candidates):
+            return self.room.pick(spec.demand)
         count = len(candidates)
         if count == 0:
             return None
@@ -529,7 +643,8 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
     def _execute_on(self, state: RankState, record: TaskRecord) -> None:
         spec = record.spec
         record.rank = state.info.rank
-        state.ledger.assign(spec.task_id, spec.demand)
+        if not state.ledger.assign(spec.task_id, spec.demand) and self.room is not None:
+            self.room.refile(state)  # one more queued there
         blob = None
         if spec.fn_id not in state.functions:
             blob = self.functions.get(spec.fn_id)

@@ -100,9 +100,9 @@ class StateViews:
         if len(self.finished_tasks) == self.finished_tasks.maxlen:
             self.finished_dropped += 1
         spec = record.spec
-        self.finished_tasks.append((_Ended(spec.task_id, spec.name, spec.kind, spec.attempt, spec.actor_id,
-                                           spec.demand, spec.parent, spec.strategy, spec.submitted, time.time(),
-                                           error), record.rank))
+        # a plain tuple of _Ended's fields and the rank (made into an _Ended when listed)
+        self.finished_tasks.append((spec.task_id, spec.name, spec.kind, spec.attempt, spec.actor_id, spec.demand,
+                                    spec.parent, spec.strategy, spec.submitted, time.time(), error, record.rank))
 
     def state_rows(self, kind: str) -> Any:
         if kind == "tasks":
@@ -148,7 +148,8 @@ class StateViews:
         rows = []
         for record in self.tasks.values():
             rows.append(self._task_row(record.spec, record.rank, self._live_state(record)))
-        for ended, rank in self.finished_tasks:
+        for fields in self.finished_tasks:
+            ended, rank = _Ended(*fields[:-1]), fields[-1]
             row = self._task_row(ended, rank, "FAILED" if ended.error is not None else "FINISHED")
             row["end_time_ms"] = ended.ended * 1e3
             row["_error"] = ended.error
