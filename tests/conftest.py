@@ -111,3 +111,13 @@ def check_mpi_case(module_name, case, env=None, ranks=MPI_RANKS, launch="mpi"):
         pytest.skip(detail)
     if outcome != "PASS":
         pytest.fail(f"case {case} failed under {where}:\n{detail}")
+
+
+@pytest.fixture(params=["scan", "index"])
+def placement_path(request, monkeypatch):
+    """The scheduler's two ways of finding a rank for a task: the scan of a small job and the
+    RoomIndex of a large one (forced here for a job of any size). Tests of the scheduler use
+    both (``pytestmark = pytest.mark.usefixtures("placement_path")``)."""
+    from hpcray._private import scheduler
+    monkeypatch.setattr(scheduler, "INDEX_RANKS", 10**9 if request.param == "scan" else 0)
+    return request.param

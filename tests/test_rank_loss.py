@@ -1,11 +1,15 @@
 """The scheduler's side of a dead rank (rank_loss.py) on its own, without MPI: what ULFM runs
 (test_fault_tolerance.py) checked on every machine, Open MPI or not. Sent messages are recorded."""
 
+import pytest
+
 from hpcray import exceptions
 from hpcray._private import protocol as P
 from hpcray._private.serialization import deserialize, serialize
 
-from test_scheduler import executed, make_scheduler, placement_path, submit  # noqa: F401 (a fixture)
+from test_scheduler import executed, make_scheduler, submit
+
+pytestmark = pytest.mark.usefixtures("placement_path")  # (conftest: the scan and the RoomIndex)
 
 
 def value_of(scheduler, object_id):

@@ -19,12 +19,7 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(autouse=True, params=["scan", "index"])
-def placement_path(request, monkeypatch):
-    """Every test runs with both ways of finding a rank: the scan of a small job and the
-    RoomIndex of a large one (forced here for a job of any size)."""
-    monkeypatch.setattr(S, "INDEX_RANKS", 10**9 if request.param == "scan" else 0)
-    return request.param
+pytestmark = pytest.mark.usefixtures("placement_path")  # (conftest: the scan and the RoomIndex)
 
 
 @pytest.fixture
