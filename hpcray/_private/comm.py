@@ -363,6 +363,8 @@ class CommLoop:
         self.on_forget: Callable[[List[bytes]], None] = lambda object_ids: None
         self.on_failure: Callable[[BaseException], None] = lambda error: None
         self.on_fatal: Optional[Callable[[BaseException], None]] = None  # ends the job (runtime)
+        # "pid P on HOST; it held tasks f; actors A": for the message when the loop fails (runtime)
+        self.describe: Callable[[], str] = lambda: f"pid {os.getpid()}"
         self.plane = None  # the rank's ObjectPlane
         self.on_fetch_local: Callable[[List[bytes]], None] = lambda ids: None
         self.on_remote: Optional[Callable[[int, tuple], bool]] = None
@@ -586,8 +588,12 @@ class CommLoop:
         then end the job (``on_fatal``) with this rank's traceback: a rank without its loop
         cannot take part in the job any more."""
         self.error = exc
-        logger.error("hpcray: the loop of rank %d failed (a bug in hpcray); the job ends", self.rank,
-                     exc_info=exc)
+        try:
+            where = self.describe()
+        except Exception as described:  # (the message must go out all the same)
+            where = f"pid {os.getpid()}; what it held is unknown: {described!r}"
+        logger.error("hpcray: the loop of rank %d (%s) failed (a bug in hpcray); the job ends", self.rank,
+                     where, exc_info=exc)
         self.running = False
         self.on_failure(exc)
         if self.on_fatal is not None:

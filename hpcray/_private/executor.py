@@ -163,7 +163,7 @@ class Executor:
         # Cancelling a running task raises KeyboardInterrupt in its thread. Both tables change
         # under _lock only, so the interrupt reaches a thread only while it runs that task.
         self.launched: set = set()  # tasks handed to a pool thread, not started yet
-        self.threads: Dict[bytes, tuple] = {}  # running task -> (thread ident, session)
+        self.threads: Dict[bytes, tuple] = {}  # running task -> (thread ident, session, name)
         self.cancelled: set = set()
         self.setup_error: Optional[SerializedValue] = None  # the session's setup hook failed here
         self._targeted: set = set()  # threads sent an interrupt that may not have landed yet
@@ -346,6 +346,14 @@ class Executor:
             self._threads.append(thread)
             thread.start()
 
+    def held(self) -> str:
+        """What this rank runs now, for a message about its end: "tasks f, g; actors A" (any
+        thread: a snapshot of the tables, never blocking)."""
+        tasks = sorted({entry[2] for entry in list(self.threads.values())})
+        actors = sorted({actor.class_name for actor in list(self.host.actors.values())})
+        parts = ([f"tasks {', '.join(tasks)}"] if tasks else []) + ([f"actors {', '.join(actors)}"] if actors else [])
+        return "; ".join(parts)
+
     def busy(self) -> bool:
         """Whether a thread is still running a task or call (the job is ending under it)."""
         with self._lock:
@@ -506,7 +514,7 @@ class Executor:
                 self.cancelled.discard(task_id)
                 return (P.TASK_DONE, task_id, None, cancelled_value(task_id), False) \
                     if session == self.session else None
-            self.threads[task_id] = (threading.get_ident(), session)
+            self.threads[task_id] = (threading.get_ident(), session, spec.name)
         env = task_environ(gpus, spec.env_vars)
         actor = self.host.creations.get(spec.task_id) if spec.kind == P.ACTOR_CREATE else None
         ctx = context.TaskContext(spec.task_id, spec.name, dict(spec.demand), env, self.rank, gpus,

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from . import context, object_ref, serialization
 from .arena import create_arena
@@ -390,10 +390,10 @@ def _start_single(config: Config, job: int, num_cpus, num_gpus, resources, names
     info = local_rank_info(0, config, num_cpus, num_gpus, resources)
     _finish_resources(info, share_gpus(config, [info])[0], host_memory_bytes() * MEMORY_SHARE, info.host)
     loop = CommLoop(0, None, config.spin_us, config.max_sleep_us, config.inline_progress)
-    end_job_on_loop_failure(loop, None)
     loop.refs.job = job
     client = CoreClient(0, job, loop)
     session = Session("driver", 0, job, loop, client, config, namespace, job_env)
+    end_job_on_loop_failure(loop, None, info.host, lambda: session.executor)
     session.scheduler = Scheduler(loop.send, [info], config.prefetch, job)
     session.executor = Executor(0, info.resources, info.gpu_ids, loop)
     session.host, session.node_id = info.host, node_id_of(info.host)
@@ -425,7 +425,7 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env, spawn
     world.job = job
     head_host = host_name(0, config.ranks_per_host)
     loop = CommLoop(0, world.transport, config.spin_us, config.max_sleep_us, config.inline_progress)
-    end_job_on_loop_failure(loop, world.comm)
+    end_job_on_loop_failure(loop, world.comm, head_host, lambda: None)  # (the driver runs no tasks)
     loop.refs.job = job
     client = CoreClient(0, job, loop)
     session = Session("driver", 0, job, loop, client, config, namespace, job_env)
@@ -667,9 +667,16 @@ def _at_exit() -> None:
 LOOP_FAILURE_EXIT = 70
 
 
-def end_job_on_loop_failure(loop: CommLoop, comm: Any) -> None:
-    """A rank whose loop failed ends the whole job at once, its traceback already logged: under
-    MPI by MPI_Abort (the launcher ends every rank), single rank by ending the process."""
+def end_job_on_loop_failure(loop: CommLoop, comm: Any, host: str, executor: Callable[[], Any]) -> None:
+    """A rank whose loop failed ends the whole job at once, its traceback already logged (with
+    its pid, host and what its executor ran: ``executor()`` gives it, or None): under MPI by
+    MPI_Abort (the launcher ends every rank), single rank by ending the process."""
+    def describe() -> str:
+        running = executor()
+        held = running.held() if running is not None else ""
+        return f"pid {os.getpid()} on {host}" + (f"; it held {held}" if held else "")
+    loop.describe = describe
+
     def fatal(exc: BaseException) -> None:
         sys.__stderr__.flush()
         if comm is not None:

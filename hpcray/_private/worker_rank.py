@@ -138,8 +138,8 @@ def serve_worker(comm: Any, config: Config, num_gpus: Optional[float] = None,
     transport = MPITransport(comm)
     arena = runtime.start_arena(comm, config)
     loop = CommLoop(rank, transport, config.spin_us, config.max_sleep_us, config.inline_progress)
-    runtime.end_job_on_loop_failure(loop, comm)
     agent = WorkerAgent(rank, loop, config, arena, spawned is not None)
+    runtime.end_job_on_loop_failure(loop, comm, host_name(rank, config.ranks_per_host), lambda: agent.executor)
     loop.agent = agent.handle
     loop.send(0, (P.HELLO, runtime.local_rank_info(rank, config, num_cpus=num_cpus, num_gpus=num_gpus,
                                                    resources=resources)))

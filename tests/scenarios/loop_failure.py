@@ -17,6 +17,19 @@ deadline = time.monotonic() + 30
 while armed != serving and time.monotonic() < deadline:
     armed |= set(ray.get([loop_bug.arm.remote() for _ in range(8)], timeout=30))
 print("FIRST", sorted(armed), flush=True)
+
+
+@ray.remote
+def held_up():
+    time.sleep(60)
+
+
+# every CPU busy: the failing rank is running a task (its message names it), explode queues there
+from hpcray.util.state import list_tasks  # noqa: E402
+cpus = int(ray.cluster_resources()["CPU"])
+busy = [held_up.remote() for _ in range(cpus)]
+while len(list_tasks(filters=[("name", "=", "held_up"), ("state", "=", "RUNNING")])) < cpus:
+    time.sleep(0.05)
 started = time.monotonic()
 try:
     ray.get(loop_bug.explode.remote(), timeout=60)
