@@ -26,8 +26,9 @@ ENV = {
 def _ready() -> bool:
     if not (os.path.exists(PYTHON) and os.path.exists(MPIEXEC)):
         return False
-    probe = subprocess.run([PYTHON, "-c", "import mpi4py.MPI, cloudpickle, numpy"], capture_output=True,
-                           timeout=60)
+    # (without MPI_Init: an Open MPI singleton leaves a 16 MB sm_segment file in /dev/shm)
+    probe = subprocess.run([PYTHON, "-c", "import mpi4py; mpi4py.rc.initialize = False; "
+                            "import mpi4py.MPI, cloudpickle, numpy"], capture_output=True, timeout=60)
     return probe.returncode == 0
 
 
@@ -47,6 +48,8 @@ def ensure() -> str:
 def has_ulfm() -> bool:
     """Whether this Open MPI was built with fault tolerance (ULFM)."""
     info = os.path.join(VENV, "bin", "ompi_info")
-    proc = subprocess.run([info, "--parsable", "--all"], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, **ENV))
+    # (only the MPI layer's parameters: `ompi_info --all` opens the shared-memory components and
+    # leaves a 16 MB sm_segment file in /dev/shm each time)
+    proc = subprocess.run([info, "--parsable", "--param", "mpi", "all", "--level", "9"], capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, **ENV))
     return "mca:mpi:ft:param:mpi_ft_enable:" in proc.stdout

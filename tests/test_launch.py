@@ -38,11 +38,14 @@ def test_an_mpi_that_does_not_speak_the_launchers_pmi_is_an_error(tmp_path):
     why = openmpi.ensure()
     if why:
         pytest.fail(f"the Open MPI environment could not be made: {why}")
+    before = set(os.listdir("/dev/shm"))
     proc = launch([mpiexec(), "-n", "2", openmpi.PYTHON], tmp_path)
     assert proc.returncode != 0
     assert "THE PROGRAM RAN" not in proc.stdout
     assert "the launcher started 2 copies" in proc.stderr
     assert "Open MPI" in proc.stderr and "--mpi=pmix" in proc.stderr
+    # each copy's Open MPI made a 16 MB segment its finalize would leave: removed at the refusal
+    assert set(os.listdir("/dev/shm")) <= before, set(os.listdir("/dev/shm")) - before
 
 
 def test_no_mpi_library_under_a_launcher_of_two_is_an_error(tmp_path):

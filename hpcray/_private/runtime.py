@@ -254,6 +254,10 @@ def _refuse_copies(fix: str) -> None:
     would do the whole job by itself (and a batch system report success). An error instead."""
     count, evidence = launcher_tasks()
     if count > 1:
+        # this copy's MPI (a singleton, started by another MPI's launcher) may have made shared
+        # memory that its finalize leaves behind (Open MPI's sm_segment, 16 MB): the program
+        # ends here, so its /dev/shm names go now
+        unlink_mapped_shm()
         raise RuntimeError(f"hpcray.init(): the launcher started {count} copies of this program ({evidence}), "
                            f"but this one would run alone, as would each copy: the whole program {count} times "
                            f"over. {fix}.")
