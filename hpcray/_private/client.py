@@ -118,7 +118,7 @@ class CoreClient:
         self.want_values: set = set()  # ids whose value (not only a stub) a caller waits for
         self.sleepers = 0  # threads asleep on ``cond`` (changed only under it)
         # get/wait calls that had to wait, for the status table's progress lines (under ``lock``):
-        # waiter -> (thread name, objects asked, objects needed, waiting since, time.time())
+        # waiter -> (thread name, objects asked, objects needed, waiting since: time.time())
         self.long_waits: Dict[_Waiter, Tuple[str, int, int, float]] = {}
         # rank 0: the scheduler is in this process and delivers the returns of the tasks this
         # rank submits as they arrive, unasked (Scheduler.on_submit subscribes us)
