@@ -49,6 +49,8 @@ def pack_arguments(session: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any], 
     inline_max = session.arguments_inline_max
     serialized = try_serialize((call_args, call_kwargs), f"an argument of {callee}():",
                                shared=inline_max is not None)
+    # (most calls: no out-of-band buffers, so the pickle's length is the size: nbytes would sum
+    # the buffers' views on every call)
     if serialized.placement is None and (inline_max is None or (
             not serialized.buffers and len(serialized.data) <= inline_max)
             or serialized.nbytes <= inline_max):
