@@ -9,6 +9,7 @@ import time
 import pytest
 
 from conftest import MPI_RANKS, alive, run_mpi, run_single, run_spawn
+from hpcray._private.config import INDEX_RANKS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCENARIOS = os.path.join(HERE, "scenarios")
@@ -167,3 +168,13 @@ def test_timeline_path_with_recording_off_is_an_error_at_init(tmp_path):
                env={"HPCRAY_TIMELINE": str(tmp_path / "t.json"), "HPCRAY_TIMELINE_EVENTS": "0"})
     assert proc.returncode == 1 and "HPCRAY_TIMELINE_EVENTS=0" in proc.stderr, proc.stdout + proc.stderr
     assert "driver failed on purpose" not in proc.stderr, proc.stderr  # init() itself refused
+
+
+@pytest.mark.parametrize("mode", ["mpi", "spawn"])  # (one process has one rank: no index to use)
+def test_a_job_of_many_ranks_places_through_the_room_index(mode):
+    workers = INDEX_RANKS + 2
+    if mode == "mpi":
+        proc = run_mpi([os.path.join(SCENARIOS, "many_ranks.py")], ranks=workers + 1, timeout=180)
+    else:
+        proc = run("spawn", "many_ranks.py", timeout=180, env={"HPCRAY_SPAWN_WORKERS": str(workers)})
+    assert proc.returncode == 0 and f"MANY_RANKS_OK {workers}" in proc.stdout, proc.stdout + proc.stderr
