@@ -168,11 +168,7 @@ class RankLoss:
                 if record.finished or record.rank is not None:
                     continue
                 for dep in remade.intersection(record.spec.deps):
-                    entry = self.objects[dep]
-                    if entry.waiters is None:
-                        entry.waiters = []
-                    entry.waiters.append(record)
-                    record.missing += 1
+                    self._wait_on(self.objects[dep], record)
         for lineage in rebuilds.values():
             spec = lineage.spec
             spec.attempt += 1

@@ -306,15 +306,20 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
         for dep in set(record.spec.deps):
             entry = self.objects[dep]
             if entry.value is None:
-                if entry.waiters is None:
-                    entry.waiters = []
-                entry.waiters.append(record)
-                record.missing += 1
+                self._wait_on(entry, record)
             elif entry.value.is_error:
                 entry.seen = True
                 self._finish(record, entry.value)
                 return False
         return True
+
+    @staticmethod
+    def _wait_on(entry: ObjectEntry, record: TaskRecord) -> None:
+        """The task waits for this argument's value (``_set_value`` counts it down)."""
+        if entry.waiters is None:
+            entry.waiters = []
+        entry.waiters.append(record)
+        record.missing += 1
 
     def _pin_arguments(self, record: TaskRecord) -> bool:
         """Hold the task's arguments (top-level and nested refs) until it ends; False, with the
