@@ -19,7 +19,6 @@ import argparse
 import collections
 import json
 import os
-import resource
 import sys
 import time
 
@@ -28,14 +27,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from hpcray._private import protocol as P  # noqa: E402
 from hpcray._private.scheduler import Scheduler  # noqa: E402
 from hpcray._private.serialization import serialize  # noqa: E402
+from hpcray.microbenchmark import cpu_seconds  # noqa: E402
 
 NO_ARGS = serialize(((), {}))
 DONE = [serialize(None)]
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def run(ranks: int, tasks: int, in_flight: int) -> dict:

@@ -47,10 +47,6 @@ class Recorder:
         else:
             self.complete = _record_nothing  # type: ignore[method-assign]
 
-    @property
-    def recording(self) -> bool:
-        return self.events.maxlen != 0
-
     def complete(self, name: str, category: str, start: float, detail: Any = None) -> None:
         """An event that began at ``start`` (``time.time()``) ends now, on this thread."""
         events = self.events
