@@ -10,7 +10,9 @@ thread. The same class serves the driver and tasks running on worker ranks.
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import logging
+import operator
 import queue
 import threading
 import time
@@ -32,6 +34,10 @@ logger = logging.getLogger("hpcray")
 
 #: kept under the id after a stream's last item (compared by identity): the stream has ended
 STREAM_END_MARK = serialize(None)
+_location = operator.attrgetter("location")
+#: what wait() reads for an id with no value here (a location no value has)
+_ABSENT_LOCATION = -1
+_ABSENT = SerializedValue(b"", [], [], location=_ABSENT_LOCATION)
 #: the count a dropped stream reports as taken (no producer is ever that far ahead)
 STREAM_DROPPED = 1 << 62
 
@@ -262,19 +268,19 @@ class CoreClient:
             raise
 
     def wait(self, refs: Sequence[Any], num_returns: int, timeout: Optional[float],
-             fetch_local: bool = True):
-        """ObjectRefs, and generators (ready when their next item or their end is here)."""
-        ids = []
-        append = ids.append
-        for ref in refs:
-            if type(ref) is ObjectRef:
-                append(ref._id)
-            elif isinstance(ref, ObjectRef):
-                append(ref.binary())
-            else:
-                next_id = ref.next_id()
-                self.requested.add(next_id)  # pushed to us: never asked for
-                append(next_id)
+             fetch_local: bool = True, ids: Optional[List[bytes]] = None):
+        """ObjectRefs, and generators (ready when their next item or their end is here); ``ids``:
+        the refs' ids where the caller has them (plain ObjectRefs only)."""
+        if ids is None:
+            ids = []
+            append = ids.append
+            for ref in refs:
+                if isinstance(ref, ObjectRef):
+                    append(ref.binary())
+                else:
+                    next_id = ref.next_id()
+                    self.requested.add(next_id)  # pushed to us: never asked for
+                    append(next_id)
         ready, not_ready = self._split(refs, ids, num_returns, fetch_local)
         if len(ready) < num_returns:  # (else nothing to wait for: no lock, no request)
             try:
@@ -287,12 +293,14 @@ class CoreClient:
     def _split(self, refs: Sequence[Any], ids: List[bytes], num_returns: int, fetch_local: bool):
         """(ready, not ready), in input order, at most ``num_returns`` ready; with ``fetch_local``
         a value held on another rank is not ready until it is here."""
-        store = self.store
+        values = list(map(self.store.get, ids, itertools.repeat(_ABSENT)))
+        here = set(map(_location, values))
+        if here == {None} or (not fetch_local and _ABSENT_LOCATION not in here):
+            return list(refs[:num_returns]), list(refs[num_returns:])  # all ready (C loops only)
         ready, not_ready = [], []
         room = num_returns
-        for ref, object_id in zip(refs, ids):
-            value = store.get(object_id) if room else None
-            if value is not None and (value.location is None or not fetch_local):
+        for ref, value in zip(refs, values):
+            if room and value is not _ABSENT and (value.location is None or not fetch_local):
                 ready.append(ref)
                 room -= 1
             else:

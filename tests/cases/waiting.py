@@ -74,3 +74,19 @@ def case_wait_many():
     refs = [quick.remote(i) for i in range(300)]
     ready, not_ready = ray.wait(refs, num_returns=300, timeout=60)
     assert len(ready) == 300 and not not_ready
+
+
+def case_wait_splits_ready_refs_in_input_order_for_every_count():
+    refs = [quick.remote(i) for i in range(6)]
+    ray.get(refs)
+    for count in range(1, 7):
+        ready, not_ready = ray.wait(refs, num_returns=count)
+        assert ready == refs[:count] and not_ready == refs[count:], count
+    pending = sleepy.remote(2)
+    mixed = refs[:2] + [pending] + refs[2:]
+    for fetch_local in (True, False):
+        ready, not_ready = ray.wait(mixed, num_returns=5, timeout=0, fetch_local=fetch_local)
+        assert ready == refs[:5] and not_ready == [pending, refs[5]], fetch_local
+        ready, not_ready = ray.wait(mixed, num_returns=7, timeout=0.2, fetch_local=fetch_local)
+        assert ready == refs and not_ready == [pending], fetch_local
+    assert ray.get(pending) == 2
