@@ -34,9 +34,9 @@ def test_ids_follow_their_layout():
     assert (first, second) == (make_task_id(7, 3, 1), make_task_id(7, 3, 2))
     assert first[:8] == (7).to_bytes(4, "big") + (3).to_bytes(4, "big") and len(first) == 16
     assert int.from_bytes(second[8:], "big") == 2
-    assert return_ids_of(first, 1) == [object_id_of(first, 1)]
-    assert return_ids_of(first, 3) == [object_id_of(first, i) for i in (1, 2, 3)]
-    assert return_ids_of(first, 0) == []
+    assert return_ids_of(first, 1) == (object_id_of(first, 1),)
+    assert return_ids_of(first, 3) == tuple(object_id_of(first, i) for i in (1, 2, 3))
+    assert return_ids_of(first, 0) == ()
     assert job_of(object_id_of(second, 1)) == 7
 
 

@@ -136,7 +136,7 @@ class ActorDirectory:
         if error is None:
             if actor.restarts_left != 0 and actor.creation is None:
                 actor.creation = spec  # kept for new instances, with its arguments
-                actor.pins, record.pins = record.pins, []
+                actor.pins, record.pins = list(record.pins), ()
             if actor.state == PENDING:
                 actor.state = ALIVE
                 if state is not None:
@@ -166,7 +166,10 @@ class ActorDirectory:
         entry = self.objects.get(actor.handle_id)
         if entry is not None:
             entry.refs += 1
-            record.pins.append(actor.handle_id)
+            if record.pins:
+                record.pins.append(actor.handle_id)
+            else:
+                record.pins = [actor.handle_id]
         caller = caller_of(spec)
         queue = actor.callers.get(caller)
         if queue is None:

@@ -43,7 +43,7 @@ def pack_arguments(session: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any], 
     is its last dependency, held by the scheduler until the call is done. The third value is
     that object's ref: keep it until the call is submitted (None for small arguments)."""
     if not args and not kwargs:
-        return NO_ARGUMENTS, [], None
+        return NO_ARGUMENTS, (), None
     call_args, call_kwargs, deps = split_ref_arguments(args, kwargs)
     callee = owner if method is None else f"{owner}.{method}"
     inline_max = session.arguments_inline_max
@@ -54,10 +54,10 @@ def pack_arguments(session: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any], 
     if serialized.placement is None and (inline_max is None or (
             not serialized.buffers and len(serialized.data) <= inline_max)
             or serialized.nbytes <= inline_max):
-        return serialized, deps, None
+        return serialized, tuple(deps), None  # (tuples: see return_ids_of)
     held = session.client.put_serialized(serialized)
     deps.append(held.binary())
-    return IN_LAST_DEPENDENCY, deps, held
+    return IN_LAST_DEPENDENCY, tuple(deps), held
 
 
 def split_ref_arguments(args: Tuple[Any, ...], kwargs: Dict[str, Any]):

@@ -15,7 +15,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import struct
-from typing import Any
+from typing import Any, Tuple
 
 from . import serialization
 
@@ -38,12 +38,13 @@ def object_id_of(task_id: bytes, index: int) -> bytes:
 _FIRST = _INDEX.pack(1)
 
 
-def return_ids_of(task_id: bytes, count: int) -> list:
-    """The ids of a task's ``count`` return values (indexes 1..count)."""
+def return_ids_of(task_id: bytes, count: int) -> Tuple[bytes, ...]:
+    """The ids of a task's ``count`` return values (indexes 1..count): a tuple, which the cyclic
+    collector stops walking after one look (a list per pending task it walks again and again)."""
     if count == 1:
-        return [task_id + _FIRST]  # (most tasks)
+        return (task_id + _FIRST,)  # (most tasks)
     pack = _INDEX.pack
-    return [task_id + pack(i) for i in range(1, count + 1)]
+    return tuple([task_id + pack(i) for i in range(1, count + 1)])
 
 
 def job_of(object_id: bytes) -> int:

@@ -42,6 +42,11 @@ logger = logging.getLogger("hpcray")
 
 
 
+#: the subscribers of a value the driver's own client submitted (shared: one set less per task,
+#: which Python's cyclic collector would walk again and again while the task is pending)
+DRIVER_ONLY = frozenset((0,))
+
+
 class ObjectEntry:
     __slots__ = ("value", "refs", "subscribers", "waiters", "seen", "lineage")
 
@@ -63,7 +68,7 @@ class TaskRecord:
         self.missing = 0
         self.rank: Optional[int] = None
         self.retries_left = spec.max_retries
-        self.pins: List[bytes] = []
+        self.pins: "List[bytes] | tuple" = ()  # (a list once there are some)
         self.finished = False
         self.stealing = False
         self.cancelled = False
@@ -274,7 +279,7 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
         for return_id in spec.return_ids:
             objects[return_id] = entry = ObjectEntry(refs=1)  # the submitter's hold
             if src == 0:  # this rank's client: its returns are delivered as they are set, so its
-                entry.subscribers = {0}  # get() finds them here (no GET_REQ, see CoreClient.submit)
+                entry.subscribers = DRIVER_ONLY  # get() finds them here (no GET_REQ, see CoreClient.submit)
         if spec.kind == P.ACTOR_CREATE and not self.submit_actor_creation(src, record):
             for return_id in spec.return_ids:  # answered without a new actor: nothing to run
                 self._set_value(return_id, serialize(None))
@@ -326,13 +331,14 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
         task failed, when one of them is gone."""
         spec = record.spec
         lost = None
+        pins = record.pins = list(record.pins)
         for object_id in list(spec.deps) + list(spec.args.contained):
             entry = self.objects.get(object_id)
             if entry is None:
                 lost = lost or object_id
                 continue
             entry.refs += 1
-            record.pins.append(object_id)
+            pins.append(object_id)
         if lost is not None:
             self._finish(record, self._error_value(exceptions.ObjectLostError(
                 lost.hex(), message=f"Task {spec.name}: its argument {lost.hex()} was freed or lost")))
@@ -426,8 +432,8 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
             elif entry.value is not None:
                 self.send(src, (P.OBJECT, object_id, entry.value))
             else:
-                if entry.subscribers is None:
-                    entry.subscribers = set()
+                if entry.subscribers is None or entry.subscribers is DRIVER_ONLY:
+                    entry.subscribers = set(entry.subscribers or ())
                 entry.subscribers.add(src)
 
     def _lost_message(self, object_id: bytes) -> str:
@@ -685,7 +691,7 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
             self.close_stream(spec.task_id, error)
         for object_id in record.pins:
             self._unpin(object_id)
-        record.pins = []
+        record.pins = ()
 
     def _set_value(self, object_id: bytes, value: SerializedValue) -> None:
         entry = self.objects.get(object_id)
