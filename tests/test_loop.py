@@ -61,7 +61,7 @@ def test_messages_keep_every_field_in_their_wire_form():
                       3, b"retry", {"A": "1"}, Spread(), 2)
     spec.kind, spec.actor_id, spec.method, spec.group = P.ACTOR_METHOD, b"a" * 16, "m", "g"
     messages = [
-        (P.SUBMIT, spec), (P.EXECUTE, spec, b"blob", [plain, stub, with_buffer]), (P.EXECUTE, spec, None, []),
+        (P.SUBMIT, spec), (P.EXECUTE, spec, b"blob", [plain, stub, with_buffer], (3, 1)), (P.EXECUTE, spec, None, [], None),
         (P.ACTOR_CALL, spec, [error]), (P.TASK_DONE, b"t" * 16, [plain, stub], None, False),
         (P.TASK_DONE, b"t" * 16, None, error, True), (P.OBJECT, b"o" * 20, with_buffer), (P.OBJECT, b"o" * 20, plain),
         (P.HOLD, b"o" * 20, -1), (P.STREAM_ITEM, b"t" * 16, 3, plain), (P.STREAM_ITEM, b"t" * 16, 4, stub),

@@ -164,3 +164,67 @@ def test_lineage_holds_the_arguments_until_its_values_are_freed():
     assert arg in scheduler.objects  # the lineage holds it
     scheduler.handle(0, (P.HOLD, task_id + b"\x01", -1))  # and the result goes
     assert arg not in scheduler.objects and task_id + b"\x01" not in scheduler.objects
+
+
+def test_a_new_process_takes_a_dead_ranks_number_resources_and_work():
+    """replacement.py: the HELLO of the new process at a dead rank's number brings the rank back
+    with the dead one's resources (it is welcomed), and tasks go there again."""
+    scheduler, sent = make_scheduler(ranks=2, prefetch=0)
+    welcomed = []
+    scheduler.on_rank_back = welcomed.append
+    scheduler.on_ranks_dead([2])
+    assert scheduler.resources_view()["total"]["CPU"] == 1.0
+    scheduler.handle(2, (P.HELLO, P.RankInfo(2, "host-b", 4242, {"CPU": 8.0}, [], [])))
+    assert [(i.rank, i.pid, i.host, i.resources["CPU"]) for i in welcomed] == [(2, 4242, "host-b", 1.0)]
+    assert scheduler.resources_view()["total"]["CPU"] == 2.0
+    assert scheduler.generations == {2: 1}
+    sent.clear()
+    submit(scheduler, 2)
+    assert sorted(d for d, m in sent if m[0] == P.EXECUTE) == [1, 2]
+    scheduler.handle(1, (P.HELLO, P.RankInfo(1, "host", 1, {"CPU": 1.0}, [], [])))  # (not dead: ignored)
+    assert len(welcomed) == 1
+
+
+def test_a_refetch_names_the_process_that_held_the_value():
+    """After a replacement, a REFETCH about the process that died (generation 0) is answered at
+    once; one about the new process (generation 1), not yet known dead, waits for its death."""
+    scheduler, sent = make_scheduler(ranks=2, prefetch=0)
+    scheduler.keeps_lineage = True
+    ids = submit(scheduler, 2)
+    for task_id in ids:
+        holder = next(d for d, m in sent if m[0] == P.EXECUTE and m[1].task_id == task_id)
+        scheduler.handle(holder, (P.TASK_DONE, task_id, [serialize(b"v" * 10).stub(holder)], None, False))
+    on_two = next(t for t in ids if scheduler.objects[t + b"\x01"].value.location == 2)
+    scheduler.on_ranks_dead([2])
+    scheduler.handle(2, (P.HELLO, P.RankInfo(2, "host", 4242, {}, [], [])))
+    sent.clear()
+    scheduler.handle(1, (P.REFETCH, on_two + b"\x01", 2, 0))
+    answers = [m for d, m in sent if d == 1 and m[0] == P.OBJECT and m[1] == on_two + b"\x01"]
+    assert len(answers) == 1 and isinstance(deserialize(answers[0][2]), exceptions.ObjectLostError)
+    sent.clear()
+    fresh = submit(scheduler, 1, start=10)[0]
+    scheduler.handle(2, (P.TASK_DONE, fresh, [serialize(b"w" * 10).stub(2)], None, False))
+    scheduler.handle(1, (P.REFETCH, fresh + b"\x01", 2, 1))
+    assert not [m for d, m in sent if d == 1 and m[0] == P.OBJECT]  # the new process is alive
+    scheduler.on_ranks_dead([2])
+    assert [m[1] for d, m in sent if d == 1 and m[0] == P.OBJECT] == [fresh + b"\x01"]
+
+
+def test_a_new_process_sends_a_fetch_of_what_it_never_held_to_the_scheduler():
+    """The new process at a dead rank's number answers a FETCH of a value it does not hold with
+    None (maybe the dead one's); the asking rank then asks the scheduler about the process before."""
+    from hpcray._private.object_plane import ObjectPlane
+    to_new, to_scheduler = [], []
+    new = ObjectPlane(2, lambda dest, msg: to_new.append((dest, msg)), 100, None)
+    new.replacement = True
+    asker = ObjectPlane(1, lambda dest, msg: to_scheduler.append((dest, msg)), 100, None)
+    asker.on_replaced([2])
+    got = []
+    asker.resolve(b"o" * 20, serialize(b"x").stub(2), got.append)
+    assert to_scheduler == [(2, (P.FETCH, b"o" * 20))]
+    new.on_fetch(1, b"o" * 20)
+    assert to_new == [(1, (P.OBJECT_DATA, b"o" * 20, None))]
+    asker.on_object_data(b"o" * 20, None)
+    assert to_scheduler[-1] == (0, (P.REFETCH, b"o" * 20, 2, 0)) and got == []
+    asker.answer_refetch(b"o" * 20, serialize(b"again"))
+    assert [deserialize(v) for v in got] == [b"again"]

@@ -178,3 +178,67 @@ def test_a_large_job_places_every_task_once_and_keeps_every_rank_busy():
         if len(finished) < len(ids) - 16:  # while work is left, no rank sits idle
             assert all(state.ledger.running for state in scheduler.ranks.values())
     assert not scheduler.tasks and finished == set(ids)
+
+
+class FakeClaims:
+    """claims.ClaimBoard's scheduler side, without MPI: ``taken`` says how take_back ends."""
+
+    def __init__(self, taken):
+        self.taken = taken
+        self.handed, self.tried, self.back = [], [], []
+
+    def hand_out(self, rank):
+        claim = (rank, len(self.handed))
+        self.handed.append(claim)
+        return claim
+
+    def take_back(self, claim):
+        self.tried.append(claim)
+        return self.taken
+
+    def give_back(self, rank, claim):
+        self.back.append(claim)
+
+
+def queued_behind_a_new_function(claims):
+    """Rank 1 runs a task of a function never seen to end, a second task queues behind it, and
+    rank 2 runs out of work."""
+    scheduler, sent = make_scheduler(ranks=2, prefetch=2)
+    scheduler.claims = claims
+    first = submit(scheduler, 1)[0]
+    submit(scheduler, 2, start=1)
+    queued = [t for t, _ in scheduler.ranks[1].ledger.queued]
+    assert len(queued) == 1 and scheduler.tasks[queued[0]].claim is not None
+    done(scheduler, 2, executed(sent, 2)[0])
+    return scheduler, sent, first, queued[0]
+
+
+def test_a_task_queued_behind_an_unknown_one_is_taken_back_without_asking_the_rank():
+    """claims.py: a rank stuck in a call that holds the GIL cannot answer a STEAL; its queued
+    task is taken back through its claim and runs on the rank with room at once."""
+    claims = FakeClaims(taken=True)
+    scheduler, sent, first, queued = queued_behind_a_new_function(claims)
+    assert not [m for d, m in sent if m[0] == P.STEAL]
+    assert claims.tried == claims.back == claims.handed
+    assert queued in executed(sent, 2) and scheduler.tasks[queued].rank == 2
+    assert not scheduler.ranks[1].ledger.queued and scheduler.tasks[queued].claim is None
+
+
+def test_a_claimed_task_that_started_stays_and_gives_its_cell_back_when_done():
+    claims = FakeClaims(taken=False)
+    scheduler, sent, first, queued = queued_behind_a_new_function(claims)
+    assert claims.tried == claims.handed and claims.back == []  # it runs there: nothing moves
+    assert not [m for d, m in sent if m[0] == P.STEAL] and queued not in executed(sent, 2)
+    done(scheduler, 1, first)
+    done(scheduler, 1, queued)
+    assert claims.back == claims.handed
+
+
+def test_a_task_queued_behind_a_short_function_gets_no_claim():
+    scheduler, sent = make_scheduler(ranks=2, prefetch=2)
+    scheduler.claims = claims = FakeClaims(taken=True)
+    done(scheduler, 1, submit(scheduler, 1)[0])  # (ends at once: its function is short)
+    first = submit(scheduler, 1, start=1)[0]
+    submit(scheduler, 2, start=2)
+    queued = [t for t, _ in scheduler.ranks[scheduler.tasks[first].rank].ledger.queued]
+    assert queued and all(scheduler.tasks[t].claim is None for t in queued) and claims.handed == []

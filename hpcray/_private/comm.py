@@ -33,7 +33,7 @@ import pickle
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -131,13 +131,26 @@ class MPITransport:
     raw messages on ``TAG_BIG``, in pieces of at most 1 GiB (objects over 2 GiB work). The
     receiver posts Irecvs for those and holds any later batch from the same source until the
     large one is complete, so batches from one rank are handled in the order they were sent.
+
+    After dead ranks were replaced (``grow``, ULFM only) the job has several communicators:
+    generation 0, the one it started with, and one more per replacement, each holding every
+    rank alive then. Ranks keep their job numbers; two ranks talk on the communicator where the
+    later of the two joined (both sides pick the same one, so each pair's messages stay in order),
+    through that communicator's numbering.
     """
 
-    def __init__(self, comm: Any):
+    def __init__(self, comm: Any, generation: int = 0, numbers: Optional[List[int]] = None):
         from mpi4py import MPI
         self.MPI = MPI
-        self.comm = comm
-        self.rank = comm.Get_rank()
+        self.comm = comm  # the communicator this process joined the job with
+        self.generation = generation  # and its generation (a replacement's is above 0)
+        self.comms: Dict[int, Any] = {generation: comm}
+        # job rank -> the generation its process joined in (absent: 0); per generation, the job
+        # rank of each of its ranks (absent: the same numbers)
+        self.joined: Dict[int, int] = {}
+        self.numbers: Dict[int, List[int]] = {generation: numbers} if numbers is not None else {}
+        self.routed = generation != 0  # (else every rank talks on ``comm``: the common case)
+        self.rank = numbers[comm.Get_rank()] if numbers is not None else comm.Get_rank()
         self.size = comm.Get_size()
         self.sending: List[tuple] = []  # (request, buffer kept alive until sent)
         self.sending_raw: List[tuple] = []  # (request, buffer kept alive until sent)
@@ -149,6 +162,7 @@ class MPITransport:
         self.serialized = MPI.Query_thread() >= MPI.THREAD_SERIALIZED
         # ranks known dead (ULFM only: elsewhere a dead rank ends the job), and who hears of them
         self.dead: set = set()
+        self.deaths = 0  # processes that died in this job (a replaced rank is no longer in ``dead``)
         self.revoked = False  # the job's end after a death revoked the communicator
         self.on_dead: Callable[[List[int]], None] = lambda ranks: None
 
@@ -165,33 +179,42 @@ class MPITransport:
         if dest in self.dead or self.revoked:
             return
         stream = pickle.dumps(batch, protocol=5, buffer_callback=out_of_band)
+        comm, peer = self.route(dest) if self.routed else (self.comm, dest)
         try:
             if not buffers and len(stream) < SMALL_FRAME:
                 frame = FRAME_SMALL + stream
-                self.sending.append((self.comm.Isend([frame, MPI.BYTE], dest, TAG), frame, dest))
+                self.sending.append((comm.Isend([frame, MPI.BYTE], peer, TAG), frame, dest))
                 return
             views = [memoryview(stream)] + [contiguous(b) for b in buffers]
             header = FRAME_LARGE + pickle.dumps([v.nbytes for v in views], protocol=5)
-            self.sending.append((self.comm.Isend([header, MPI.BYTE], dest, TAG), header, dest))
+            self.sending.append((comm.Isend([header, MPI.BYTE], peer, TAG), header, dest))
             self.send_buffers(dest, views, TAG_BIG)
         except MPI.Exception as exc:
             self.failed(exc)
 
     def receive(self, limit: int = 64) -> List[tuple]:
         """Up to ``limit`` batches that arrived, as (source, batch); never blocks in MPI."""
-        MPI = self.MPI
         got = self.ready
         self.ready = []
+        if not self.routed:
+            self._receive_on(self.comm, None, limit, got)
+        else:
+            for generation, comm in list(self.comms.items()):
+                self._receive_on(comm, self.numbers.get(generation), limit, got)
+        return got
+
+    def _receive_on(self, comm: Any, numbers: Optional[List[int]], limit: int, got: List[tuple]) -> None:
+        MPI = self.MPI
         status = self._status
         for _ in range(limit if not self.revoked else 0):
             try:
-                message = self.comm.Improbe(MPI.ANY_SOURCE, TAG, status)
+                message = comm.Improbe(MPI.ANY_SOURCE, TAG, status)
             except MPI.Exception as exc:  # (a wildcard probe is how a rank's death shows first)
                 self.failed(exc)
                 break
             if message is None:
                 break
-            source = status.Get_source()
+            source = status.Get_source() if numbers is None else numbers[status.Get_source()]
             frame = bytearray(status.Get_count(MPI.BYTE))
             message.Recv([frame, MPI.BYTE])  # a probed small message: already here
             if frame[:1] == FRAME_SMALL:
@@ -203,7 +226,12 @@ class MPITransport:
                     queue.append([batch])  # behind a large batch still arriving
             else:
                 self._receive_large(source, pickle.loads(memoryview(frame)[1:]))
-        return got
+
+    def route(self, rank: int) -> Tuple[Any, int]:
+        """(communicator, its number for ``rank``) on which this process talks to job rank ``rank``."""
+        generation = max(self.joined.get(rank, 0), self.generation)
+        numbers = self.numbers.get(generation)
+        return self.comms[generation], (rank if numbers is None else numbers.index(rank))
 
     def _receive_large(self, source: int, sizes: List[int]) -> None:
         queue = self.held.get(source)
@@ -230,11 +258,12 @@ class MPITransport:
         """Isend raw buffers (no pickling, no copy), in order, on ``tag``, in pieces of at most
         ``CHUNK`` bytes."""
         MPI = self.MPI
+        comm, peer = self.route(dest) if self.routed else (self.comm, dest)
         for buffer in buffers:
             view = memoryview(buffer).cast("B")
             for start in range(0, max(len(view), 1), CHUNK):
                 piece = view[start:start + CHUNK]
-                self.sending_raw.append((self.comm.Isend([piece, MPI.BYTE], dest, tag), piece, dest))
+                self.sending_raw.append((comm.Isend([piece, MPI.BYTE], peer, tag), piece, dest))
 
     def receive_buffers(self, source: int, sizes: List[int], callback: Any, allocate: Any,
                         tag: int = TAG_DATA) -> None:
@@ -242,12 +271,13 @@ class MPITransport:
         ``send_buffers`` made) into ``allocate(size)`` buffers; ``callback(buffers)`` when all
         are in."""
         MPI = self.MPI
+        comm, peer = self.route(source) if self.routed else (self.comm, source)
         buffers = [allocate(size) for size in sizes]
         requests = []
         for buffer in buffers:
             view = memoryview(buffer)
             for start in range(0, max(len(view), 1), CHUNK):
-                requests.append(self.comm.Irecv([view[start:start + CHUNK], MPI.BYTE], source, tag))
+                requests.append(comm.Irecv([view[start:start + CHUNK], MPI.BYTE], peer, tag))
         self.receiving.append((requests, buffers, callback, source))
 
     def read_remote(self, window: Any, target: int, spans: List[tuple], callback: Any, allocate: Any) -> None:
@@ -304,14 +334,7 @@ class MPITransport:
         if not fault_tolerant():
             raise exc
         MPI = self.MPI
-        comm = self.comm
-        group = comm.Get_failed()
-        comm.Ack_failed()
-        try:
-            ranks = MPI.Group.Translate_ranks(group, list(range(group.Get_size())), comm.Get_group())
-        finally:
-            group.Free()
-        new = sorted(set(ranks) - self.dead)
+        new = sorted(self._failed_ranks() - self.dead)
         if not new:
             if exc.Get_error_class() == getattr(MPI, "ERR_REVOKED", -1):
                 # the driver revoked the communicator: the job ends (finalize_after_failure)
@@ -322,6 +345,7 @@ class MPITransport:
                 return  # a failure already handled, seen again by another request
             raise exc
         self.dead.update(new)
+        self.deaths += len(new)
         self.sending = [e for e in self.sending if e[2] not in self.dead]
         self.sending_raw = [e for e in self.sending_raw if e[2] not in self.dead]
         lost = [e for e in self.receiving if e[3] in self.dead]
@@ -334,6 +358,56 @@ class MPITransport:
         for source in new:
             self.held.pop(source, None)  # a large batch it was sending: never complete
         self.on_dead(new)
+
+    def _failed_ranks(self) -> set:
+        """Job ranks whose current process a communicator of this process reports failed
+        (acknowledged, so that wildcard receives work again). A number reported by a generation
+        older than the one its process joined in is a replaced process's: not counted."""
+        MPI = self.MPI
+        failed = set()
+        for generation, comm in self.comms.items():
+            group = comm.Get_failed()
+            comm.Ack_failed()
+            world = comm.Get_group()
+            try:
+                ranks = MPI.Group.Translate_ranks(group, list(range(group.Get_size())), world)
+            finally:
+                group.Free()
+                world.Free()
+            numbers = self.numbers.get(generation)
+            for rank in ranks:
+                job_rank = rank if numbers is None else numbers[rank]
+                if self.joined.get(job_rank, 0) <= generation:
+                    failed.add(job_rank)
+        return failed
+
+    def grow(self, replaced: List[int], command: str, args: List[str]) -> int:
+        """Replace the dead ranks ``replaced`` by new processes (``command args``, started by rank
+        0): every live rank of the job calls this at once (ULFM's Shrink, then MPI_Comm_spawn,
+        a merge, and a split that orders the new communicator by job rank). Returns the new
+        generation; raises MPI.Exception if a step failed (then nothing changed here)."""
+        MPI = self.MPI
+        latest = max(self.comms)
+        shrunk = self.comms[latest].Shrink()
+        inter = merged = None
+        try:
+            inter = shrunk.Spawn(command, args=args, maxprocs=len(replaced), root=0)
+            merged = inter.Merge(high=False)
+            grown = merged.Split(0, self.rank)
+        finally:
+            for made in (merged, inter, shrunk):
+                if made is not None:
+                    made.Free()
+        grown.Set_errhandler(MPI.ERRORS_RETURN)
+        numbers = grown.allgather(self.rank)
+        generation = latest + 1
+        self.comms[generation] = grown
+        self.numbers[generation] = numbers
+        for rank in replaced:
+            self.joined[rank] = generation
+        self.dead.difference_update(replaced)
+        self.routed = True
+        return generation
 
     def busy(self) -> bool:
         return bool(self.sending or self.sending_raw)
@@ -382,12 +456,20 @@ class CommLoop:
         self.lending = Lending()
         # ranks that died (ULFM): the object plane and scheduler go on without them, then this
         self.on_ranks_dead: Callable[[List[int]], None] = lambda ranks: None
+        # steps for the end of the next turn, outside any message's handling: they may block in
+        # a collective MPI call (replacement.py)
+        self.deferred: List[Callable[[], None]] = []
         if transport is not None:
             transport.on_dead = self._ranks_died
 
     # ---- any thread ----------------------------------------------------------------------
     def post(self, item: tuple) -> None:
         self.commands.append(item)
+        self.nudge()
+
+    def defer(self, step: Callable[[], None]) -> None:
+        """Run ``step`` at the end of the next turn (any thread)."""
+        self.deferred.append(step)
         self.nudge()
 
     def nudge(self) -> None:
@@ -609,7 +691,8 @@ class CommLoop:
         3. ``_schedule``: rank 0 places what became ready.
         4. ``_flush``: this turn's outgoing batches (unless a guest holds them back).
         5. ``_bookkeeping``: what step 1 set aside.
-        6. ``_progress_transfers``: completes sends and large receives."""
+        6. ``_progress_transfers``: completes sends and large receives.
+        7. ``_run_deferred``: steps that block in collective MPI calls (replacing dead ranks)."""
         later: List[tuple] = []
         progress = self._run_commands(later) if self.commands else False
         transport = self.transport
@@ -627,7 +710,16 @@ class CommLoop:
             self._bookkeeping(later)
         if transport is not None and self._progress_transfers(transport):
             progress = True
+        if self.deferred:
+            self._run_deferred()
+            progress = True
         return progress
+
+    def _run_deferred(self) -> None:
+        steps, self.deferred = self.deferred, []
+        self._send_outbox()  # (what this turn made leaves before the rank blocks)
+        for step in steps:
+            step()
 
     def _run_commands(self, later: List[tuple]) -> bool:
         commands = self.commands

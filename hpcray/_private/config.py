@@ -39,6 +39,12 @@ DEPTH_MAX = 64
 #: looks only at ranks whose resources changed); a smaller one scans its ranks, which costs
 #: less than keeping the index (measured: benchmarks/scheduler_scale.py)
 INDEX_RANKS = 8
+#: claim cells per worker rank: how many of its queued tasks the scheduler can take back without
+#: the rank's help (claims.py); beyond them it asks by message
+CLAIM_CELLS = 64
+#: a task that ends within this many seconds of being sent to its rank is short: tasks queued
+#: behind one of its function need no claim (scheduler._behind_a_long_one)
+SHORT_TASK_S = 0.05
 #: below this many bytes per rank an object arena is not worth having
 MIN_SEGMENT = 64 << 20
 #: the arena takes at most this share of the free space in /dev/shm (split among the host's ranks)
@@ -177,6 +183,9 @@ class Config:
     init_timeout_s: float = 120.0
     #: Seconds the driver waits for the ranks to leave before aborting the job.
     exit_timeout_s: float = 5.0
+    #: Where the job survives dead ranks (ULFM): start a new process for each dead worker rank,
+    #: which joins the job under the dead rank's number (replacement.py); 0: go on without them.
+    replace_dead_ranks: bool = True
     #: Seconds between two status tables on the driver's stderr (None: only on SIGUSR1).
     status_s: Optional[float] = None
     #: Where the driver writes the job's timeline (a Chrome trace) at its end, or None.
@@ -232,6 +241,7 @@ class Config:
             remote_fetch=remote_fetch,
             init_timeout_s=_env_float("HPCRAY_INIT_TIMEOUT_S", 120.0),
             exit_timeout_s=_env_float("HPCRAY_EXIT_TIMEOUT_S", 5.0),
+            replace_dead_ranks=_env_choice("HPCRAY_REPLACE_DEAD_RANKS", ("1", "0"), "1") == "1",
             status_s=_env_optional_float("HPCRAY_STATUS_S") or None,
             log_dir=os.environ.get("HPCRAY_LOG_DIR") or None,
             timeline_path=timeline_path,

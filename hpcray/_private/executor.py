@@ -154,6 +154,9 @@ class Executor:
         self.loop = loop  # the rank's CommLoop
         self.post = loop.post
         self.pending: Dict[bytes, tuple] = {}
+        # queued tasks' claim cells, and the job's board of them (claims.py; None: no window)
+        self.claims: Dict[bytes, tuple] = {}
+        self.board: Any = None
         self.blobs: Dict[bytes, bytes] = {}
         self.functions: Dict[bytes, Any] = {}
         self.session = 0
@@ -187,7 +190,7 @@ class Executor:
             # the session's worker_process_setup_hook failed here: nothing runs (setup_hook.py)
             self.post((P.TASK_DONE, msg[1].task_id, None, self.setup_error, False))
         elif kind == P.EXECUTE:
-            self.on_execute(msg[1], msg[2], msg[3])
+            self.on_execute(msg[1], msg[2], msg[3], msg[4])
         elif kind == P.ACTOR_CALL:
             self.host.on_call(msg[1], msg[2])
         elif kind == P.STEAL:
@@ -213,12 +216,15 @@ class Executor:
                     self.stream_consumed[msg[1]] = msg[2]
                     self._consumed.notify_all()
 
-    def on_execute(self, spec: TaskSpec, blob: Optional[bytes], values: List[SerializedValue]) -> None:
+    def on_execute(self, spec: TaskSpec, blob: Optional[bytes], values: List[SerializedValue],
+                   claim: Optional[tuple] = None) -> None:
         if blob is not None:
             self.blobs[spec.fn_id] = blob
         if spec.kind == P.ACTOR_CREATE:
             self.host.register(spec)
         self.pending[spec.task_id] = (spec, values)
+        if claim is not None:  # queued here: the scheduler may take it back (claims.py)
+            self.claims[spec.task_id] = claim
         if self.plane is not None and any(v.location is not None for v in values):
             task_id = spec.task_id
             self.fetching.add(task_id)
@@ -246,6 +252,7 @@ class Executor:
         thread, as Ray does, seen at its next Python instruction or get() poll)."""
         if task_id in self.pending:
             spec = self.pending.pop(task_id)[0]
+            self.claims.pop(task_id, None)
             self.fetching.discard(task_id)
             self.launch_when_fetched.discard(task_id)
             if task_id not in self.ledger.running:
@@ -271,6 +278,7 @@ class Executor:
         """The scheduler wants a queued task back; hand it over unless it already started."""
         if task_id in self.pending and task_id not in self.ledger.running:
             spec = self.pending.pop(task_id)[0]
+            self.claims.pop(task_id, None)
             self.ledger.finish(task_id)
             if spec.kind == P.ACTOR_CREATE:
                 self.host.forget_creation(task_id)
@@ -305,6 +313,7 @@ class Executor:
             self.launched.clear()
             self.cancelled.clear()
         self.pending.clear()
+        self.claims.clear()
         self.fetching.clear()
         self.launch_when_fetched.clear()
         self.blobs.clear()
@@ -317,6 +326,14 @@ class Executor:
     def launch(self, task_id: bytes) -> None:
         if task_id in self.fetching:  # it has its resources; it runs once its arguments are here
             self.launch_when_fetched.add(task_id)
+            return
+        claim = self.claims.pop(task_id, None) if self.claims else None
+        if claim is not None and not self.board.claim(claim):
+            # the scheduler took it back (this rank could not answer: claims.py) and placed it
+            # elsewhere; it knows, so nothing is said
+            self.pending.pop(task_id)
+            for started in self.ledger.finish(task_id):
+                self.launch(started)
             return
         spec, values = self.pending.pop(task_id)
         gpus = self._take_gpus(task_id, spec.demand.get("GPU", 0.0))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -88,6 +88,9 @@ class ObjectPlane:
         self.fetch_began: Dict[bytes, Tuple[float, int]] = {}  # (when, from which rank)
         self.arena = None  # the rank's SharedArena (arena.py), or None
         self.dead: set = set()  # ranks that died (ULFM): what only they held is asked again
+        # job rank -> how many times a new process replaced a dead one there (replacement.py)
+        self.generations: Dict[int, int] = {}
+        self.replacement = False  # this rank's process replaced a dead one
         # values whose holder died, asked of the scheduler again (REFETCH): id -> callbacks
         self.reasked: Dict[bytes, List[Callable[[SerializedValue], None]]] = {}
 
@@ -169,6 +172,10 @@ class ObjectPlane:
     # ---- messages --------------------------------------------------------------------------
     def on_fetch(self, src: int, object_id: bytes) -> None:
         value = self.owned.get(object_id)
+        if value is None and self.replacement:
+            # maybe a value of the process this one replaced: the scheduler knows what became of it
+            self.send(src, (P.OBJECT_DATA, object_id, None))
+            return
         if value is None:
             value = self._lost(object_id, f"rank {self.rank} no longer holds it")
         if self.transport is None or value.is_error:
@@ -196,8 +203,13 @@ class ObjectPlane:
             self.on_object_data(object_id, SerializedValue(data, parts, contained))
         self.transport.receive_buffers(src, sizes, arrived, self.pool.take)
 
-    def on_object_data(self, object_id: bytes, value: SerializedValue) -> None:
+    def on_object_data(self, object_id: bytes, value: Optional[SerializedValue]) -> None:
         began = self.fetch_began.pop(object_id, None)
+        if value is None:  # the process at that rank replaced the one that held it (on_fetch)
+            holder = began[1] if began is not None else -1
+            self._ask_again(object_id, holder, self.fetching.pop(object_id, []),
+                            self.generations.get(holder, 0) - 1)
+            return
         if began is not None:
             size = len(value.data) + sum(memoryview(b).nbytes for b in value.buffers)
             RECORDER.complete("fetch object", "object_transfer", began[0],
@@ -214,15 +226,25 @@ class ObjectPlane:
                 del self.fetch_began[object_id]
                 self._ask_again(object_id, source, self.fetching.pop(object_id, []))
 
-    def _ask_again(self, object_id: bytes, dead: int, callbacks: List[Callable[[SerializedValue], None]]) -> None:
+    def _ask_again(self, object_id: bytes, dead: int, callbacks: List[Callable[[SerializedValue], None]],
+                   generation: Optional[int] = None) -> None:
         """The value's holder died: the scheduler knows whether its task makes it again (then
-        it answers with the new value) or it is lost (ObjectLostError)."""
+        it answers with the new value) or it is lost (ObjectLostError). ``generation``: which of
+        the processes at that rank number held it (default: the one that died last)."""
         waiting = self.reasked.get(object_id)
         if waiting is not None:
             waiting.extend(callbacks)
             return
         self.reasked[object_id] = list(callbacks)  # (before the send: rank 0 answers within it)
-        self.send(0, (P.REFETCH, object_id, dead))
+        if generation is None:
+            generation = self.generations.get(dead, 0)
+        self.send(0, (P.REFETCH, object_id, dead, generation))
+
+    def on_replaced(self, ranks: List[int]) -> None:
+        """New processes took the numbers of these dead ranks: fetch from them again."""
+        for rank in ranks:
+            self.dead.discard(rank)
+            self.generations[rank] = self.generations.get(rank, 0) + 1
 
     def answer_refetch(self, object_id: bytes, value: SerializedValue) -> bool:
         """The scheduler's answer (an OBJECT) to what ``_ask_again`` asked: resolve it for the

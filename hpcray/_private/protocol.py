@@ -6,7 +6,7 @@ On rank 0 both directions are plain function calls; between ranks they travel in
 MPI message per destination per loop turn.
 
     upstream                                   downstream
-    SUBMIT(spec)                               EXECUTE(spec, fn_blob|None, arg_values)
+    SUBMIT(spec)                               EXECUTE(spec, fn_blob|None, arg_values, claim|None)
     TASK_DONE(task_id, values|None, error|None, retryable)
     BLOCKED(task_id) / UNBLOCKED(task_id)      OBJECT(object_id, value)
     GET_REQ([object_id])
@@ -69,7 +69,8 @@ STREAM_ITEM = 22  # (task id, index, value): a streaming task's next item (strea
 STREAM_ACK = 23  # (task id, consumed): the owner has taken this many items of a stream
 RANK_REPORT = 24  # (reply id, report): what RANK_REPORT_REQ asked of this rank (status.rank_report)
 PROGRESS = 25  # (state,): a progress bar's state, drawn by the driver (progress.py)
-REFETCH = 26  # (object_id, dead_rank): this rank wants the value that lived on the dead rank
+REFETCH = 26  # (object_id, dead_rank, generation): this rank wants the value that lived on the
+#             dead rank (``generation``: which of the processes at that number, replacement.py)
 # downstream
 EXECUTE = 101
 OBJECT = 102
@@ -88,6 +89,7 @@ STREAM_PUSH = 114  # (task id, index, value): an item, to the stream's owner
 STREAM_END = 115  # (task id, total): the stream has ``total`` items (the last may be its error)
 STREAM_CONSUMED = 116  # (task id, consumed): to the producer of a stream with backpressure
 RANK_REPORT_REQ = 117  # (reply id, what): send your "timeline" or "memory" (RANK_REPORT)
+REPLACE = 118  # (ranks,): new processes replace these dead ranks: join the collective (replacement.py)
 # peer to peer (any rank to any rank, object_plane.py)
 FETCH = 301
 OBJECT_DATA = 302
@@ -265,7 +267,7 @@ def _values(flat: Optional[List[Any]]) -> Optional[List[Any]]:
 
 _ENCODE: Dict[int, Callable[[tuple], tuple]] = {
     SUBMIT: lambda m: (m[0], _flat_spec(m[1])),
-    EXECUTE: lambda m: (m[0], _flat_spec(m[1]), m[2], _flat_values(m[3])),
+    EXECUTE: lambda m: (m[0], _flat_spec(m[1]), m[2], _flat_values(m[3]), m[4]),
     ACTOR_CALL: lambda m: (m[0], _flat_spec(m[1]), _flat_values(m[2])),
     TASK_DONE: lambda m: (m[0], m[1], _flat_values(m[2]), _flat(m[3]), m[4]),
     OBJECT: lambda m: (m[0], m[1], _flat(m[2])),
@@ -274,7 +276,7 @@ _ENCODE: Dict[int, Callable[[tuple], tuple]] = {
 }
 _DECODE: Dict[int, Callable[[tuple], tuple]] = {
     SUBMIT: lambda m: (m[0], _spec(m[1])),
-    EXECUTE: lambda m: (m[0], _spec(m[1]), m[2], _values(m[3])),
+    EXECUTE: lambda m: (m[0], _spec(m[1]), m[2], _values(m[3]), m[4]),
     ACTOR_CALL: lambda m: (m[0], _spec(m[1]), _values(m[2])),
     TASK_DONE: lambda m: (m[0], m[1], _values(m[2]), _value(m[3]), m[4]),
     OBJECT: lambda m: (m[0], m[1], _value(m[2])),

@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import deque
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from .. import exceptions
 from . import protocol as P
@@ -63,6 +63,10 @@ class RankLoss:
         self.keeps_lineage = False  # the job survives dead ranks: keep what can rebuild values
         # REFETCHes that name a rank not yet known dead: dead rank -> [(requester, object id)]
         self.refetches: Dict[int, List[Tuple[int, bytes]]] = {}
+        # job rank -> how many new processes took that number after its process died
+        self.generations: Dict[int, int] = {}
+        # a new process joined under a dead rank's number (runtime: WELCOME it, note its pid)
+        self.on_rank_back: Callable[[RankInfo], None] = lambda info: None
 
     def on_ranks_dead(self, ranks: List[int]) -> None:
         """Worker ranks died: go on with the others (see the module's diagram)."""
@@ -124,10 +128,12 @@ class RankLoss:
                 self._unpin(object_id)
             lineage.held = []
 
-    def on_refetch(self, src: int, object_id: bytes, dead: int) -> None:
-        """A rank met the dead holder of a value: answer with the value (made again) or the error
-        once this scheduler has gone on without that rank."""
-        if dead in self.ranks:  # not known dead here yet: answered by on_ranks_dead
+    def on_refetch(self, src: int, object_id: bytes, dead: int, generation: int = 0) -> None:
+        """A rank met the dead holder of a value (the process ``generation`` at that number):
+        answer with the value (made again) or the error once this scheduler has gone on without
+        that process."""
+        if dead in self.ranks and generation >= self.generations.get(dead, 0):
+            # not known dead here yet: answered by on_ranks_dead
             self.refetches.setdefault(dead, []).append((src, object_id))
             return
         entry = self.objects.get(object_id)
@@ -138,6 +144,32 @@ class RankLoss:
                                          "died, and its host's memory cannot be read from here"))))
             return
         self.on_get_request(src, [object_id])
+
+    def on_hello(self, src: int, info: RankInfo) -> None:
+        """A new process took the number of the dead rank ``src`` (replacement.py): it gets the
+        dead rank's resources and GPUs and takes tasks and actors like any rank."""
+        state = self.ranks.get(src)
+        if state is not None:  # (welcomed by a later session already: only its process is new)
+            state.info.pid, state.info.host = info.pid, info.host
+            return
+        old = self.dead_ranks.pop(src, None)
+        if old is None:
+            logger.warning("hpcray: rank %d said HELLO in the middle of the job; ignored", src)
+            return
+        from .scheduler import RankState  # (the module that uses this mixin)
+        old.pid, old.host = info.pid, info.host
+        state = RankState(old)
+        self.ranks[src] = state
+        self.order.append(state)
+        if self.room is not None:
+            self.room.add(state)
+        self.by_node.setdefault(state.node_id, []).append(state)
+        self.generations[src] = self.generations.get(src, 0) + 1
+        self.on_rank_back(old)
+        logger.warning("hpcray: rank %d is back: a new process (pid %d on %s) took the place of the one "
+                       "that died; the job has %d worker rank(s) again", src, info.pid, info.host,
+                       len(self.ranks))
+        self.dirty = True
 
     # ---- the steps ------------------------------------------------------------------------
     def _objects_lost_with(self, rank: int, where: str) -> Dict[bytes, Lineage]:

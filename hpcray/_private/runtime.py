@@ -35,6 +35,8 @@ from . import protocol as P
 from .client import CoreClient
 from . import spawn
 from .comm import Backoff, CommLoop, MPITransport, duplicate, fault_tolerant, job_communicator
+from .claims import ClaimBoard
+from .replacement import Replacement
 from .config import EXIT_ACK_S, MEMORY_SHARE, REMOTE_LEAVE_S, STATUS_MEMORY_WAIT_S, Config
 from .launchers import (launched_by_mpi, launcher_tasks, no_process_manager, slurm_binds_gpus,
                         slurm_cpus_per_task)
@@ -99,6 +101,7 @@ class World:
         self.workers = workers
         self.config = config
         self.arena = arena  # this rank's node-shared SharedArena, or None
+        self.claims: Optional[ClaimBoard] = None  # claim cells of queued tasks (claims.py), or None
         self.job = 0
         self.exited = False
 
@@ -413,6 +416,7 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env, spawn
     if PROCESS.world is None:
         transport = MPITransport(comm)
         arena = start_arena(comm, config)
+        claims = open_claims(comm)
         workers = _gather_workers(transport, config)
         if shm_names_can_go_at_start(spawned is not None):
             # Every rank has mapped the job's shared memory (each sent HELLO once its arena was
@@ -420,6 +424,7 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env, spawn
             # that to spawned workers when a driver is killed; Slurm after KillWait) leaves none.
             unlink_mapped_shm()
         PROCESS.world = World(comm, transport, workers, config, arena, spawned)
+        PROCESS.world.claims = claims
         if spawned is not None:
             spawn.watch_workers(PROCESS.world, _describe_ranks)
         atexit.register(_at_exit)
@@ -436,11 +441,20 @@ def _start_driver(comm: Any, config: Config, job: int, namespace, job_env, spawn
     live = [info for info in world.workers if info.rank not in world.transport.dead]
     session.scheduler = Scheduler(loop.send, live, config.prefetch, job)
     session.scheduler.keeps_lineage = fault_tolerant()  # lost values can be made again
+    session.scheduler.claims = world.claims
+    if world.claims is not None:
+        world.claims.reset()
     session.host, session.node_id = head_host, node_id_of(head_host)
     _wire(loop, session)
-    for info in live:
+
+    def welcome(info: RankInfo) -> None:
         loop.send(info.rank, (P.WELCOME, job, info.gpu_ids, info.resources, session.namespace, setup_hook,
                               config.timeline_events))
+    for info in live:
+        welcome(info)
+    # (its RankInfo is the dead rank's, in world.workers too, with the new process's pid and host)
+    session.scheduler.on_rank_back = welcome
+    loop.on_ranks_dead = Replacement(loop, config.replace_dead_ranks and fault_tolerant()).on_dead
     loop.start()
     return session
 
@@ -455,6 +469,12 @@ def start_arena(comm: Any, config: Config):
     arena = create_arena(comm, config.ranks_per_host, config.arena_bytes, remote_fetch, windows=not tolerant)
     serialization.use_arena(arena, config.inline_max)
     return arena
+
+
+def open_claims(comm: Any) -> Optional[ClaimBoard]:
+    """Every rank, once per job, collectively, after ``start_arena``: the claim cells of queued
+    tasks (claims.py). None in a job that survives dead ranks (no MPI window there)."""
+    return None if fault_tolerant() else ClaimBoard.open(comm)
 
 
 def _wire(loop: CommLoop, session: Session) -> None:
@@ -624,7 +644,7 @@ def _at_exit() -> None:
     transport = world.transport
     waiting = {info.rank for info in world.workers} - silent - transport.dead
     for rank in waiting:
-        transport.send(rank, [(P.EXIT, bool(transport.dead))])
+        transport.send(rank, [(P.EXIT, bool(transport.deaths))])
     deadline = max(deadline, time.monotonic() + EXIT_ACK_S)  # (ranks that answered the reset answer at once)
     backoff = Backoff()
     while waiting and time.monotonic() < deadline:
@@ -640,11 +660,12 @@ def _at_exit() -> None:
     while transport.busy() and time.monotonic() < deadline:
         transport.progress_sends()
         backoff.sleep()
-    if not silent and transport.dead:
+    if not silent and transport.deaths:
         survivors = [info for info in world.workers if info.rank not in transport.dead]
         # (the driver's own exit status is Python's to set after this hook; a finalize that hangs
         # ends it with 1, said on stderr)
-        finalize_after_failure(world.comm, world.config.exit_timeout_s, revoke=True, status=1)
+        finalize_after_failure(list(transport.comms.values()), world.config.exit_timeout_s, revoke=True,
+                               status=1)
         _wait_until_gone(survivors, time.monotonic() + world.config.exit_timeout_s)
         return
     if not silent:
@@ -654,6 +675,8 @@ def _at_exit() -> None:
         from mpi4py import MPI
         if world.arena is not None:
             world.arena.close(world.comm, busy=False)
+        if world.claims is not None:
+            world.claims.close()
         if not MPI.Is_finalized():
             world.comm.Free()
             disconnect(world.spawned)
@@ -689,10 +712,11 @@ def end_job_on_loop_failure(loop: CommLoop, comm: Any, host: str, executor: Call
     loop.on_fatal = fatal
 
 
-def finalize_after_failure(comm: Any, timeout_s: float, revoke: bool, status: int) -> None:
+def finalize_after_failure(comms: List[Any], timeout_s: float, revoke: bool, status: int) -> None:
     """MPI_Finalize in a job where ranks died (ULFM), on every survivor once the driver heard from
     all of them. Freeing a communicator with a dead member can hang (measured): the driver
-    (``revoke``) revokes the job's communicator and frees it; the others leave it alone (a revoke
+    (``revoke``) revokes the job's communicators (one more per replacement of dead ranks) and
+    frees them; the others leave them alone (a revoke
     could drop their last messages to the driver). The arena's windows are left to MPI_Finalize
     (freeing a window is collective with the dead). MPI_Finalize itself hung now and then (7 of 247
     jobs on a loaded machine, every survivor inside it, before ``finalize_releasing_gil`` skipped
@@ -710,7 +734,7 @@ def finalize_after_failure(comm: Any, timeout_s: float, revoke: bool, status: in
     watchdog = threading.Timer(timeout_s, give_up)
     watchdog.daemon = True
     watchdog.start()
-    if revoke:
+    for comm in comms if revoke else ():
         try:
             comm.Revoke()
             comm.Free()

@@ -23,9 +23,10 @@ from collections import Counter, deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from .. import exceptions
-from .config import DEPTH_MAX, INDEX_RANKS, LOOKAHEAD_S
+from .config import DEPTH_MAX, INDEX_RANKS, LOOKAHEAD_S, SHORT_TASK_S
 from . import protocol as P
 from .actor_directory import DEAD, ActorDirectory
+from .claims import ClaimBoard
 from .object_ref import job_of
 from .placement import InGroup, OnHost, Spread
 from .placement_groups import PlacementGroups
@@ -61,7 +62,7 @@ class ObjectEntry:
 
 class TaskRecord:
     __slots__ = ("spec", "missing", "rank", "retries_left", "pins", "finished", "stealing", "cancelled",
-                 "rebuild")
+                 "rebuild", "claim", "sent_at")
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec
@@ -73,6 +74,8 @@ class TaskRecord:
         self.stealing = False
         self.cancelled = False
         self.rebuild = False  # a run that makes lost values again (rank_loss.py)
+        self.claim: Optional[tuple] = None  # (cell, use) while queued on a rank (claims.py)
+        self.sent_at = 0.0  # when it was last sent to a rank (time.monotonic())
 
     def take_retry(self, retryable: bool) -> bool:
         """Whether the task (or actor call) runs again after this failure, which then uses one of
@@ -99,15 +102,20 @@ class RankState:
         self.done_at = 0.0  # when its last task completion arrived (time.monotonic())
         self.busy = False  # whether it had tasks left at that completion
 
-    def completed(self) -> None:
-        """A task ended here: update the rank's pace (an average that follows recent tasks;
-        completions that arrive in one batch average out with the gap before the batch)."""
+    def completed(self, sent_at: float) -> float:
+        """A task sent at ``sent_at`` ended here: update the rank's pace (an average that follows
+        recent tasks; completions that arrive in one batch average out with the gap before the
+        batch). Returns how long the task ran, about: since the last completion while the rank
+        was busy, else since it was sent."""
         now = time.monotonic()
         if self.busy:  # no idle gap since the last completion: the interval is the rank's pace
-            interval = now - self.done_at
-            self.pace = interval if self.pace == 0.0 else self.pace + 0.2 * (interval - self.pace)
+            ran = now - self.done_at
+            self.pace = ran if self.pace == 0.0 else self.pace + 0.2 * (ran - self.pace)
+        else:
+            ran = now - sent_at
         self.done_at = now
         self.busy = self.ledger.load() > 0
+        return ran
 
     def depth(self, floor: int) -> int:
         """How many tasks this rank may hold queued: enough to cover ``LOOKAHEAD_S`` at its pace,
@@ -238,6 +246,10 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
         self.dirty = False
         self._next = 0
         self.steals_out = 0  # STEALs sent whose task has not come back (STOLEN) or ended
+        self.claims: Optional[ClaimBoard] = None  # queued tasks taken back without a message (runtime)
+        # functions whose last task ran less than SHORT_TASK_S (RankState.completed): a task queued behind
+        # one of these needs no claim (claims.py), which costs the rank a round trip to rank 0
+        self.short_functions: set = set()
         self._warned_infeasible: set = set()
         self._init_actors()
         self._init_groups()
@@ -254,6 +266,7 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
             P.PG_CREATE: self.on_group_create, P.PG_READY: self.on_group_ready, P.PG_REMOVE: self.on_group_remove,
             P.STREAM_ITEM: self.on_stream_item, P.STREAM_ACK: self.on_stream_ack,
             P.RANK_REPORT: self.on_rank_report, P.PROGRESS: self.on_progress, P.REFETCH: self.on_refetch,
+            P.HELLO: self.on_hello,
         }
         # requests waiting for ranks' reports: reply id -> (requester, ranks to hear from, reports)
         self.reports: Dict[bytes, tuple] = {}
@@ -376,8 +389,17 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
             state.failed += error is not None
         if state is not None and (record is None or record.spec.kind == P.TASK):
             state.ledger.finish(task_id)
-            state.completed()  # (a new pace, and so depth, counts from its next refile)
+            # (a new pace, and so depth, counts from its next refile)
+            ran = state.completed(record.sent_at if record is not None else 0.0)
             self.dirty = True
+            if record is not None:
+                if ran < SHORT_TASK_S:
+                    self.short_functions.add(record.spec.fn_id)
+                elif ran > 20 * SHORT_TASK_S:  # (between the two: batched reports, a busy driver)
+                    self.short_functions.discard(record.spec.fn_id)
+        if record is not None and record.claim is not None:
+            self.claims.give_back(src, record.claim)
+            record.claim = None
         if record is None or record.finished:
             return
         self._steal_settled(record)
@@ -593,10 +615,11 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
         if takers <= self.steals_out or not donors:
             return
         unfit: set = set()
+        moved = 0
         for donor in donors:
-            for task_id, demand in donor.ledger.queued:
+            for task_id, demand in list(donor.ledger.queued):
                 record = self.tasks.get(task_id)
-                if record is None or record.stealing or record.spec.kind != P.TASK:
+                if record is None or record.stealing or record.spec.kind != P.TASK or record.rank != donor.info.rank:
                     continue
                 spec = record.spec
                 shape = (tuple(sorted(demand.items())), spec.strategy)
@@ -610,11 +633,41 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
                 if taker is None:
                     unfit.add(shape)
                     continue
-                record.stealing = True
-                self.steals_out += 1
-                self.send(donor.info.rank, (P.STEAL, task_id))
-                if self.steals_out >= takers:
+                if record.claim is not None:  # taken back at once, or started there meanwhile
+                    if not self._take_back(donor, record):
+                        continue
+                    self._execute_on(taker, record)
+                    moved += 1
+                else:
+                    record.stealing = True
+                    self.steals_out += 1
+                    self.send(donor.info.rank, (P.STEAL, task_id))
+                if self.steals_out + moved >= takers:
                     return
+
+    def _behind_a_long_one(self, state: RankState) -> bool:
+        """Whether a task queued on ``state`` waits behind one that may run long (of a function
+        whose last task did not end within SHORT_TASK_S, or that has not run yet): then it gets
+        a claim, so that it can be taken back even if the rank cannot answer."""
+        short = self.short_functions
+        tasks = self.tasks
+        for task_id in state.ledger.running:
+            record = tasks.get(task_id)  # (None: what an actor holds there)
+            if record is not None and record.spec.fn_id not in short:
+                return True
+        return False
+
+    def _take_back(self, donor: RankState, record: TaskRecord) -> bool:
+        """Take a task queued on ``donor`` back through its claim cell (claims.py): True when the
+        rank will not start it (it drops it unannounced), False when it started it already."""
+        claim, record.claim = record.claim, None
+        if not self.claims.take_back(claim):
+            record.claim = claim  # (running there: the cell is given back with its TASK_DONE)
+            return False
+        self.claims.give_back(donor.info.rank, claim)
+        donor.ledger.finish(record.spec.task_id)
+        record.rank = None
+        return True
 
     def _indexed(self, spec: TaskSpec, candidates: List[RankState]) -> bool:
         """Whether the task's placement can use the RoomIndex (where there is one): it needs
@@ -654,14 +707,18 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
     def _execute_on(self, state: RankState, record: TaskRecord) -> None:
         spec = record.spec
         record.rank = state.info.rank
-        if not state.ledger.assign(spec.task_id, spec.demand) and self.room is not None:
-            self.room.refile(state)  # one more queued there
+        record.sent_at = time.monotonic()
+        if not state.ledger.assign(spec.task_id, spec.demand):  # queued there
+            if self.room is not None:
+                self.room.refile(state)
+            if self.claims is not None and spec.kind == P.TASK and self._behind_a_long_one(state):
+                record.claim = self.claims.hand_out(state.info.rank)
         blob = None
         if spec.fn_id not in state.functions:
             blob = self.functions.get(spec.fn_id)
             state.functions.add(spec.fn_id)
         values = [self.objects[d].value for d in spec.deps]
-        self.send(state.info.rank, (P.EXECUTE, spec, blob, values))
+        self.send(state.info.rank, (P.EXECUTE, spec, blob, values, record.claim))
         if spec.kind == P.ACTOR_CREATE:
             self.actor_placed(spec, state.info.rank)
 

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import shutil
 import sys
 import tempfile
@@ -34,8 +35,9 @@ logger = logging.getLogger("hpcray")
 BOOTSTRAP = "; ".join([
     "'hpcray spawned worker'",
     "import json, os, sys",
-    "payload = json.loads(sys.argv[1])",
+    "payload = json.loads(bytes.fromhex(sys.argv[1]))",
     "os.chdir(payload['cwd'])",
+    "os.environ.update(payload['env'])",
     "sys.path[:] = payload['path'] + [p for p in sys.path if p not in payload['path']]",
     "from mpi4py import MPI",
     "parent = MPI.Comm.Get_parent()",
@@ -120,6 +122,29 @@ def open_crash_file(path: Optional[str]) -> Optional[Any]:
         return None
 
 
+def driver_payload(**extra: Any) -> Dict[str, Any]:
+    """What a process started by the driver needs to import what the driver imports: its import
+    path, working directory and hpcray settings; and the driver's pid and host (it leaves when
+    that process is gone)."""
+    cwd = os.getcwd()
+    payload = {
+        "path": [os.path.abspath(p) if p else cwd for p in sys.path],
+        "cwd": cwd,
+        "driver": os.getpid(),
+        "host": socket.gethostname(),
+        "env": {name: value for name, value in os.environ.items() if name.startswith("HPCRAY_")},
+        "crash_file": None,
+    }
+    payload.update(extra)
+    return payload
+
+
+def bootstrap_args(payload: Dict[str, Any]) -> List[str]:
+    """The arguments of ``python`` for a spawned worker (BOOTSTRAP with its payload, in hex: the
+    process manager's wire protocol drops backslashes, which JSON uses in strings)."""
+    return ["-c", BOOTSTRAP, json.dumps(payload).encode().hex()]
+
+
 def spawn_workers(count: int, num_gpus: Optional[float],
                   resources: Optional[Dict[str, float]]) -> Tuple[Any, Any]:
     """Start ``count`` worker ranks; returns (intercommunicator, merged intracommunicator), in
@@ -128,23 +153,17 @@ def spawn_workers(count: int, num_gpus: Optional[float],
     global CRASH_REPORTS
     if CRASH_REPORTS is None:
         CRASH_REPORTS = CrashReports()
-    cwd = os.getcwd()
-    payload = {
-        "path": [os.path.abspath(p) if p else cwd for p in sys.path],
-        "cwd": cwd,
-        "driver": os.getpid(),
-        "crash_file": CRASH_REPORTS.path,
+    payload = driver_payload(
+        crash_file=CRASH_REPORTS.path,
         # init()'s amounts are the job's totals: each worker gets its share, as under mpiexec
-        "num_gpus": [share.get("GPU", 0.0) for share in split_resources({"GPU": num_gpus}, count)]
+        num_gpus=[share.get("GPU", 0.0) for share in split_resources({"GPU": num_gpus}, count)]
         if num_gpus is not None else None,
-        "resources": split_resources(resources, count),
-    }
+        resources=split_resources(resources, count))
     info = MPI.Info.Create()
-    info.Set("wdir", cwd)
+    info.Set("wdir", payload["cwd"])
     group = _own_process_group()
     try:
-        inter = MPI.COMM_SELF.Spawn(sys.executable, args=["-c", BOOTSTRAP, json.dumps(payload)],
-                                    maxprocs=count, info=info)
+        inter = MPI.COMM_SELF.Spawn(sys.executable, args=bootstrap_args(payload), maxprocs=count, info=info)
     finally:
         info.Free()
         _back_to_process_group(group)

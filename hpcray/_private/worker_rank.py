@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from . import context, runtime
+from . import context, replacement, runtime
 from . import protocol as P
 from .client import CoreClient
 from .comm import Backoff, CommLoop, MPITransport
@@ -43,6 +43,7 @@ class WorkerAgent:
         self.plane.arena = arena
         loop.plane = self.plane
         self.ranks_died = False  # some rank of the job died (ULFM): the end takes another path
+        self.claims = None  # the job's ClaimBoard (claims.py), or None
         loop.on_ranks_dead = self.on_ranks_dead
 
     def on_ranks_dead(self, ranks: List[int]) -> None:
@@ -73,6 +74,8 @@ class WorkerAgent:
         elif kind == P.RESET:
             self._reset()
             self.loop.send(0, (P.RESET_ACK,))
+        elif kind == P.REPLACE:
+            self.loop.defer(lambda: replacement.join(self.loop, self.plane, msg[1]))
         elif kind == P.EXIT:
             self.ranks_died = self.ranks_died or msg[1]  # (the driver knew of dead ranks)
             self._reset()
@@ -93,6 +96,7 @@ class WorkerAgent:
         if self.executor is None:
             self.executor = Executor(self.rank, resources, gpu_ids, self.loop)
             self.executor.plane = self.plane
+            self.executor.board = self.claims
             self.loop.local_hook = self.executor.on_local
         loop = self.loop
         loop.refs.job = job
@@ -118,11 +122,15 @@ class WorkerAgent:
 
 def serve_worker(comm: Any, config: Config, num_gpus: Optional[float] = None,
                  resources: Optional[Dict[str, float]] = None, spawned: Optional[tuple] = None,
-                 num_cpus: Optional[float] = None) -> None:
+                 num_cpus: Optional[float] = None, replacement: Optional[tuple] = None) -> None:
     """Serve tasks on this rank until the driver's process ends; then leave the process.
     A worker the driver spawned (spawn.py) is given its share of ``init()``'s GPUs and
-    resources, and ``spawned``: the communicators to disconnect from the driver at the end."""
-    rank = comm.Get_rank()
+    resources, and ``spawned``: the communicators to disconnect from the driver at the end. A
+    process that replaces a dead rank (replacement.py) is given ``replacement``: (generation, the
+    job rank of each rank of ``comm``); it has no arena (the ranks of its host made theirs
+    together, at the start)."""
+    transport = MPITransport(comm, *replacement) if replacement is not None else MPITransport(comm)
+    rank = transport.rank
     runtime.install_fork_guard()  # (spawned workers come here without init(), which installs them)
     runtime.install_crash_reports()
     context.install_task_io()
@@ -135,10 +143,13 @@ def serve_worker(comm: Any, config: Config, num_gpus: Optional[float] = None,
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # whole job, it must not end the workers
     terminate_at: List[float] = []
     signal.signal(signal.SIGTERM, lambda s, f: terminate_at.append(time.monotonic() + TERM_GRACE_S))
-    transport = MPITransport(comm)
-    arena = runtime.start_arena(comm, config)
+    arena = runtime.start_arena(comm, config) if replacement is None else None
+    claims = runtime.open_claims(comm) if replacement is None else None
     loop = CommLoop(rank, transport, config.spin_us, config.max_sleep_us, config.inline_progress)
     agent = WorkerAgent(rank, loop, config, arena, spawned is not None)
+    agent.claims = claims
+    if replacement is not None:
+        agent.ranks_died = agent.plane.replacement = True
     runtime.end_job_on_loop_failure(loop, comm, host_name(rank, config.ranks_per_host), lambda: agent.executor)
     loop.agent = agent.handle
     loop.send(0, (P.HELLO, runtime.local_rank_info(rank, config, num_cpus=num_cpus, num_gpus=num_gpus,
@@ -165,13 +176,13 @@ def serve_worker(comm: Any, config: Config, num_gpus: Optional[float] = None,
         backoff.sleep()
         busy = agent.executor.busy()
     if agent.ranks_died:
-        runtime.finalize_after_failure(comm, config.exit_timeout_s, revoke=False, status=code)
+        runtime.finalize_after_failure([], config.exit_timeout_s, revoke=False, status=code)
         _leave_process(code)
-    _leave_process(code, comm, arena, busy, spawned)
+    _leave_process(code, comm, arena, busy, spawned, claims)
 
 
 def _leave_process(code: int, comm: Any = None, arena: Any = None, busy: bool = False,
-                   spawned: Optional[tuple] = None) -> None:
+                   spawned: Optional[tuple] = None, claims: Any = None) -> None:
     """Finalize MPI and end this worker process without returning into the user's program.
 
     ``os._exit`` right after ``MPI_Finalize`` races with MPICH's process manager (measured: 2 in
@@ -182,6 +193,8 @@ def _leave_process(code: int, comm: Any = None, arena: Any = None, busy: bool = 
         from mpi4py import MPI
         if arena is not None:
             arena.close(comm, busy)
+        if claims is not None:
+            claims.close()
         if not MPI.Is_finalized():
             if comm is not None:
                 comm.Free()

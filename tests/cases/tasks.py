@@ -12,7 +12,7 @@ import numpy as np
 import hpcray as ray
 from hpcray import exceptions
 
-from .helpers import raises, wait_for_condition
+from .helpers import raises, skip, wait_for_condition
 
 Point = collections.namedtuple("Point", "x y")
 
@@ -410,3 +410,31 @@ def case_long_tasks_after_a_burst_of_short_ones_run_on_every_rank():
     ranks = ray.get(refs[2000:])
     assert sorted(ranks) == sorted(workers), ranks
     assert ray.get(refs[:2000]) == [None] * 2000
+
+
+def case_tasks_queued_behind_a_call_that_holds_the_gil_run_elsewhere():
+    """A rank stuck in a C call that holds the GIL cannot answer the scheduler; the small tasks
+    queued behind it are taken back without its help (claims.py) and run on the idle ranks."""
+    import ctypes
+    if not any(r != 0 for node in ray.nodes() for r in node.get("Ranks", [])):
+        skip("one process: a call that holds the GIL stops every task thread alike")
+
+    @ray.remote
+    def hold_gil(seconds):
+        ctypes.PyDLL(None).sleep(seconds)  # (PyDLL: the GIL stays held during the call)
+        return ray.get_runtime_context().get_rank()
+
+    @ray.remote
+    def small():
+        time.sleep(0.02)
+        return ray.get_runtime_context().get_rank()
+
+    ray.get([small.remote() for _ in range(20)])  # a known pace: the ranks hold tasks queued
+    stuck = hold_gil.remote(6)
+    refs = [small.remote() for _ in range(12)]
+    started = time.monotonic()
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=30)
+    waited = time.monotonic() - started
+    assert len(ready) == len(refs)
+    assert waited < 4.0, f"the small tasks waited {waited:.1f} s behind the call holding the GIL"
+    assert ray.get(stuck, timeout=30) >= 1

@@ -10,10 +10,10 @@ from hpcray._private import executor
 real_on_execute = executor.Executor.on_execute
 
 
-def failing_on_execute(self, spec, blob, values):
+def failing_on_execute(self, spec, blob, values, claim=None):
     if spec.name == "explode":
         raise RuntimeError(f"injected bug in the loop of pid {os.getpid()}")
-    return real_on_execute(self, spec, blob, values)
+    return real_on_execute(self, spec, blob, values, claim)
 
 
 executor.Executor.on_execute = failing_on_execute

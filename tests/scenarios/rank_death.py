@@ -265,6 +265,65 @@ elif CASE == "collective_member_dies":
     assert all(a.startswith("CollectiveError") for a in answers), answers
     print("ANSWERS", answers, f"{time.monotonic() - started:.1f} s")
 
+elif CASE == "capacity_restored":
+    # A rank dies (SIGKILL) while it runs a task; a new process takes its number: the job has all
+    # its CPUs again, tasks run on every rank, an actor placed there works and a value made there
+    # is read on another rank. A value the dead process held is lost, asked of the new one or not.
+    # Then the new process dies too, and is replaced again.
+    @ray.remote
+    def whoami():
+        time.sleep(0.05)
+        return ray.get_runtime_context().get_rank(), os.getpid()
+
+    def pids_by_rank():
+        return dict(ray.get([whoami.options(scheduling_strategy="SPREAD").remote() for _ in range(9)],
+                            timeout=60))
+
+    def placed_on(rank):
+        """A Counter on ``rank`` (actors spread over the ranks; the others are dropped)."""
+        for _ in range(10):
+            counters = [Counter.options(scheduling_strategy="SPREAD").remote(10) for _ in range(3)]
+            where = ray.get([c.rank.remote() for c in counters], timeout=60)
+            if rank in where:
+                return counters[where.index(rank)]
+        raise AssertionError(f"no actor placed on rank {rank}")
+
+    @ray.remote
+    def sleeper(seconds):
+        time.sleep(seconds)
+        return ray.get_runtime_context().get_rank()
+
+    pids = pids_by_rank()
+    assert sorted(pids) == [1, 2, 3], pids
+    for round in (1, 2):
+        holder = placed_on(2)
+        stale = holder.big.remote()
+        ray.wait([stale], fetch_local=False, timeout=60)
+        running = [sleeper.remote(1.0) for _ in range(3)]
+        time.sleep(0.3)
+        os.kill(pids[2], signal.SIGKILL)
+        assert len(ray.get(running, timeout=60)) == 3  # the one on the dead rank ran again
+        deadline = time.monotonic() + 30
+        while True:
+            now = pids_by_rank()
+            if sorted(now) == [1, 2, 3] and now[2] != pids[2] and ray.cluster_resources()["CPU"] == cpus:
+                break
+            assert time.monotonic() < deadline, (now, ray.cluster_resources())
+            time.sleep(0.2)
+        assert now[1] == pids[1] and now[3] == pids[3], (pids, now)
+        pids = now
+        counter = placed_on(2)
+        assert ray.get(counter.add.remote(), timeout=30) == 11
+        big = counter.big.remote()
+        assert ray.get(total.remote(big), timeout=60) == sum(range(1_000_000))
+        assert int(ray.get(big, timeout=60).sum()) == sum(range(1_000_000))
+        try:
+            ray.get(stale, timeout=30)
+            raise AssertionError("the dead process's value came back")
+        except ObjectLostError as exc:
+            print("LOST", round, str(exc).splitlines()[0])
+        print("REPLACED", round, "CPUS", ray.cluster_resources()["CPU"], flush=True)
+
 elif CASE == "driver_dies":
     ray.get([rank_of.remote() for _ in range(4)])
     print("DRIVER_DIES", flush=True)
