@@ -9,6 +9,7 @@ into a crash the job survives.
 """
 
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -332,4 +333,5 @@ elif CASE == "driver_dies":
 else:
     raise SystemExit(f"unknown case {CASE}")
 
+shutil.rmtree(MARKS, ignore_errors=True)
 print("OK", CASE, flush=True)
