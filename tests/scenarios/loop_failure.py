@@ -4,7 +4,9 @@ seconds, with that rank's traceback on the driver's terminal and a non-zero exit
     python loop_failure.py          mpiexec -n 4 python loop_failure.py
 """
 
+import os
 import sys
+import tempfile
 import time
 
 import hpcray as ray
@@ -19,17 +21,23 @@ while armed != serving and time.monotonic() < deadline:
 print("FIRST", sorted(armed), flush=True)
 
 
+STARTED = tempfile.mkstemp(prefix="hpcray-loop-failure-")[1]
+
+
 @ray.remote
 def held_up():
+    with open(STARTED, "a") as marks:  # (RUNNING in list_tasks is the scheduler's view: sent)
+        marks.write("x\n")
     time.sleep(60)
 
 
-# every CPU busy: the failing rank is running a task (its message names it), explode queues there
-from hpcray.util.state import list_tasks  # noqa: E402
+# every CPU busy, each rank's thread inside its task: the failing rank is running one (its
+# message names it), explode queues there
 cpus = int(ray.cluster_resources()["CPU"])
 busy = [held_up.remote() for _ in range(cpus)]
-while len(list_tasks(filters=[("name", "=", "held_up"), ("state", "=", "RUNNING")])) < cpus:
+while open(STARTED).read().count("x") < cpus:
     time.sleep(0.05)
+os.unlink(STARTED)
 started = time.monotonic()
 try:
     ray.get(loop_bug.explode.remote(), timeout=60)
