@@ -148,7 +148,10 @@ class MPITransport:
         # job rank -> the generation its process joined in (absent: 0); per generation, the job
         # rank of each of its ranks (absent: the same numbers)
         self.joined: Dict[int, int] = {}
-        self.numbers: Dict[int, List[int]] = {generation: numbers} if numbers is not None else {}
+        self.numbers: Dict[int, List[int]] = {}
+        self.positions: Dict[int, Dict[int, int]] = {}  # the other way: job rank -> its rank there
+        if numbers is not None:
+            self._number(generation, numbers)
         self.routed = generation != 0  # (else every rank talks on ``comm``: the common case)
         self.rank = numbers[comm.Get_rank()] if numbers is not None else comm.Get_rank()
         self.size = comm.Get_size()
@@ -230,8 +233,12 @@ class MPITransport:
     def route(self, rank: int) -> Tuple[Any, int]:
         """(communicator, its number for ``rank``) on which this process talks to job rank ``rank``."""
         generation = max(self.joined.get(rank, 0), self.generation)
-        numbers = self.numbers.get(generation)
-        return self.comms[generation], (rank if numbers is None else numbers.index(rank))
+        positions = self.positions.get(generation)
+        return self.comms[generation], (rank if positions is None else positions[rank])
+
+    def _number(self, generation: int, numbers: List[int]) -> None:
+        self.numbers[generation] = numbers
+        self.positions[generation] = {job_rank: i for i, job_rank in enumerate(numbers)}
 
     def _receive_large(self, source: int, sizes: List[int]) -> None:
         queue = self.held.get(source)
@@ -402,7 +409,7 @@ class MPITransport:
         numbers = grown.allgather(self.rank)
         generation = latest + 1
         self.comms[generation] = grown
-        self.numbers[generation] = numbers
+        self._number(generation, numbers)
         for rank in replaced:
             self.joined[rank] = generation
         self.dead.difference_update(replaced)
