@@ -228,3 +228,35 @@ def test_a_new_process_sends_a_fetch_of_what_it_never_held_to_the_scheduler():
     assert to_scheduler[-1] == (0, (P.REFETCH, b"o" * 20, 2, 0)) and got == []
     asker.answer_refetch(b"o" * 20, serialize(b"again"))
     assert [deserialize(v) for v in got] == [b"again"]
+
+
+def test_no_new_process_is_tried_where_the_launcher_cannot_start_one(monkeypatch, caplog):
+    """replacement.py: only Open MPI's own mpiexec (PRTE_LAUNCHED) starts processes for a job;
+    elsewhere (srun with ULFM) MPI_Comm_spawn may hang, so a death is logged and not replaced."""
+    from hpcray._private import replacement
+
+    class Loop:
+        transport = None
+
+        def __init__(self):
+            self.deferred = []
+
+        def defer(self, step):
+            self.deferred.append(step)
+
+    monkeypatch.setenv("PRTE_LAUNCHED", "1")
+    assert replacement.cannot_spawn() is None
+    loop = Loop()
+    replacement.Replacement(loop, enabled=True).on_dead([2])
+    assert len(loop.deferred) == 1
+    monkeypatch.delenv("PRTE_LAUNCHED")
+    loop = Loop()
+    chosen = replacement.Replacement(loop, enabled=True)
+    with caplog.at_level("WARNING", logger="hpcray"):
+        chosen.on_dead([2])
+        chosen.on_dead([3])
+    assert loop.deferred == [] and not chosen.enabled
+    assert [r.getMessage() for r in caplog.records if "no new process" in r.getMessage()] == [
+        "hpcray: no new process for dead rank(s) [2]: the job was not started by Open MPI's mpiexec, the "
+        "launcher that can start processes for it; the job goes on with fewer ranks "
+        "(HPCRAY_REPLACE_DEAD_RANKS=0 says so quietly)"]

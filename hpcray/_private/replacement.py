@@ -20,14 +20,24 @@ rank died meanwhile), the job goes on without the dead ranks and replaces no mor
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
-from typing import Any, List, Set
+from typing import Any, List, Optional, Set
 
 from . import protocol as P
 from .spawn import bootstrap_args, driver_payload
 
 logger = logging.getLogger("hpcray")
+
+
+def cannot_spawn() -> Optional[str]:
+    """Why this job's launcher cannot start new processes, or None. Open MPI's own ``mpiexec``
+    (PRRTE, which marks its processes with ``PRTE_LAUNCHED``) can; a job started another way
+    (``srun`` with ULFM turned on by hand) may hang in MPI_Comm_spawn, so it is not tried."""
+    if os.environ.get("PRTE_LAUNCHED"):
+        return None
+    return "the job was not started by Open MPI's mpiexec, the launcher that can start processes for it"
 
 
 class Replacement:
@@ -37,12 +47,18 @@ class Replacement:
         self.loop = loop
         self.transport = loop.transport
         self.enabled = enabled
+        self.why_not = cannot_spawn() if enabled else None
         self.waiting: Set[int] = set()
 
     def on_dead(self, ranks: List[int]) -> None:
         """Worker ranks died (the scheduler has gone on without them): replace them at the end of
         this turn (never inside the handling of the message that showed the death)."""
         if not self.enabled:
+            return
+        if self.why_not is not None:
+            logger.warning("hpcray: no new process for dead rank(s) %s: %s; the job goes on with "
+                           "fewer ranks (HPCRAY_REPLACE_DEAD_RANKS=0 says so quietly)", ranks, self.why_not)
+            self.enabled = False
             return
         fresh = [rank for rank in ranks if rank != 0 and rank not in self.waiting]
         if fresh:
