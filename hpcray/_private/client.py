@@ -267,7 +267,7 @@ class CoreClient:
                 deserialize_result(value, object_id)
             raise
 
-    def wait(self, refs: Sequence[Any], num_returns: int, timeout: Optional[float],
+    def wait(self, refs: List[Any], num_returns: int, timeout: Optional[float],
              fetch_local: bool = True, ids: Optional[List[bytes]] = None):
         """ObjectRefs, and generators (ready when their next item or their end is here); ``ids``:
         the refs' ids where the caller has them (plain ObjectRefs only)."""
@@ -290,13 +290,13 @@ class CoreClient:
             ready, not_ready = self._split(refs, ids, num_returns, fetch_local)
         return ready, not_ready
 
-    def _split(self, refs: Sequence[Any], ids: List[bytes], num_returns: int, fetch_local: bool):
+    def _split(self, refs: List[Any], ids: List[bytes], num_returns: int, fetch_local: bool):
         """(ready, not ready), in input order, at most ``num_returns`` ready; with ``fetch_local``
         a value held on another rank is not ready until it is here."""
         values = list(map(self.store.get, ids, itertools.repeat(_ABSENT)))
         here = set(map(_location, values))
         if here == {None} or (not fetch_local and _ABSENT_LOCATION not in here):
-            return list(refs[:num_returns]), list(refs[num_returns:])  # all ready (C loops only)
+            return refs[:num_returns], refs[num_returns:]  # all ready (C loops only; slices are new lists)
         ready, not_ready = [], []
         room = num_returns
         for ref, value in zip(refs, values):

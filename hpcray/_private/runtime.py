@@ -664,8 +664,7 @@ def _at_exit() -> None:
         survivors = [info for info in world.workers if info.rank not in transport.dead]
         # (the driver's own exit status is Python's to set after this hook; a finalize that hangs
         # ends it with 1, said on stderr)
-        finalize_after_failure(list(transport.comms.values()), world.config.exit_timeout_s, revoke=True,
-                               status=1)
+        finalize_after_failure(list(transport.comms.values()), world.config.exit_timeout_s, status=1)
         _wait_until_gone(survivors, time.monotonic() + world.config.exit_timeout_s)
         return
     if not silent:
@@ -712,12 +711,11 @@ def end_job_on_loop_failure(loop: CommLoop, comm: Any, host: str, executor: Call
     loop.on_fatal = fatal
 
 
-def finalize_after_failure(comms: List[Any], timeout_s: float, revoke: bool, status: int) -> None:
+def finalize_after_failure(revoked: List[Any], timeout_s: float, status: int) -> None:
     """MPI_Finalize in a job where ranks died (ULFM), on every survivor once the driver heard from
     all of them. Freeing a communicator with a dead member can hang (measured): the driver
-    (``revoke``) revokes the job's communicators (one more per replacement of dead ranks) and
-    frees them; the others leave them alone (a revoke
-    could drop their last messages to the driver). The arena's windows are left to MPI_Finalize
+    revokes and frees the job's communicators (``revoked``: one more per replacement of dead
+    ranks); the others pass none (a revoke could drop their last messages to the driver). The arena's windows are left to MPI_Finalize
     (freeing a window is collective with the dead). MPI_Finalize itself hung now and then (7 of 247
     jobs on a loaded machine, every survivor inside it, before ``finalize_releasing_gil`` skipped
     its fence): one that does not return in ``timeout_s`` ends the process with ``status``, saying
@@ -734,7 +732,7 @@ def finalize_after_failure(comms: List[Any], timeout_s: float, revoke: bool, sta
     watchdog = threading.Timer(timeout_s, give_up)
     watchdog.daemon = True
     watchdog.start()
-    for comm in comms if revoke else ():
+    for comm in revoked:
         try:
             comm.Revoke()
             comm.Free()

@@ -176,7 +176,7 @@ def serve_worker(comm: Any, config: Config, num_gpus: Optional[float] = None,
         backoff.sleep()
         busy = agent.executor.busy()
     if agent.ranks_died:
-        runtime.finalize_after_failure([], config.exit_timeout_s, revoke=False, status=code)
+        runtime.finalize_after_failure([], config.exit_timeout_s, status=code)
         _leave_process(code)
     _leave_process(code, comm, arena, busy, spawned, claims)
 
