@@ -72,6 +72,9 @@ ARENA_CLOSE_S = 2.0
 #: the timeline keeps this many of each rank's newest events unless HPCRAY_TIMELINE_EVENTS
 #: says otherwise (timeline.py); older ones are dropped, counted, and the trace says so
 TIMELINE_MAX_EVENTS = 100_000
+#: rank 0 moves what the collector tracks out of its way each time its task and object tables
+#: have grown by this many entries (gc_policy.py)
+GC_FREEZE_AT = 50_000
 #: hpcray.util.state lists the newest this many tasks that ended (state_views.py)
 STATE_FINISHED_TASKS = 10_000
 #: the status table waits this long for the ranks' memory reports (then shows "?")

@@ -567,6 +567,8 @@ def shutdown_session(deadline: Optional[float] = None) -> List[int]:
                 deadline = time.monotonic() + session.config.exit_timeout_s
             silent = _reset_workers(loop, deadline)
         loop.stop()
+        if session.scheduler is not None:
+            session.scheduler.gc.release()
         if world is None:
             context.uninstall_task_io()
         return silent

@@ -27,6 +27,7 @@ from .config import DEPTH_MAX, INDEX_RANKS, LOOKAHEAD_S, SHORT_TASK_S
 from . import protocol as P
 from .actor_directory import DEAD, ActorDirectory
 from .claims import ClaimBoard
+from .gc_policy import GcPolicy
 from .object_ref import job_of
 from .placement import InGroup, OnHost, Spread
 from .placement_groups import PlacementGroups
@@ -241,6 +242,7 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
             self.by_node.setdefault(state.node_id, []).append(state)
         self.objects: Dict[bytes, ObjectEntry] = {}
         self.tasks: Dict[bytes, TaskRecord] = {}
+        self.gc = GcPolicy()  # keeps the collector off these tables when they grow large
         self.ready: Dict[tuple, Deque[TaskRecord]] = {}
         self.functions: Dict[bytes, bytes] = {}
         self.dirty = False
@@ -583,6 +585,7 @@ class Scheduler(ActorDirectory, PlacementGroups, StreamDirectory, StateViews, Ra
     def dispatch(self) -> None:
         """Start every ready task that some rank can take now (or queue a few, to hide latency)."""
         self.dirty = False
+        self.gc.note(len(self.tasks) + len(self.objects))
         if self.pending_groups:
             self.place_pending_groups()
         for shape in list(self.ready):
