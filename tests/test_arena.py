@@ -50,7 +50,8 @@ def test_segment_size_follows_dev_shm(tmp_path):
 
 @pytest.mark.parametrize("launch", ["single", "mpi"])
 @pytest.mark.parametrize("name,value", [("HPCRAY_REMOTE_FETCH", "rma"), ("HPCRAY_ARENA_BYTES", "-1"),
-                                        ("HPCRAY_ARENA_BYTES", "1.5")])
+                                        ("HPCRAY_ARENA_BYTES", "1.5"), ("HPCRAY_COPY_THREADS", "0"),
+                                        ("HPCRAY_COPY_THREADS", "two")])
 def test_bad_arena_settings_are_an_error_naming_the_variable(name, value, launch):
     code = "import hpcray; hpcray.init()"
     env = {name: value}

@@ -7,7 +7,8 @@
         Win.Allocate_shared on the host communicator (see create_arena)
 
     producer: put()/task return > inline_max ─► SegmentAllocator.allocate(total) ─► one copy of
-        the pickle stream and each out-of-band buffer into its own segment ─► Placement
+        the pickle stream and each out-of-band buffer into its own segment (a large buffer by a
+        few threads at once, parallel_copy.py) ─► Placement
         (rank, spans) travels in the object's stub; a Lease frees the block when the value goes
     consumer on the same host: Shared_query(rank) segment + spans ─► memoryviews, no copy;
         deserialize() wraps them read-only and *pinned*: each view holds an ObjectRef, so the
@@ -35,6 +36,7 @@ import numpy as np
 
 from .comm import wait_request
 from .config import ARENA_CLOSE_S, MIN_SEGMENT, SHM_SHARE
+from .parallel_copy import Copier
 
 logger = logging.getLogger("hpcray")
 
@@ -143,6 +145,7 @@ class SharedArena:
         self.peers: Dict[int, np.ndarray] = {rank: segment}
         self.full_count = 0
         self.tags = itertools.count((rank << 40) + 1)
+        self.copier = Copier()  # one thread per copy, unless the runtime gives it more (start_arena)
 
     # ---- producer ----------------------------------------------------------------------
     def store(self, data: bytes, buffers: List[memoryview]) -> Optional[Tuple[List[memoryview], Placement, Lease]]:
@@ -169,7 +172,7 @@ class SharedArena:
         views = []
         for start, size, source in zip(starts, sizes, [data] + buffers):
             target = segment[offset + start:offset + start + size]
-            np.copyto(target, np.frombuffer(source, dtype=np.uint8))
+            self.copier.copy(target, np.frombuffer(source, dtype=np.uint8))
             views.append(memoryview(target))
         tag_word[0] = tag  # last: the block holds the whole value before it is announced
         spans = tuple((offset + start, size) for start, size in zip(starts, sizes))
@@ -219,6 +222,7 @@ class SharedArena:
         agree by a polled Iallreduce of ``busy``; without an answer in ``timeout_s``, no Free.
         """
         self.allocator.closed = True  # leases dropped from now on (interpreter exit) write nothing
+        self.copier.close()
         world_window = self.world_window
         if world_window is None:
             return

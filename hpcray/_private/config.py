@@ -75,6 +75,10 @@ TIMELINE_MAX_EVENTS = 100_000
 #: rank 0 moves what the collector tracks out of its way each time its task and object tables
 #: have grown by this many entries (gc_policy.py)
 GC_FREEZE_AT = 50_000
+#: a large copy (into the arena) is cut into pieces of at least this many bytes, one per thread
+#: (parallel_copy.py), and uses at most this many threads unless HPCRAY_COPY_THREADS says
+COPY_PIECE_MIN = 8 << 20
+COPY_THREADS_MAX = 4
 #: hpcray.util.state lists the newest this many tasks that ended (state_views.py)
 STATE_FINISHED_TASKS = 10_000
 #: the status table waits this long for the ranks' memory reports (then shows "?")
@@ -179,6 +183,9 @@ class Config:
     pool_bytes: int = 1 << 30
     #: Bytes of node-shared arena per rank (None: 2 GiB, or less to fit /dev/shm; 0: no arena).
     arena_bytes: Optional[int] = None
+    #: Threads that copy one large value into the arena together (None: the CPUs this process
+    #: may run on, at most COPY_THREADS_MAX; 1: one thread).
+    copy_threads: Optional[int] = None
     #: How a rank reads a large object made on another host: "auto" (Rget from a world window
     #: where the MPI allows it, else messages) or "p2p" (messages); see arena.create_arena.
     remote_fetch: str = "auto"
@@ -241,6 +248,8 @@ class Config:
             inline_max=_env_int("HPCRAY_INLINE_MAX", 100 * 1024),
             pool_bytes=_env_int("HPCRAY_POOL_BYTES", 1 << 30),
             arena_bytes=_env_int("HPCRAY_ARENA_BYTES", 0) if arena else None,
+            copy_threads=(_env_int("HPCRAY_COPY_THREADS", 1, minimum=1)
+                          if os.environ.get("HPCRAY_COPY_THREADS") else None),
             remote_fetch=remote_fetch,
             init_timeout_s=_env_float("HPCRAY_INIT_TIMEOUT_S", 120.0),
             exit_timeout_s=_env_float("HPCRAY_EXIT_TIMEOUT_S", 5.0),

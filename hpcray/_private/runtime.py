@@ -36,6 +36,7 @@ from .client import CoreClient
 from . import spawn
 from .comm import Backoff, CommLoop, MPITransport, duplicate, fault_tolerant, job_communicator
 from .claims import ClaimBoard
+from .parallel_copy import Copier, default_threads
 from .replacement import Replacement
 from .config import EXIT_ACK_S, MEMORY_SHARE, REMOTE_LEAVE_S, STATUS_MEMORY_WAIT_S, Config
 from .launchers import (launched_by_mpi, launcher_tasks, no_process_manager, slurm_binds_gpus,
@@ -467,6 +468,8 @@ def start_arena(comm: Any, config: Config):
     tolerant = fault_tolerant()
     remote_fetch = "p2p" if tolerant else config.remote_fetch
     arena = create_arena(comm, config.ranks_per_host, config.arena_bytes, remote_fetch, windows=not tolerant)
+    if arena is not None:
+        arena.copier = Copier(config.copy_threads or default_threads())
     serialization.use_arena(arena, config.inline_max)
     return arena
 

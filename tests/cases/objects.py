@@ -57,6 +57,8 @@ def case_large_values_of_every_shape_round_trip():
         "non_contiguous": base.reshape(512, -1)[:, ::3],
         "fortran": np.asfortranarray(base.reshape(512, -1)),
         "bytes": os.urandom(MB),
+        # over two of parallel_copy's pieces, of a size no piece boundary divides: each byte in place
+        "pieces": np.random.default_rng(0).integers(0, 256, size=20 * MB + 12345, dtype=np.uint8),
         "nested": {"a": [base[: MB // 8], (base[::2],)], "b": b"x" * (300 * 1024)},
     }
     for name, value in values.items():
