@@ -11,9 +11,10 @@ time per no-op task rose from 79 µs with 10,000 queued to 102 µs with 1,000,00
 costs the same at any size) when the tables reach ``GC_FREEZE_AT`` entries and again each time
 they have grown by as many, so a full collection visits at most the objects of that many
 entries; it gives them back (``gc.unfreeze``) when the tables have shrunk to a quarter of their
-size at the last freeze, and when the session ends. Frozen objects are still freed by reference counting the moment their
-last reference goes; only garbage cycles among them wait for the unfreeze. The policy stays out
-of the way of a program that froze objects itself or turned the collector off.
+size at the last freeze, and when the session ends. Frozen objects are still freed by reference
+counting the moment their last reference goes; only garbage cycles among them wait for the
+unfreeze. The policy stays out of the way of a program that froze objects itself or turned the
+collector off.
 """
 
 from __future__ import annotations
