@@ -59,6 +59,14 @@ def test_a_module_next_to_the_script_imports_on_the_workers(tmp_path):
     assert proc.returncode == 0 and "IMPORT_OK" in proc.stdout, proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("user_setting", [None, "reloc"])
+def test_single_host_jobs_load_mpi_without_ucx_memory_hooks_unless_the_user_says(user_setting):
+    env = {"UCX_MEM_MMAP_HOOK_MODE": user_setting} if user_setting else {}
+    proc = run_spawn([SCRIPT, "ucx"], timeout=90, env=env)
+    expected = user_setting or "none"
+    assert proc.returncode == 0 and f"UCX_HOOKS {expected} {expected}" in proc.stdout, proc.stdout + proc.stderr
+
+
 def kill_driver_once_it_says(script, label):
     """Start ``script linger``, read the pids it prints after ``label``, SIGKILL it; the pids."""
     env = dict(BASE_ENV, **SPAWN_ENV, PYTHONUNBUFFERED="1")

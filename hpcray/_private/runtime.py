@@ -212,6 +212,8 @@ def _connect_mpi(config: Config, num_cpus: Optional[float], num_gpus: Optional[f
         _refuse_copies("srun gave them no process-management interface for MPI (srun --mpi=none, or a "
                        "Slurm whose MpiDefault is none): name one, `srun --mpi=pmi2` for MPICH, "
                        "`srun --mpi=pmix` for Open MPI (`srun --mpi=list` shows this Slurm's)")
+    if not launched:
+        spawn.single_host_mpi_settings()
     try:
         importlib.import_module("mpi4py.MPI")  # loads the MPI library
     except Exception as exc:  # no MPI library at all: single rank

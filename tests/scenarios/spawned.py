@@ -5,6 +5,7 @@
     spawned.py linger          prints the workers' pids, then sleeps (the test kills the driver)
     spawned.py where           prints whether tasks run in this process (the fallback) or not
     spawned.py broken          the workers end before joining: init() must end the program
+    spawned.py ucx             prints UCX's memory-hook mode as the driver and a worker see it
 """
 
 import os
@@ -57,5 +58,13 @@ elif command == "linger":
         workers |= set(ray.get([pid.remote() for _ in range(12)]))
     print("WORKER_PIDS", " ".join(map(str, sorted(workers))), flush=True)
     time.sleep(120)
+elif command == "ucx":
+    @ray.remote
+    def hook_mode():
+        return os.environ.get("UCX_MEM_MMAP_HOOK_MODE"), os.getpid()
+
+    mode, where = ray.get(hook_mode.remote())
+    assert where != os.getpid()
+    print("UCX_HOOKS", os.environ.get("UCX_MEM_MMAP_HOOK_MODE"), mode, flush=True)
 elif command == "where":
     print("TASKS_HERE" if ray.get(pid.remote()) == os.getpid() else "TASKS_ELSEWHERE", flush=True)
