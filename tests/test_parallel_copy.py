@@ -2,6 +2,9 @@
 stays on the calling thread, and the caller never returns while a helper still writes."""
 
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -42,7 +45,7 @@ def test_a_copy_below_two_pieces_uses_no_helper_thread():
 
 
 class SlowHelpers:
-    """Stands in for numpy in parallel_copy: the calling thread's piece raises (as a cancel's
+    """Stands in for numpy's copy in parallel_copy: the calling thread's piece raises (as a cancel's
     KeyboardInterrupt would), the helpers' pieces take a while and are recorded."""
 
     def __init__(self, caller):
@@ -59,7 +62,7 @@ class SlowHelpers:
 
 def test_an_interrupted_caller_waits_for_its_helpers(monkeypatch):
     fake = SlowHelpers(threading.get_ident())
-    monkeypatch.setattr(parallel_copy, "np", fake)
+    monkeypatch.setattr(parallel_copy, "copy_piece", fake.copyto)
     copier = Copier(3)
     source = random_bytes(3 * COPY_PIECE_MIN)
     target = np.zeros_like(source)
@@ -78,7 +81,7 @@ def test_a_helpers_failure_reaches_the_caller(monkeypatch):
             if threading.current_thread().name.startswith("hpcray-copy"):
                 raise MemoryError("helper")
             np.copyto(target, source)
-    monkeypatch.setattr(parallel_copy, "np", Failing)
+    monkeypatch.setattr(parallel_copy, "copy_piece", Failing.copyto)
     copier = Copier(2)
     with pytest.raises(MemoryError, match="helper"):
         copier.copy(np.empty(2 * COPY_PIECE_MIN, np.uint8), random_bytes(2 * COPY_PIECE_MIN))
@@ -117,3 +120,22 @@ def test_the_default_follows_the_cpus_this_process_may_use(monkeypatch):
     assert default_threads() == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
     assert default_threads() == parallel_copy.COPY_THREADS_MAX
+
+
+def test_a_process_without_numpy_copies_without_it_until_a_copy_is_cut_into_pieces():
+    script = textwrap.dedent(f"""
+        import os, sys
+        from hpcray._private.parallel_copy import Copier
+        copier = Copier(2)
+        small = os.urandom(1000)
+        target = bytearray(len(small))
+        copier.copy(memoryview(target), small)
+        assert bytes(target) == small and "numpy" not in sys.modules
+        large = os.urandom({2 * COPY_PIECE_MIN} + 4097)
+        target = bytearray(len(large))
+        copier.copy(memoryview(target), large)
+        assert bytes(target) == large and "numpy" in sys.modules
+        print("OK")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr

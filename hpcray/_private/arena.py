@@ -22,6 +22,7 @@ off, and the host's first rank says so once in the log.
 
 from __future__ import annotations
 
+import array
 import bisect
 import ctypes
 import itertools
@@ -31,8 +32,6 @@ import os
 import threading
 from collections import deque
 from typing import Any, Dict, List, Optional, Tuple
-
-import numpy as np
 
 from .comm import wait_request
 from .config import ARENA_CLOSE_S, MIN_SEGMENT, SHM_SHARE
@@ -107,7 +106,7 @@ class Lease:
 
     __slots__ = ("allocator", "offset", "tag_word")
 
-    def __init__(self, allocator: SegmentAllocator, offset: int, tag_word: np.ndarray):
+    def __init__(self, allocator: SegmentAllocator, offset: int, tag_word: memoryview):
         self.allocator = allocator
         self.offset = offset
         self.tag_word = tag_word
@@ -118,13 +117,28 @@ class Lease:
             self.allocator.release(self.offset)
 
 
-class _PinnedBytes(np.ndarray):
-    """A read-only byte view of arena memory that keeps ``pin`` (an ObjectRef) alive."""
+def byte_view(memory: Any) -> memoryview:
+    """Shared memory (an MPI window's, a mapped file) as a flat, writable view of bytes."""
+    return memoryview(memory).cast("B")
+
+
+_PINNED_BYTES: Any = None  # the class below, made once numpy is imported
 
 
 def pinned_view(view: memoryview, pin: Any) -> memoryview:
-    """A read-only memoryview of ``view`` whose lifetime holds ``pin`` (no copy)."""
-    array = np.frombuffer(view, dtype=np.uint8).view(_PinnedBytes)
+    """A read-only memoryview of ``view`` whose lifetime holds ``pin`` (no copy).
+
+    The view exports from a numpy array that holds ``pin``: whatever is built on the view (an
+    array unpickled from it, a memoryview of that) references that array, so the pin lives as
+    long as any of it does. (A memoryview cannot hold it: a view made from a memoryview refers to
+    the memory's exporter, not to that memoryview.) The values read here hold out-of-band
+    buffers, which means numpy arrays nearly always: their unpickling imports numpy anyway."""
+    global _PINNED_BYTES
+    import numpy as np
+    if _PINNED_BYTES is None:
+        _PINNED_BYTES = type("_PinnedBytes", (np.ndarray,), {
+            "__doc__": "A read-only byte view of arena memory that keeps ``pin`` (an ObjectRef) alive."})
+    array = np.frombuffer(view, dtype=np.uint8).view(_PINNED_BYTES)
     array.pin = pin
     array.flags.writeable = False
     return memoryview(array)
@@ -133,7 +147,7 @@ def pinned_view(view: memoryview, pin: Any) -> memoryview:
 class SharedArena:
     """This rank's segment of the host's shared window, and views of its neighbours' segments."""
 
-    def __init__(self, rank: int, window: Any, host_ranks: Dict[int, int], segment: np.ndarray,
+    def __init__(self, rank: int, window: Any, host_ranks: Dict[int, int], segment: memoryview,
                  world_window: Any = None):
         self.rank = rank
         self.window = window  # the window whose Shared_query maps the host's segments
@@ -142,7 +156,7 @@ class SharedArena:
         self.allocator = SegmentAllocator(len(segment))
         self.world_window = world_window  # for Rget from other hosts, or None
         self.locked = world_window is not None  # create_arena opened the job-long Lock_all epoch
-        self.peers: Dict[int, np.ndarray] = {rank: segment}
+        self.peers: Dict[int, memoryview] = {rank: segment}
         self.full_count = 0
         self.tags = itertools.count((rank << 40) + 1)
         self.copier = Copier()  # one thread per copy, unless the runtime gives it more (start_arena)
@@ -167,13 +181,13 @@ class SharedArena:
             return None
         segment = self.segment
         tag = next(self.tags)
-        tag_word = segment[offset:offset + 8].view(np.uint64)
+        tag_word = segment[offset:offset + 8].cast("Q")
         lease = Lease(self.allocator, offset, tag_word)
         views = []
         for start, size, source in zip(starts, sizes, [data] + buffers):
             target = segment[offset + start:offset + start + size]
-            self.copier.copy(target, np.frombuffer(source, dtype=np.uint8))
-            views.append(memoryview(target))
+            self.copier.copy(target, source)
+            views.append(target)
         tag_word[0] = tag  # last: the block holds the whole value before it is announced
         spans = tuple((offset + start, size) for start, size in zip(starts, sizes))
         return views[1:], (self.rank, spans, tag), lease
@@ -182,12 +196,12 @@ class SharedArena:
     def can_map(self, rank: int) -> bool:
         return rank in self.host_ranks
 
-    def segment_of(self, rank: int) -> np.ndarray:
+    def segment_of(self, rank: int) -> memoryview:
         """The whole segment of a rank on this host, mapped here (no copy)."""
         segment = self.peers.get(rank)
         if segment is None:
             buffer, _ = self.window.Shared_query(self.host_ranks[rank])
-            segment = self.peers[rank] = np.frombuffer(buffer, dtype=np.uint8)
+            segment = self.peers[rank] = byte_view(buffer)
         return segment
 
     def map(self, placement: Placement) -> Optional[Tuple[bytes, List[memoryview]]]:
@@ -197,10 +211,10 @@ class SharedArena:
         segment = self.segment_of(rank)
         (start, size), rest = spans[0], spans[1:]
         block = start - TAG_BYTES
-        if int(segment[block:block + 8].view(np.uint64)[0]) != tag:
+        if segment[block:block + 8].cast("Q")[0] != tag:
             return None
         data = segment[start:start + size].tobytes()
-        return data, [memoryview(segment[o:o + n]) for o, n in rest]
+        return data, [segment[o:o + n] for o, n in rest]
 
     def used_bytes(self) -> int:
         return self.allocator.used_bytes()
@@ -228,8 +242,8 @@ class SharedArena:
             return
         from mpi4py import MPI
         self.end_reads()
-        mine = np.array([1 if busy else 0], dtype=np.int32)
-        anyone = np.zeros(1, dtype=np.int32)
+        mine = array.array("i", [1 if busy else 0])
+        anyone = array.array("i", [0])
         if wait_request(comm.Iallreduce(mine, anyone, op=MPI.MAX), timeout_s) and anyone[0] == 0:
             self.world_window = None
             world_window.Free()
@@ -305,8 +319,7 @@ def create_arena(comm: Any, ranks_per_host: int, requested: Optional[int],
         mappable = all(_query_size(window, r) == n for r, n in zip(host_ranks, sizes))
         if comm.allreduce(mappable, op=MPI.LAND):
             window.Lock_all()  # one passive-target epoch for the job: every Rget happens inside it
-            segment = np.frombuffer(window.tomemory(), dtype=np.uint8)
-            return SharedArena(rank, window, {r: r for r in host_ranks}, segment, window)
+            return SharedArena(rank, window, {r: r for r in host_ranks}, byte_view(window.tomemory()), window)
         window.Free()
         if rank == 0:
             logger.info("hpcray: this MPI cannot map a Win.Allocate window's same-host parts; using "
@@ -328,7 +341,7 @@ def create_arena(comm: Any, ranks_per_host: int, requested: Optional[int],
         return SharedArena(rank, files, {r: r for r in host_ranks}, files.segment(rank))
     buffer, _ = window.Shared_query(host_comm.Get_rank())
     local = {r: i for i, r in enumerate(host_ranks)}
-    return SharedArena(rank, window, local, np.frombuffer(buffer, dtype=np.uint8))
+    return SharedArena(rank, window, local, byte_view(buffer))
 
 
 class FileSegments:
@@ -358,8 +371,8 @@ class FileSegments:
             host_comm.Barrier()  # every file is mapped everywhere
             os.unlink(path.format(mine))
 
-    def segment(self, rank: int) -> np.ndarray:
-        return np.frombuffer(self.maps[rank], dtype=np.uint8)
+    def segment(self, rank: int) -> memoryview:
+        return byte_view(self.maps[rank])
 
     def Shared_query(self, rank: int):  # noqa: N802 (an MPI window's name)
         return memoryview(self.maps[rank]), 1

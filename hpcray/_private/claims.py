@@ -33,11 +33,10 @@ still keeps the tasks queued behind it until it ends.
 
 from __future__ import annotations
 
+import array
 import ctypes
 import logging
 from typing import Any, Dict, List, Optional, Tuple
-
-import numpy as np
 
 from .config import CLAIM_CELLS
 
@@ -58,8 +57,8 @@ class ClaimBoard:
         self.uses: List[int] = [0] * ((size - 1) * CLAIM_CELLS) if rank == 0 else []  # per cell
         if rank == 0:
             self.reset()
-        self._origin = np.zeros(1, dtype=np.int64)
-        self._result = np.zeros(1, dtype=np.int64)
+        self._origin = array.array("q", [0])
+        self._result = array.array("q", [0])
         self._fetch_and_max = _fetch_and_max_holding_the_gil(window, self._origin, self._result)
 
     @classmethod
@@ -74,7 +73,8 @@ class ClaimBoard:
             logger.info("hpcray: no claim window (%s): queued tasks are only asked back", exc)
             return None
         if rank == 0:
-            np.frombuffer(window.tomemory(), dtype=np.int64)[:] = 0
+            cells = memoryview(window.tomemory()).cast("B")
+            cells[:] = bytes(len(cells))
         comm.Barrier()  # (the cells are zero before anyone raises one)
         window.Lock_all()
         return cls(window, rank, size)
@@ -131,7 +131,7 @@ class ClaimBoard:
         return self._raise(cell, 2 * use + 1) < 2 * use + 1
 
 
-def _fetch_and_max_holding_the_gil(window: Any, origin: np.ndarray, result: np.ndarray) -> Any:
+def _fetch_and_max_holding_the_gil(window: Any, origin: array.array, result: array.array) -> Any:
     """``MPI_Fetch_and_op(MAX)`` and ``MPI_Win_flush`` on rank 0's cells, called through
     ``ctypes.PyDLL`` (the GIL stays held): mpi4py lets the GIL go around each call, and getting it
     back waits for the switch interval (5 ms) whenever a task thread runs Python (measured here
@@ -149,7 +149,7 @@ def _fetch_and_max_holding_the_gil(window: Any, origin: np.ndarray, result: np.n
                              handle, handle]
     flush.argtypes = [ctypes.c_int, handle]
     win, int64, op = MPI._handleof(window), MPI._handleof(MPI.INT64_T), MPI._handleof(MPI.MAX)
-    origin_at, result_at = origin.ctypes.data, result.ctypes.data
+    origin_at, result_at = origin.buffer_info()[0], result.buffer_info()[0]
 
     def fetch_and_max(cell: int) -> None:
         if fetch_and_op(origin_at, result_at, int64, 0, cell, op, win) or flush(0, win):

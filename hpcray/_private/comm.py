@@ -28,6 +28,7 @@ at once, in the turn.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import pickle
 import threading
@@ -35,10 +36,8 @@ import time
 from collections import deque
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
-
 from . import protocol as P
-from .config import (BATCH_MAX, BATCH_S, FINAL_FLUSH_S, GUEST_WAIT_S, HOLD_S, OOB_MIN,
+from .config import (BATCH_MAX, BATCH_S, FINAL_FLUSH_S, GUEST_WAIT_S, HOLD_S, OOB_MIN, RAW_MIN,
                      SINGLE_RANK_IDLE_S, SMALL_FRAME)
 from .interrupts import SHIELD
 from .lending import FREE, GUEST, Lending
@@ -110,6 +109,13 @@ def fault_tolerant() -> bool:
         return False
     from mpi4py import MPI
     return hasattr(MPI.Comm, "Get_failed") and hasattr(MPI.Comm, "Ack_failed")
+
+
+def fresh_buffer(size: int) -> Any:
+    """A writable buffer of ``size`` bytes for a receive to fill: a large one is an anonymous
+    mapping, whose pages the kernel zeroes as they are first written (a ``bytearray`` would be
+    zeroed by a pass of its own first)."""
+    return mmap.mmap(-1, size) if size >= RAW_MIN else bytearray(size)
 
 
 def duplicate(base: Any, timeout_s: float) -> Any:
@@ -247,11 +253,10 @@ class MPITransport:
         slot = [_ARRIVING]
         queue.append(slot)  # the batch takes its place in the source's order once complete
 
-        def complete(parts: List[np.ndarray]) -> None:
+        def complete(parts: List[Any]) -> None:
             slot[0] = pickle.loads(parts[0], buffers=parts[1:])
             self._release(source)
-        # np.empty: not zero-filled
-        self.receive_buffers(source, sizes, complete, lambda size: np.empty(size, dtype=np.uint8), TAG_BIG)
+        self.receive_buffers(source, sizes, complete, fresh_buffer, TAG_BIG)
 
     def _release(self, source: int) -> None:
         """Hand on the batches of ``source`` that are complete, up to the first that is not."""

@@ -23,9 +23,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from typing import Callable, Dict, List, Optional, Tuple
-
-import numpy as np
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .. import exceptions
 from .config import RAW_MIN
@@ -48,11 +46,11 @@ class BufferPool:
 
     def __init__(self, keep_bytes: int):
         self.keep_bytes = keep_bytes
-        self.idle: Dict[int, List[np.ndarray]] = {}
+        self.idle: Dict[int, List[Any]] = {}  # numpy byte arrays, by size
         self.idle_bytes = 0
         self.lock = threading.RLock()  # a view may die (and give back) while we hold it
 
-    def take(self, size: int) -> np.ndarray:
+    def take(self, size: int) -> Any:
         capacity = max(RAW_MIN, 1 << max(size - 1, 1).bit_length())
         base = None
         with self.lock:
@@ -61,12 +59,16 @@ class BufferPool:
                 base = bases.pop()
                 self.idle_bytes -= capacity
         if base is None:
+            # numpy, imported here (values that arrive in raw buffers are nearly always arrays,
+            # whose unpickling imports it anyway): the view handed out must hold the base, and
+            # a memoryview of a memoryview does not hold that memoryview
+            import numpy as np
             base = np.empty(capacity, dtype=np.uint8)
         view = base[:size]
         weakref.finalize(view, self._give_back, base)
         return view
 
-    def _give_back(self, base: np.ndarray) -> None:
+    def _give_back(self, base: Any) -> None:
         with self.lock:
             if self.idle_bytes + base.nbytes <= self.keep_bytes:
                 self.idle.setdefault(base.nbytes, []).append(base)
@@ -160,7 +162,7 @@ class ObjectPlane:
         tag_span = (spans[0][0] - TAG_BYTES, 8)
 
         def arrived(buffers: List[object]) -> None:
-            if int(np.frombuffer(buffers[0], dtype=np.uint64)[0]) != tag:
+            if memoryview(buffers[0]).cast("Q")[0] != tag:
                 self.on_object_data(object_id, self._lost(object_id, f"rank {rank} no longer holds it"))
                 return
             data = bytes(buffers[1])

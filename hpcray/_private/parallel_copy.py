@@ -9,18 +9,22 @@ and the caller returns once all are in. It waits for the helpers even when a can
 (a task's ``KeyboardInterrupt``): they write into a block the caller owns, which must not be
 released under them. Ray's object store copies large objects with several threads too.
 
-    Copier.copy(target, source) ── small, or one thread: np.copyto
+    Copier.copy(target, source) ── small, or one thread: np.copyto (memoryview assignment
+                                │    where the process has not imported numpy)
                                 └─ large: pieces 2..n ─► helper threads ─┐
                                           piece 1 ─► the caller ──────────┴─► wait for all
+
+hpcray does not import numpy itself (it is a third of a worker's start-up): it uses it where the
+process has it, and imports it for a copy large enough to be cut into pieces.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import List, Optional
-
-import numpy as np
+from typing import Any, List, Optional
 
 from .config import COPY_PIECE_MIN, COPY_THREADS_MAX
 
@@ -43,19 +47,29 @@ class Copier:
         self._pool: Optional[ThreadPoolExecutor] = None
         self._pid = 0  # the process that made the pool (a forked child has none of its threads)
 
-    def copy(self, target: np.ndarray, source: np.ndarray) -> None:
-        """Copy the bytes of ``source`` into ``target`` (both flat uint8 arrays of one size)."""
-        pieces = min(self.threads, source.nbytes // COPY_PIECE_MIN)
-        if pieces <= 1:
-            np.copyto(target, source)
+    def copy(self, target: memoryview, source: Any) -> None:
+        """Copy the bytes of ``source`` (a contiguous buffer) into ``target`` (a writable byte
+        view of the same size)."""
+        source = memoryview(source).cast("B")
+        nbytes = source.nbytes
+        pieces = min(self.threads, nbytes // COPY_PIECE_MIN)
+        np = sys.modules.get("numpy")
+        if pieces <= 1 and np is None:
+            target[:] = source
             return
-        step = -(-source.nbytes // pieces)
+        if np is None:
+            np = importlib.import_module("numpy")
+        target, source = np.frombuffer(target, dtype=np.uint8), np.frombuffer(source, dtype=np.uint8)
+        if pieces <= 1:
+            copy_piece(target, source)
+            return
+        step = -(-nbytes // pieces)
         step += -step % 4096  # pieces start on page boundaries
         pool = self._helpers()
-        helped: List[Future] = [pool.submit(np.copyto, target[start:start + step], source[start:start + step])
-                                for start in range(step, source.nbytes, step)]
+        helped: List[Future] = [pool.submit(copy_piece, target[start:start + step], source[start:start + step])
+                                for start in range(step, nbytes, step)]
         try:
-            np.copyto(target[:step], source[:step])
+            copy_piece(target[:step], source[:step])
         finally:
             _wait_all(helped)
 
@@ -71,6 +85,11 @@ class Copier:
         if self._pool is not None and self._pid == os.getpid():
             self._pool.shutdown(wait=False)
         self._pool = None
+
+
+def copy_piece(target: Any, source: Any) -> None:
+    """Copy one numpy byte array into another; numpy lets the GIL go while it copies."""
+    sys.modules["numpy"].copyto(target, source)
 
 
 def _wait_all(helped: List[Future]) -> None:

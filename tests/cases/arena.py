@@ -25,7 +25,7 @@ def in_arena(array) -> bool:
     address = array.__array_interface__["data"][0]
     for rank in here.host_ranks:
         segment = here.segment_of(rank)
-        start = segment.__array_interface__["data"][0]
+        start = np.frombuffer(segment, dtype=np.uint8).__array_interface__["data"][0]
         if start <= address < start + len(segment):
             return True
     return False

@@ -6,6 +6,7 @@
     spawned.py where           prints whether tasks run in this process (the fallback) or not
     spawned.py broken          the workers end before joining: init() must end the program
     spawned.py ucx             prints UCX's memory-hook mode as the driver and a worker see it
+    spawned.py numpy           a worker imports numpy only for a value that holds arrays
 """
 
 import os
@@ -66,5 +67,20 @@ elif command == "ucx":
     mode, where = ray.get(hook_mode.remote())
     assert where != os.getpid()
     print("UCX_HOOKS", os.environ.get("UCX_MEM_MMAP_HOOK_MODE"), mode, flush=True)
+elif command == "numpy":
+    @ray.remote
+    def numpy_loaded(value=None):
+        return "numpy" in sys.modules
+
+    # hpcray itself does not import numpy (a third of a worker's start): tasks, large bytes
+    # values through the arena and by messages leave it out; an array brings it in
+    assert "numpy" not in sys.modules
+    big = os.urandom(8 << 20)
+    assert ray.get([numpy_loaded.remote() for _ in range(6)]) == [False] * 6
+    assert ray.get([numpy_loaded.remote(big) for _ in range(6)]) == [False] * 6
+    assert ray.get(numpy_loaded.remote(ray.put(big))) is False
+    import numpy as np
+    assert ray.get([numpy_loaded.remote(np.ones(1 << 20)) for _ in range(6)]) == [True] * 6
+    print("NUMPY_LAZY_OK", flush=True)
 elif command == "where":
     print("TASKS_HERE" if ray.get(pid.remote()) == os.getpid() else "TASKS_ELSEWHERE", flush=True)
