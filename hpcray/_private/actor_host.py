@@ -17,12 +17,14 @@ Concurrency groups have their own limits. Everything here runs in the loop's tur
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import concurrent.futures
 import threading
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
+
+if TYPE_CHECKING:  # (imported for the first async actor: it is 30 ms of every worker's start)
+    import asyncio
 
 from .. import exceptions
 from . import context
@@ -271,6 +273,7 @@ class ActorHost:
 
     def _start(self, actor: HostedActor, group: str, spec: P.TaskSpec, values: List[SerializedValue]) -> None:
         if actor.is_async:
+            import asyncio
             loop = self._loop_of(actor)
             future = asyncio.run_coroutine_threadsafe(self.run_async_call(actor, spec, values), loop)
             self.futures[spec.task_id] = future
@@ -310,6 +313,7 @@ class ActorHost:
     def _loop_of(self, actor: HostedActor) -> asyncio.AbstractEventLoop:
         with self._loops_lock:  # (the actor's __init__ asks for it from a pool thread)
             if actor.loop is None:
+                import asyncio
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(target=_serve_loop, args=(loop,), name=f"hpcray-actor-{actor.class_name}",
                                           daemon=True)
@@ -320,6 +324,7 @@ class ActorHost:
     def run_on_loop(self, actor: HostedActor, coroutine: Any) -> Any:
         """Pool thread: run ``coroutine`` on the actor's event loop and return its result; an
         actor killed meanwhile (its loop stopped) raises instead of leaving the thread waiting."""
+        import asyncio
         loop = self._loop_of(actor)
         future = asyncio.run_coroutine_threadsafe(coroutine, loop)
         while True:
@@ -394,6 +399,7 @@ def _serve_loop(loop: asyncio.AbstractEventLoop) -> None:
     on it (calls of a killed actor, failed for their callers already) and close it here. A loop
     left to the garbage collector unclosed closes itself in ``__del__`` on whatever thread that
     is, after its self-pipe socket may have been collected first ("Invalid file descriptor")."""
+    import asyncio
     try:
         loop.run_forever()
     finally:

@@ -12,7 +12,6 @@ only when every existing one is busy (or blocked in ``get``).
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import inspect
 import logging
@@ -619,7 +618,8 @@ class Executor:
             return None, serialize(exceptions.WorkerCrashedError(
                 f"The task {spec.name} called exit({exc.code}) on rank {self.rank}; hpcray treats this "
                 "as a crashed worker (the rank itself keeps running)"), is_error=True), True
-        if isinstance(exc, asyncio.CancelledError) or (
+        asyncio = sys.modules.get("asyncio")  # (a CancelledError exists only where it is imported)
+        if (asyncio is not None and isinstance(exc, asyncio.CancelledError)) or (
                 isinstance(exc, KeyboardInterrupt) and spec.task_id in self.cancelled):
             self.cancelled.discard(spec.task_id)
             return None, interrupted_value(spec, self.rank, self.ip), False
@@ -659,6 +659,7 @@ class Executor:
         (STREAMING) or put (DYNAMIC). Returns the task's one return value: the item count, or
         the DynamicObjectRefGenerator of the items' refs."""
         if inspect.isasyncgen(result):  # an async generator in a sync task or threaded call
+            import asyncio
             return asyncio.run(self._generate_async(spec, result))
         if not hasattr(result, "__next__"):
             raise TypeError(f"{spec.name} has num_returns={_returns_name(spec.num_returns)!r} but returned a "
@@ -675,6 +676,7 @@ class Executor:
             items.close()
 
     async def _generate_async(self, spec: TaskSpec, result: Any) -> Any:
+        import asyncio
         items = _Items(self, spec)
         try:
             async for item in result:

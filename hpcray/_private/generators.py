@@ -11,7 +11,6 @@ releases the items nobody took.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from typing import Any, Iterator, List, Optional
 
@@ -49,6 +48,7 @@ class ObjectRefGenerator:
         return self
 
     async def __anext__(self) -> ObjectRef:
+        import asyncio
         ref = await asyncio.get_running_loop().run_in_executor(None, self._take, None)
         if ref is None:
             raise StopAsyncIteration

@@ -6,7 +6,8 @@
     spawned.py where           prints whether tasks run in this process (the fallback) or not
     spawned.py broken          the workers end before joining: init() must end the program
     spawned.py ucx             prints UCX's memory-hook mode as the driver and a worker see it
-    spawned.py numpy           a worker imports numpy only for a value that holds arrays
+    spawned.py numpy           a worker imports numpy only for a value that holds arrays, and
+                               asyncio only for async code
 """
 
 import os
@@ -77,6 +78,19 @@ elif command == "numpy":
     assert "numpy" not in sys.modules
     big = os.urandom(8 << 20)
     assert ray.get([numpy_loaded.remote() for _ in range(6)]) == [False] * 6
+
+    @ray.remote
+    def asyncio_loaded():
+        return "asyncio" in sys.modules
+
+    assert ray.get([asyncio_loaded.remote() for _ in range(6)]) == [False] * 6
+
+    @ray.remote
+    class Waiter:
+        async def loaded(self):
+            return "asyncio" in sys.modules
+
+    assert ray.get(Waiter.remote().loaded.remote()) is True
     assert ray.get([numpy_loaded.remote(big) for _ in range(6)]) == [False] * 6
     assert ray.get(numpy_loaded.remote(ray.put(big))) is False
     import numpy as np
