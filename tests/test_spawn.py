@@ -67,7 +67,7 @@ def test_single_host_jobs_load_mpi_without_ucx_memory_hooks_unless_the_user_says
     assert proc.returncode == 0 and f"UCX_HOOKS {expected} {expected}" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_workers_import_numpy_only_for_arrays_and_asyncio_only_for_async_code():
+def test_workers_import_numpy_only_for_arrays_asyncio_only_for_async_code_and_no_nvml():
     proc = run_spawn([SCRIPT, "numpy"], timeout=90)
     assert proc.returncode == 0 and "NUMPY_LAZY_OK" in proc.stdout, proc.stdout + proc.stderr
 

@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import protocol as P
 from .config import (BATCH_MAX, BATCH_S, FINAL_FLUSH_S, GUEST_WAIT_S, HOLD_S, OOB_MIN, RAW_MIN,
-                     SINGLE_RANK_IDLE_S, SMALL_FRAME)
+                     SINGLE_RANK_IDLE_S, SMALL_FRAME, START_POLL_MAX_S)
 from .interrupts import SHIELD
 from .lending import FREE, GUEST, Lending
 from .object_ref import DECREF, INCREF, job_of
@@ -73,10 +73,10 @@ class Backoff:
         self.delay_s = min(self.delay_s * 2, self.max_s)
 
 
-def wait_request(request: Any, timeout_s: float) -> bool:
+def wait_request(request: Any, timeout_s: float, max_sleep_s: float = 0.01) -> bool:
     """Poll a non-blocking MPI request until it completes (True) or ``timeout_s`` passes (False)."""
     deadline = time.monotonic() + timeout_s
-    backoff = Backoff()
+    backoff = Backoff(max_s=max_sleep_s)
     while not request.Test():
         if time.monotonic() > deadline:
             return False
@@ -121,7 +121,7 @@ def fresh_buffer(size: int) -> Any:
 def duplicate(base: Any, timeout_s: float) -> Any:
     """A duplicate of ``base`` made by every rank of it (``Idup``, polled)."""
     comm, request = base.Idup()
-    if not wait_request(request, timeout_s):
+    if not wait_request(request, timeout_s, START_POLL_MAX_S):
         raise RuntimeError(f"hpcray.init(): not every rank called hpcray.init() within {timeout_s:.0f} s; "
                            "every rank must reach init() (call it near the top of the program)")
     return comm

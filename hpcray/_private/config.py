@@ -93,6 +93,9 @@ PROGRESS_REDRAW_S = 0.1
 PROGRESS_LOG_EVERY_S = 5.0
 #: a driver and the workers it spawned look this often whether the other's process still exists
 PROCESS_WATCH_S = 0.5
+#: the longest sleep between polls while the ranks start (``init()`` waits for the other ranks'
+#: imports and HELLOs): each oversleep adds to the start, and a few hundred polls cost nothing
+START_POLL_MAX_S = 0.001
 #: init() ends the program when no worker it is spawning has been alive for this long
 SPAWN_GONE_S = 5.0
 #: a collective group's members wait this long for each other to join (collective.py)

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import context, object_ref, serialization
 from .arena import create_arena
@@ -38,7 +38,7 @@ from .comm import Backoff, CommLoop, MPITransport, duplicate, fault_tolerant, jo
 from .claims import ClaimBoard
 from .parallel_copy import Copier, default_threads
 from .replacement import Replacement
-from .config import EXIT_ACK_S, MEMORY_SHARE, REMOTE_LEAVE_S, STATUS_MEMORY_WAIT_S, Config
+from .config import EXIT_ACK_S, MEMORY_SHARE, REMOTE_LEAVE_S, START_POLL_MAX_S, STATUS_MEMORY_WAIT_S, Config
 from .launchers import (launched_by_mpi, launcher_tasks, no_process_manager, slurm_binds_gpus,
                         slurm_cpus_per_task)
 from .executor import Executor, host_address
@@ -124,6 +124,8 @@ class ProcessState:
         self.early_log: Optional[logging.Handler] = None  # what is logged before it is open
         self.timeline_at_exit = False  # HPCRAY_TIMELINE's hook is registered
         self.ending = False  # the driver's process is ending (a SIGTERM came, or the exit hook runs)
+        # (GPU ids, model names) the driver saw for the workers it spawned, which do not look
+        self.spawned_gpus: Optional[Tuple[List[str], List[str]]] = None
 
     def forget(self) -> None:
         """In a forked child: nothing of the parent's runtime is ours."""
@@ -136,10 +138,13 @@ PROCESS = ProcessState()
 
 
 def local_rank_info(rank: int, config: Config, num_cpus: Optional[float] = None,
-                     num_gpus: Optional[float] = None,
-                     resources: Optional[Dict[str, float]] = None) -> RankInfo:
+                     num_gpus: Optional[float] = None, resources: Optional[Dict[str, float]] = None,
+                     detect_gpus: bool = True) -> RankInfo:
+    """What this rank reports in its HELLO. ``detect_gpus=False``: a worker the driver spawned,
+    which sees what the driver saw (its host, its environment); the driver fills that in."""
     host = host_name(rank, config.ranks_per_host)
-    gpu_ids, names = gpus.detect()  # what it sees: the driver shares them out (share_gpus)
+    # what it sees: the driver shares them out (share_gpus)
+    gpu_ids, names = gpus.detect() if detect_gpus else ([], [])
     if num_gpus is None:
         num_gpus = config.gpus_per_rank
     if num_cpus is None:
@@ -247,7 +252,7 @@ def _connect_mpi(config: Config, num_cpus: Optional[float], num_gpus: Optional[f
     count = config.spawn_workers or max(1, int(num_cpus) if num_cpus else usable_cpu_count())
     watch = spawn.SpawnWatch(count, config.init_timeout_s)
     try:
-        inter, merged = spawn.spawn_workers(count, num_gpus, resources)
+        inter, merged, PROCESS.spawned_gpus = spawn.spawn_workers(count, num_gpus, resources)
         comm = duplicate(merged, config.init_timeout_s)
     finally:
         watch.stop()
@@ -531,7 +536,7 @@ def _gather_workers(transport: MPITransport, config: Config) -> List[RankInfo]:
     expected = transport.size - 1
     infos: Dict[int, RankInfo] = {}
     deadline = time.monotonic() + config.init_timeout_s
-    backoff = Backoff()
+    backoff = Backoff(max_s=START_POLL_MAX_S)
     while len(infos) < expected:
         got = transport.receive()
         for source, batch in got:
@@ -545,6 +550,9 @@ def _gather_workers(transport: MPITransport, config: Config) -> List[RankInfo]:
                                    "every rank must reach init() (call it near the top of the program)")
             backoff.sleep()
     workers = [infos[r] for r in sorted(infos)]
+    if PROCESS.spawned_gpus is not None:
+        for info in workers:
+            info.gpu_ids, info.gpu_names = list(PROCESS.spawned_gpus[0]), list(PROCESS.spawned_gpus[1])
     owned = share_gpus(config, workers)
     head_host = host_name(0, config.ranks_per_host)
     per_host: Dict[str, int] = {}

@@ -155,10 +155,18 @@ def bootstrap_args(payload: Dict[str, Any]) -> List[str]:
 
 
 def spawn_workers(count: int, num_gpus: Optional[float],
-                  resources: Optional[Dict[str, float]]) -> Tuple[Any, Any]:
-    """Start ``count`` worker ranks; returns (intercommunicator, merged intracommunicator), in
-    which this process is rank 0."""
+                  resources: Optional[Dict[str, float]]) -> Tuple[Any, Any, Tuple[List[str], List[str]]]:
+    """Start ``count`` worker ranks; returns (intercommunicator, merged intracommunicator, in
+    which this process is rank 0, and the GPUs the workers see).
+
+    The workers see what the driver sees (one host, one environment), so the driver looks for
+    GPUs once, for all of them, in a thread while ``MPI_Comm_spawn`` starts them (which lets the
+    GIL go): asking NVML takes 25-40 ms of a process's start, most of it importing pynvml."""
     from mpi4py import MPI
+    from . import gpus
+    seen: List[Tuple[List[str], List[str]]] = []
+    detector = threading.Thread(target=lambda: seen.append(gpus.detect()), name="hpcray-gpu-detect", daemon=True)
+    detector.start()
     global CRASH_REPORTS
     if CRASH_REPORTS is None:
         CRASH_REPORTS = CrashReports()
@@ -167,7 +175,8 @@ def spawn_workers(count: int, num_gpus: Optional[float],
         # init()'s amounts are the job's totals: each worker gets its share, as under mpiexec
         num_gpus=[share.get("GPU", 0.0) for share in split_resources({"GPU": num_gpus}, count)]
         if num_gpus is not None else None,
-        resources=split_resources(resources, count))
+        resources=split_resources(resources, count),
+        detect_gpus=False)
     info = MPI.Info.Create()
     info.Set("wdir", payload["cwd"])
     group = _own_process_group()
@@ -176,7 +185,9 @@ def spawn_workers(count: int, num_gpus: Optional[float],
     finally:
         info.Free()
         _back_to_process_group(group)
-    return inter, inter.Merge(high=False)
+    merged = inter.Merge(high=False)
+    detector.join()
+    return inter, merged, seen[0] if seen else ([], [])
 
 
 class SpawnWatch:

@@ -48,7 +48,7 @@ def main(payload: dict, parent: Any, merged: Any) -> None:
     rank = comm.Get_rank()
     num_gpus = payload["num_gpus"][rank - 1] if payload["num_gpus"] is not None else None
     serve_worker(comm, config, num_gpus=num_gpus, resources=payload["resources"][rank - 1],
-                 spawned=(parent, merged))
+                 spawned=(parent, merged), detect_gpus=payload.get("detect_gpus", True))
 
 
 def _replace(order: dict, parent: Any, merged: Any, config: Any) -> None:

@@ -122,7 +122,8 @@ class WorkerAgent:
 
 def serve_worker(comm: Any, config: Config, num_gpus: Optional[float] = None,
                  resources: Optional[Dict[str, float]] = None, spawned: Optional[tuple] = None,
-                 num_cpus: Optional[float] = None, replacement: Optional[tuple] = None) -> None:
+                 num_cpus: Optional[float] = None, replacement: Optional[tuple] = None,
+                 detect_gpus: bool = True) -> None:
     """Serve tasks on this rank until the driver's process ends; then leave the process.
     A worker the driver spawned (spawn.py) is given its share of ``init()``'s GPUs and
     resources, and ``spawned``: the communicators to disconnect from the driver at the end. A
@@ -153,6 +154,7 @@ def serve_worker(comm: Any, config: Config, num_gpus: Optional[float] = None,
     runtime.end_job_on_loop_failure(loop, comm, host_name(rank, config.ranks_per_host), lambda: agent.executor)
     loop.agent = agent.handle
     loop.send(0, (P.HELLO, runtime.local_rank_info(rank, config, num_cpus=num_cpus, num_gpus=num_gpus,
+                                                   detect_gpus=detect_gpus,
                                                    resources=resources)))
     # What this process holds now (modules, the user's script up to init()) lives until the end:
     # the cyclic collector need not walk it again. Without this, a full collection walked it all

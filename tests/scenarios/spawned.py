@@ -6,8 +6,8 @@
     spawned.py where           prints whether tasks run in this process (the fallback) or not
     spawned.py broken          the workers end before joining: init() must end the program
     spawned.py ucx             prints UCX's memory-hook mode as the driver and a worker see it
-    spawned.py numpy           a worker imports numpy only for a value that holds arrays, and
-                               asyncio only for async code
+    spawned.py numpy           a worker imports numpy only for a value that holds arrays,
+                               asyncio only for async code, and pynvml not at all
 """
 
 import os
@@ -80,10 +80,10 @@ elif command == "numpy":
     assert ray.get([numpy_loaded.remote() for _ in range(6)]) == [False] * 6
 
     @ray.remote
-    def asyncio_loaded():
-        return "asyncio" in sys.modules
+    def asyncio_or_nvml_loaded():
+        return "asyncio" in sys.modules or "pynvml" in sys.modules  # (the driver looked for GPUs)
 
-    assert ray.get([asyncio_loaded.remote() for _ in range(6)]) == [False] * 6
+    assert ray.get([asyncio_or_nvml_loaded.remote() for _ in range(6)]) == [False] * 6
 
     @ray.remote
     class Waiter:
