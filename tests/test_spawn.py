@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import BASE_ENV, SPAWN_ENV, alive, run_single, run_spawn
+from conftest import BASE_ENV, SPAWN_ENV, alive, run_mpi, run_single, run_spawn
 from test_lifecycle import SCENARIOS
 
 SCRIPT = os.path.join(SCENARIOS, "spawned.py")
@@ -67,9 +67,12 @@ def test_single_host_jobs_load_mpi_without_ucx_memory_hooks_unless_the_user_says
     assert proc.returncode == 0 and f"UCX_HOOKS {expected} {expected}" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_workers_import_numpy_only_for_arrays_asyncio_only_for_async_code_and_no_nvml():
-    proc = run_spawn([SCRIPT, "numpy"], timeout=90)
+@pytest.mark.parametrize("launch", ["spawn", "mpi"])
+def test_workers_import_numpy_only_for_arrays_and_asyncio_only_for_async_code(launch):
+    proc = (run_spawn if launch == "spawn" else run_mpi)([SCRIPT, "numpy"], timeout=90)
     assert proc.returncode == 0 and "NUMPY_LAZY_OK" in proc.stdout, proc.stdout + proc.stderr
+    # spawned workers see the driver's GPUs: only the driver asks NVML
+    assert f"WORKERS_LOADED_NVML {launch == 'mpi'}" in proc.stdout, proc.stdout + proc.stderr
 
 
 def kill_driver_once_it_says(script, label):

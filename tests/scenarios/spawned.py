@@ -6,8 +6,9 @@
     spawned.py where           prints whether tasks run in this process (the fallback) or not
     spawned.py broken          the workers end before joining: init() must end the program
     spawned.py ucx             prints UCX's memory-hook mode as the driver and a worker see it
-    spawned.py numpy           a worker imports numpy only for a value that holds arrays,
-                               asyncio only for async code, and pynvml not at all
+    spawned.py numpy           a worker imports numpy only for a value that holds arrays and
+                               asyncio only for async code (also run under mpiexec); prints
+                               whether the workers imported pynvml
 """
 
 import os
@@ -80,10 +81,17 @@ elif command == "numpy":
     assert ray.get([numpy_loaded.remote() for _ in range(6)]) == [False] * 6
 
     @ray.remote
-    def asyncio_or_nvml_loaded():
-        return "asyncio" in sys.modules or "pynvml" in sys.modules  # (the driver looked for GPUs)
+    def asyncio_loaded():
+        return "asyncio" in sys.modules
 
-    assert ray.get([asyncio_or_nvml_loaded.remote() for _ in range(6)]) == [False] * 6
+    assert ray.get([asyncio_loaded.remote() for _ in range(6)]) == [False] * 6
+
+    @ray.remote
+    def nvml_loaded():
+        return "pynvml" in sys.modules
+
+    # spawned workers leave looking for GPUs to the driver (under mpiexec each rank looks)
+    print("WORKERS_LOADED_NVML", any(ray.get([nvml_loaded.remote() for _ in range(6)])), flush=True)
 
     @ray.remote
     class Waiter:
