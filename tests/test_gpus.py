@@ -116,3 +116,13 @@ def test_tasks_see_the_gpus_they_own(mode, per_rank):
         assert "4 GPUs of host" in proc.stderr and "rank 1 has 2; ranks 2, 3 have 1 each" in proc.stderr
     assert seen["no_gpu"] == [[], ""] and seen["no_gpu_actor"] == [[], ""]
     assert seen["a100"] and seen["a100_task"] is True and seen["h100_task_pending"] is True
+
+
+def test_an_nvml_that_never_answers_ends_a_spawning_init_with_a_message(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text("import hpcray as ray\nray.init()\nprint('NOT_REACHED', flush=True)\n")
+    env = {"PYTHONPATH": os.pathsep.join([FAKE_NVML, os.path.dirname(HERE)]), "FAKE_NVML_HANG": "1",
+           "HPCRAY_INIT_TIMEOUT_S": "4"}
+    proc = run_spawn([str(script)], timeout=60, env=env)
+    assert proc.returncode != 0 and "NOT_REACHED" not in proc.stdout, proc.stdout + proc.stderr
+    assert "looking for GPUs (NVML" in proc.stderr and "HPCRAY_INIT_TIMEOUT_S" in proc.stderr, proc.stderr

@@ -252,7 +252,8 @@ def _connect_mpi(config: Config, num_cpus: Optional[float], num_gpus: Optional[f
     count = config.spawn_workers or max(1, int(num_cpus) if num_cpus else usable_cpu_count())
     watch = spawn.SpawnWatch(count, config.init_timeout_s)
     try:
-        inter, merged, PROCESS.spawned_gpus = spawn.spawn_workers(count, num_gpus, resources)
+        inter, merged, PROCESS.spawned_gpus = spawn.spawn_workers(count, num_gpus, resources,
+                                                                  config.init_timeout_s)
         comm = duplicate(merged, config.init_timeout_s)
     finally:
         watch.stop()

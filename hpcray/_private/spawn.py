@@ -154,14 +154,17 @@ def bootstrap_args(payload: Dict[str, Any]) -> List[str]:
     return ["-c", BOOTSTRAP, json.dumps(payload).encode().hex()]
 
 
-def spawn_workers(count: int, num_gpus: Optional[float],
-                  resources: Optional[Dict[str, float]]) -> Tuple[Any, Any, Tuple[List[str], List[str]]]:
+def spawn_workers(count: int, num_gpus: Optional[float], resources: Optional[Dict[str, float]],
+                  timeout_s: float) -> Tuple[Any, Any, Tuple[List[str], List[str]]]:
     """Start ``count`` worker ranks; returns (intercommunicator, merged intracommunicator, in
     which this process is rank 0, and the GPUs the workers see).
 
     The workers see what the driver sees (one host, one environment), so the driver looks for
     GPUs once, for all of them, in a thread while ``MPI_Comm_spawn`` starts them (which lets the
-    GIL go): asking NVML takes 25-40 ms of a process's start, most of it importing pynvml."""
+    GIL go): asking NVML takes 25-40 ms of a process's start, most of it importing pynvml. An
+    NVML that has not answered within half of ``timeout_s`` is an error (before ``SpawnWatch``,
+    which waits the whole of it, would blame the workers), as a worker that did not report
+    would be."""
     from mpi4py import MPI
     from . import gpus
     seen: List[Tuple[List[str], List[str]]] = []
@@ -186,7 +189,10 @@ def spawn_workers(count: int, num_gpus: Optional[float],
         info.Free()
         _back_to_process_group(group)
     merged = inter.Merge(high=False)
-    detector.join()
+    detector.join(timeout_s / 2)
+    if detector.is_alive():
+        raise RuntimeError(f"hpcray.init(): looking for GPUs (NVML, through pynvml) did not finish within "
+                           f"{timeout_s / 2:g} s, half of HPCRAY_INIT_TIMEOUT_S")
     return inter, merged, seen[0] if seen else ([], [])
 
 

@@ -2,7 +2,7 @@
 
 Put this directory first on PYTHONPATH and name the GPUs in ``FAKE_NVML_GPUS``, comma separated
 (``NVIDIA A100-SXM4-80GB,NVIDIA A100-SXM4-80GB``). Without it, nvmlInit fails as on a machine
-without a driver. Each GPU's UUID is ``GPU-fake-<index>``.
+without a driver; with ``FAKE_NVML_HANG`` set it never returns. Each GPU's UUID is ``GPU-fake-<index>``.
 """
 
 import os
@@ -20,6 +20,9 @@ def _names():
 
 
 def nvmlInit():
+    if os.environ.get("FAKE_NVML_HANG"):  # a driver that does not answer
+        import time
+        time.sleep(3600)
     _names()
 
 
