@@ -73,10 +73,11 @@ class Backoff:
         self.delay_s = min(self.delay_s * 2, self.max_s)
 
 
-def wait_request(request: Any, timeout_s: float, max_sleep_s: float = 0.01) -> bool:
-    """Poll a non-blocking MPI request until it completes (True) or ``timeout_s`` passes (False)."""
+def wait_request(request: Any, timeout_s: float, backoff: Optional[Backoff] = None) -> bool:
+    """Poll a non-blocking MPI request until it completes (True) or ``timeout_s`` passes (False),
+    sleeping between polls as ``backoff`` says (default: a ``Backoff()``)."""
     deadline = time.monotonic() + timeout_s
-    backoff = Backoff(max_s=max_sleep_s)
+    backoff = backoff or Backoff()
     while not request.Test():
         if time.monotonic() > deadline:
             return False
@@ -121,7 +122,7 @@ def fresh_buffer(size: int) -> Any:
 def duplicate(base: Any, timeout_s: float) -> Any:
     """A duplicate of ``base`` made by every rank of it (``Idup``, polled)."""
     comm, request = base.Idup()
-    if not wait_request(request, timeout_s, START_POLL_MAX_S):
+    if not wait_request(request, timeout_s, Backoff(max_s=START_POLL_MAX_S)):
         raise RuntimeError(f"hpcray.init(): not every rank called hpcray.init() within {timeout_s:.0f} s; "
                            "every rank must reach init() (call it near the top of the program)")
     return comm
